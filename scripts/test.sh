@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# test.sh - build gw twice and run every test.
+#   1. build/release: optimised, warnings are errors; the unit tests run.
+#   2. build/asan: ASan + UBSan, warnings are errors; every test runs
+#      (unit, integration with real gwd/backends/curl/iperf3, fuzz, netns, docker).
+# Ends with ctest's summary line; exits non-zero when anything failed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/deps.sh test
+jobs=$(nproc)
+
+build() { # build DIR cmake-args...
+    local dir=$1
+    shift
+    cmake -S . -B "$dir" -DGW_WERROR=ON "$@" >/dev/null
+    cmake --build "$dir" -j "$jobs"
+}
+
+build build/release -DCMAKE_BUILD_TYPE=RelWithDebInfo
+build build/asan -DCMAKE_BUILD_TYPE=Debug -DGW_SANITIZE=ON
+
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+echo "== unit tests, release build"
+ctest --test-dir build/release -L unit --output-on-failure -j "$jobs"
+echo "== every test, ASan+UBSan build"
+ctest --test-dir build/asan --output-on-failure --timeout 1200
