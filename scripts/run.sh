@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# run.sh - build gw (release) and run it.
+#   scripts/run.sh              the demo: two `gwsim backend` processes and gwd on
+#                               port 80 (8080 when not root), TCP and UDP, store in
+#                               ./run/gw.db; Ctrl-C stops everything.
+#   scripts/run.sh ARGS...      build, then run `gwd ARGS...` in the foreground.
+# Installs the Debian packages it needs when run as root (see scripts/deps.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+top=$PWD
+
+scripts/deps.sh build
+cmake -S . -B build/release -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGW_TESTS=OFF -DGW_BENCH=OFF >/dev/null
+cmake --build build/release -j "$(nproc)" --target gwd gwctl gwsim
+
+bin=$top/build/release
+if [ $# -gt 0 ]; then
+    exec "$bin/gateway/gwd" "$@"
+fi
+
+port=80
+[ "$(id -u)" -eq 0 ] || port=8080
+mkdir -p run
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+start_backend() { # name -> prints its port
+    local name=$1 out=run/$1.out
+    "$bin/sim/gwsim" backend --tcp --udp --port 0 --bind 127.0.0.1 --name "$name" >"$out" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 50); do
+        grep -q '^listening' "$out" 2>/dev/null && break
+        sleep 0.1
+    done
+    sed -n 's/^listening tcp=\([0-9]*\).*/\1/p' "$out"
+}
+p1=$(start_backend web1)
+p2=$(start_backend web2)
+
+echo "gw demo: gwd on port $port (TCP and UDP), backends web1=127.0.0.1:$p1 web2=127.0.0.1:$p2"
+echo "  try: curl http://127.0.0.1:$port/   |   echo hi | nc -u -w1 127.0.0.1 $port"
+echo "  look: $bin/gateway/gwctl show nat   |   sqlite3 run/gw.db 'select * from nat_sessions'"
+"$bin/gateway/gwd" -p "$port" -b 127.0.0.1 \
+    --tcp-backend "demo=127.0.0.1:$p1" --tcp-backend "demo=127.0.0.1:$p2" \
+    --udp-backend "demo=127.0.0.1:$p1" --udp-backend "demo=127.0.0.1:$p2" \
+    --db run/gw.db &
+pids+=($!)
+wait "${pids[-1]}"
