@@ -3,7 +3,7 @@
 # usage: scripts/deps.sh build|test|bench
 #   build: compiler, CMake and the libraries (libev, jansson, sqlite3)
 #   test:  build + Criterion, clang (libFuzzer), curl, iperf3, iproute2,
-#          nftables, conntrack, docker.io, docker-compose, debootstrap
+#          nftables, conntrack, docker.io, docker-compose, debootstrap, jq
 #   bench: test + haproxy, nginx (stream module), wrk
 set -euo pipefail
 
@@ -12,7 +12,7 @@ case "${1:-build}" in
 build) ;;
 test | bench)
     want+=(libcriterion-dev clang curl iperf3 iproute2 nftables conntrack procps psmisc
-        docker.io docker-compose debootstrap)
+        docker.io docker-compose debootstrap jq)
     [ "${1}" = bench ] && want+=(haproxy nginx-light libnginx-mod-stream wrk)
     ;;
 *)

@@ -1,0 +1,389 @@
+#!/usr/bin/env bash
+# run.sh - gwd vs HAProxy vs nginx vs no proxy, side by side in one run.
+#
+# For each workload, each proxy in turn (none, haproxy, nginx, gwd) is started
+# fresh with a generated config (temp dir, loopback, free ports), pinned to
+# core 1; the load tool and the backend (bench_echo) run on core 0. The
+# proxy's CPU time (utime+stime of every process/thread it has, from
+# /proc/PID/stat) is read before and after the load; for the idle-flows test
+# its private memory (smaps_rollup) is read with 0 and with N flows held.
+# Prints a table with CPU per unit of work and the ratio to the best peer.
+#
+# usage: bench/gateway/run.sh [--build DIR] [--seconds S] [--flows N]
+#                             [--proxies "none haproxy nginx gwd [gwd-nodb]"]
+#                             [--tests "connrate keepalive bulk udp idle"]
+#                             [--rounds R] [--perf] [--keep]
+#   --build DIR  build tree holding bench/gateway/bench_* and gateway/gwd
+#                (default /tmp/b-bench; configure it with -DCMAKE_BUILD_TYPE=Release)
+#   gwd-nodb     gwd with --db none: what the SQLite store costs (diagnostic)
+#   --perf       also record `perf record -e cpu-clock -g` of gwd per test
+#                (profiles left in the temp dir, which is then kept)
+# Environment: GWD=path of gwd; GWD_DB=store for gwd (default a file in the
+# temp dir; "none" or ":memory:" to see what the store costs); GWD_EXTRA=more
+# gwd flags (e.g. "--nat-policy sequential").
+# Every process it starts is killed by PID on exit; every run is bounded.
+set -u
+
+build=/tmp/b-bench
+secs=5
+flows=9000
+proxies="none haproxy nginx gwd"
+tests="connrate keepalive bulk udp idle"
+rounds=3
+perf=0
+keep=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --build) build=$2; shift ;;
+    --seconds) secs=$2; shift ;;
+    --flows) flows=$2; shift ;;
+    --proxies) proxies=$2; shift ;;
+    --tests) tests=$2; shift ;;
+    --rounds) rounds=$2; shift ;;
+    --perf) perf=1; keep=1 ;;
+    --keep) keep=1 ;;
+    *) sed -n '2,24p' "$0" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+tools=$build/bench/gateway
+gwd_bin=${GWD:-$build/gateway/gwd}
+for t in bench_echo bench_connrate bench_keepalive bench_bulk bench_udp bench_idle; do
+    [ -x "$tools/$t" ] || { echo "run.sh: $tools/$t missing (cmake --build $build --target bench_gateway_tools)" >&2; exit 1; }
+done
+case " $proxies " in *" gwd"*)
+    [ -x "$gwd_bin" ] || { echo "run.sh: $gwd_bin missing: gwd left out" >&2; proxies=${proxies//gwd-nodb/}; proxies=${proxies//gwd/}; } ;;
+esac
+
+tmp=$(mktemp -d /tmp/gw-bench.XXXXXX)
+pids=()
+LOAD_CPU="taskset -c 0"
+PROXY_CPU="taskset -c 1"
+ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+kill_pid() { # kill_pid PID: TERM, wait up to 3 s, then KILL
+    local p=$1 i
+    kill -0 "$p" 2>/dev/null || return 0
+    kill -TERM "$p" 2>/dev/null
+    for i in $(seq 30); do
+        kill -0 "$p" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$p" 2>/dev/null
+    wait "$p" 2>/dev/null
+}
+cleanup() {
+    local p
+    for p in "${pids[@]}"; do kill_pid "$p"; done
+    if [ "$keep" = 1 ]; then echo "run.sh: kept $tmp" >&2; else rm -rf "$tmp"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_free() { # port_free PORT: no TCP or UDP socket of any state uses it
+    [ -z "$(ss -Htuan "sport = :$1" 2>/dev/null)" ]
+}
+pick_port() { # a free port in 10000-19999 (below every NAT pool and the ephemeral range)
+    local p i
+    for i in $(seq 200); do
+        p=$((10000 + RANDOM % 10000))
+        port_free "$p" && { echo "$p"; return 0; }
+    done
+    return 1
+}
+wait_listen() { # wait_listen PORT [udp]: bounded 5 s
+    local i flag=-Htln
+    [ "${2:-}" = udp ] && flag=-Huln
+    for i in $(seq 50); do
+        [ -n "$(ss $flag "sport = :$1" 2>/dev/null)" ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+tree_pids() { # tree_pids PID: PID and its children (nginx master + worker)
+    echo "$1"
+    ps -o pid= --ppid "$1" 2>/dev/null
+}
+cpu_ticks() { # cpu_ticks PID...: utime+stime of all threads, in clock ticks
+    local p sum=0 rest
+    for p in "$@"; do
+        rest=$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null) || continue
+        set -- $rest
+        sum=$((sum + ${12} + ${13}))
+    done
+    echo "$sum"
+}
+mem_kb() { # mem_kb PID...: "private_kB rss_kB" summed (smaps_rollup)
+    local p priv=0 rss=0
+    for p in "$@"; do
+        read -r a b < <(awk '/^Rss:/{r=$2} /^Private_(Clean|Dirty):/{p+=$2} END{print p+0, r+0}' \
+            "/proc/$p/smaps_rollup" 2>/dev/null)
+        priv=$((priv + ${a:-0}))
+        rss=$((rss + ${b:-0}))
+    done
+    echo "$priv $rss"
+}
+hz=$(getconf CLK_TCK)
+
+# Backend: one echo port, one sink port, one UDP echo port, on core 0.
+BE=$(pick_port) && SINK=$(pick_port) && UBE=$(pick_port) || { echo "run.sh: no free port" >&2; exit 1; }
+$LOAD_CPU "$tools/bench_echo" --tcp 127.0.0.1:$BE --sink 127.0.0.1:$SINK --udp 127.0.0.1:$UBE \
+    --seconds 3600 >"$tmp/backend.out" 2>"$tmp/backend.log" &
+pids+=($!)
+wait_listen "$BE" || { echo "run.sh: backend did not start" >&2; exit 1; }
+
+# 8 NAT source addresses for gwd: a (nat_ip, nat_port) toward one backend
+# stays in TIME_WAIT after gwd closes it, so one address' 12,768 ports last
+# about a second at connection-rate speeds; 8 give ~100k ports.
+nat_ips=""
+for i in 1 2 3 4 5 6 7 8; do nat_ips+=" --nat-ip 127.2.0.$i"; done
+
+start_proxy() { # start_proxy NAME PORT TCP_BACKEND_PORT: sets PROXY_PID (0 for none)
+    local name=$1 port=$2 tport=$3 cfg
+    PROXY_PID=0
+    case $name in
+    none) return 0 ;;
+    haproxy)
+        cfg=$tmp/haproxy.cfg
+        cat >"$cfg" <<EOF
+global
+    nbthread 1
+    maxconn 9900
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend fe
+    bind 127.0.0.1:$port
+    default_backend be
+backend be
+    server s1 127.0.0.1:$tport
+EOF
+        $PROXY_CPU haproxy -db -f "$cfg" >"$tmp/haproxy.log" 2>&1 &
+        ;;
+    nginx)
+        cfg=$tmp/nginx.conf
+        cat >"$cfg" <<EOF
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+daemon off;
+pid $tmp/nginx.pid;
+error_log $tmp/nginx-error.log warn;
+events { worker_connections 19900; }
+stream {
+    upstream be { server 127.0.0.1:$tport; }
+    upstream ube { server 127.0.0.1:$UBE; }
+    server { listen 127.0.0.1:$port; proxy_pass be; }
+    server { listen 127.0.0.1:$port udp; proxy_pass ube; proxy_timeout 30s; }
+}
+EOF
+        $PROXY_CPU nginx -p "$tmp" -e "$tmp/nginx-error.log" -c "$cfg" >"$tmp/nginx.log" 2>&1 &
+        ;;
+    gwd | gwd-nodb)
+        local db=${GWD_DB:-$tmp/gwd.db}
+        [ "$name" = gwd-nodb ] && db=none
+        rm -f "$tmp"/gwd.db*
+        # shellcheck disable=SC2086
+        $PROXY_CPU "$gwd_bin" -p "$port" -b 127.0.0.1 --tcp-backend be=127.0.0.1:$tport \
+            --udp-backend ube=127.0.0.1:$UBE $nat_ips --nat-ports 20000-32767 \
+            --db "$db" --control "$tmp/gwd.sock" --log-level warn \
+            ${GWD_EXTRA:-} >>"$tmp/$name.log" 2>&1 &
+        ;;
+    esac
+    PROXY_PID=$!
+    pids+=($PROXY_PID)
+    if ! wait_listen "$port"; then
+        echo "run.sh: $name did not listen on $port; log:" >&2
+        tail -5 "$tmp/$name.log" >&2
+        kill_pid "$PROXY_PID"
+        return 1
+    fi
+    sleep 0.3 # nginx: let the worker start
+    return 0
+}
+
+kv() { # kv KEY FILE: value of KEY= in the RESULT line
+    sed -n 's/^RESULT.* '"$1"'=\([^ ]*\).*/\1/p; s/^RESULT '"$1"'=\([^ ]*\).*/\1/p' "$2" | head -1
+}
+
+res=$tmp/results.tsv
+: >"$res"
+run_one() { # run_one TEST PROXY ROUND
+    local t=$1 px=$2 r=$3 port tport=$BE target tree c0 c1 out=$tmp/$1-$2-$r.out
+    local m0 m1 lpid perfpid=0
+    [ "$t" = bulk ] && tport=$SINK
+    [ "$t" = udp ] && [ "$px" = haproxy ] && return 0 # HAProxy 2.6 has no UDP proxy
+    port=$(pick_port) || return 1
+    start_proxy "$px" "$port" "$tport" || { printf '%s\t%s\t%s\tFAILED\n' "$t" "$px" "$r" >>"$res"; return 0; }
+    if [ "$px" = none ]; then
+        case $t in udp) target=127.0.0.1:$UBE ;; bulk) target=127.0.0.1:$SINK ;; *) target=127.0.0.1:$BE ;; esac
+        tree=""
+    else
+        target=127.0.0.1:$port
+        [ "$t" = udp ] && { wait_listen "$port" udp || true; }
+        tree=$(tree_pids "$PROXY_PID")
+    fi
+    if [ "$perf" = 1 ] && [ "$px" = gwd ] && command -v perf >/dev/null; then
+        perf record -q -e cpu-clock -g -o "$tmp/perf-$t.data" -p "$PROXY_PID" >/dev/null 2>&1 &
+        perfpid=$!
+        pids+=($perfpid)
+        sleep 0.2
+    fi
+    # shellcheck disable=SC2086
+    c0=$(cpu_ticks $tree)
+    case $t in
+    connrate) $LOAD_CPU "$tools/bench_connrate" --target "$target" --conc 64 --src-ips 64 --seconds "$secs" >"$out" 2>&1 ;;
+    keepalive) $LOAD_CPU "$tools/bench_keepalive" --target "$target" --conc 50 --seconds "$secs" >"$out" 2>&1 ;;
+    bulk) $LOAD_CPU "$tools/bench_bulk" --target "$target" --conc 1 --seconds "$secs" >"$out" 2>&1 ;;
+    udp) $LOAD_CPU "$tools/bench_udp" --target "$target" --conc 16 --window 4 --seconds "$secs" >"$out" 2>&1 ;;
+    idle)
+        # shellcheck disable=SC2086
+        m0=$(mem_kb $tree)
+        $LOAD_CPU "$tools/bench_idle" --target "$target" --conc "$flows" --src-ips 16 --seconds 120 >"$out" 2>&1 &
+        lpid=$!
+        pids+=($lpid)
+        for i in $(seq 900); do grep -q '^READY' "$out" && break; sleep 0.1; done
+        sleep 1
+        # shellcheck disable=SC2086
+        m1=$(mem_kb $tree)
+        kill -TERM "$lpid" 2>/dev/null
+        wait "$lpid" 2>/dev/null
+        ;;
+    esac
+    # Let work the proxy does behind the load (gwd's SQLite write-behind) finish
+    # and count it: wait until its CPU time stops moving (bounded 10 s).
+    # shellcheck disable=SC2086
+    c1=$(cpu_ticks $tree)
+    if [ -n "$tree" ]; then
+        local prev=-1 still=0
+        for i in $(seq 50); do
+            sleep 0.2
+            prev=$c1
+            # shellcheck disable=SC2086
+            c1=$(cpu_ticks $tree)
+            if [ "$c1" = "$prev" ]; then still=$((still + 1)); else still=0; fi
+            [ "$still" -ge 2 ] && break
+        done
+    fi
+    [ "$perfpid" != 0 ] && kill_pid "$perfpid"
+    [ "$px" != none ] && kill_pid "$PROXY_PID"
+    local ops rate p50 p99 err gbps dg cpu_us per
+    ops=$(kv ops "$out"); rate=$(kv rate "$out"); p50=$(kv p50_us "$out"); p99=$(kv p99_us "$out")
+    err=$(kv errors "$out"); gbps=$(kv gbps "$out"); dg=$(kv dgrams "$out")
+    [ -n "$ops" ] || { printf '%s\t%s\t%s\tFAILED\n' "$t" "$px" "$r" >>"$res"; cat "$out" >&2; return 0; }
+    cpu_us=$(( (c1 - c0) * 1000000 / hz ))
+    [ -z "$tree" ] && cpu_us=""
+    if [ "$t" = idle ]; then
+        local flows_up=${ops} p0 p1 r1
+        read -r p0 _ <<<"$m0"; read -r p1 r1 <<<"$m1"
+        [ -z "$tree" ] && { p0=0; p1=0; r1=0; }
+        per=$(awk -v a="$p0" -v b="$p1" -v n="$flows_up" 'BEGIN{ if (n>0) printf "%.0f", (b-a)*1024/n; else print "" }')
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$px" "$r" "$flows_up" "$err" "$p0" "$p1" "$r1" "$per" >>"$res"
+    else
+        [ "$t" = udp ] && ops=$dg
+        per=$(awk -v c="$cpu_us" -v n="$ops" 'BEGIN{ if (c!="" && n>0) printf "%.3f", c/n; else print "" }')
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$px" "$r" "$ops" "$rate" "$p50" "$p99" \
+            "$err" "$cpu_us" "$per" "$gbps" >>"$res"
+    fi
+    echo "run.sh: $t $px round $r (load $(cut -d" " -f1 /proc/loadavg)): $(grep -v "^RESULT" "$out" | head -1)" >&2
+}
+
+echo "run.sh: $(date -u +%FT%TZ) $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+echo "run.sh: haproxy $(haproxy -v | sed -n '1s/HAProxy version \([^ ]*\).*/\1/p'), $(nginx -v 2>&1 | sed 's/.*: //'), gwd ${gwd_bin}" >&2
+for r in $(seq "$rounds"); do
+    for t in $tests; do
+        for px in $proxies; do
+            run_one "$t" "$px" "$r"
+        done
+    done
+done
+
+# Report: one table per test, best round per proxy (lowest CPU per op; for
+# bulk highest Gbit/s; for idle lowest bytes per flow), the ratio to the
+# reference peer and, for gwd, the target and whether it is met.
+awk -F'\t' -v flows="$flows" -v rounds="$rounds" '
+function peer(p) { return p == "haproxy" || p == "nginx" }
+$4 == "FAILED" { failed[$1 "/" $2] = 1; next }
+$1 == "idle" {
+    k = $1 "/" $2
+    if (!(k in sc) || $9 + 0 < sc[k] + 0) { sc[k] = $9; row[k] = $0 }
+    next
+}
+{
+    k = $1 "/" $2
+    score = ($1 == "bulk") ? -$11 : ($10 == "" ? -$5 : $10)
+    if (!(k in sc) || score < sc[k]) { sc[k] = score; row[k] = $0 }
+}
+function val(t, f) { return t == "idle" ? f[9] : (t == "bulk" ? f[11] : f[10]) }
+END {
+    split("connrate keepalive bulk udp idle", T, " ")
+    np = split("none haproxy nginx gwd gwd-nodb", P, " ")
+    unit["connrate"] = "conn"; unit["keepalive"] = "req"; unit["udp"] = "dgram"
+    for (ti = 1; ti <= 5; ti++) {
+        t = T[ti]; ref = ""; refp = ""; refrate = ""; refp99 = ""; refcap = ""
+        # reference: the best peer, except bulk (HAProxy) and udp (nginx)
+        for (pi = 2; pi <= 3; pi++) {
+            p = P[pi]; k = t "/" p
+            if (!(k in row)) continue
+            if (t == "bulk" && p != "haproxy") continue
+            if (t == "udp" && p != "nginx") continue
+            split(row[k], f, "\t"); v = val(t, f)
+            if (v == "") continue
+            if (ref == "" || v + 0 < ref + 0) { ref = v; refp = p; refrate = f[5]; refp99 = f[7]
+                refcap = (f[9] == "" || f[9] == 0) ? "" : f[4] * 8 / 1e9 / (f[9] / 1e6) }
+        }
+        hdr = 0
+        for (pi = 1; pi <= np; pi++) {
+            p = P[pi]; k = t "/" p
+            if (!(k in row) && !(k in failed)) continue
+            if (!hdr) {
+                printf "\n## %s\n", t
+                if (t == "idle")
+                    printf "%-8s %6s %5s %10s %10s %10s %8s %8s\n", "proxy", "flows", "fail", "priv0 KiB", "privN KiB", "RSS KiB", "B/flow", "ratio"
+                else if (t == "bulk")
+                    printf "%-8s %8s %6s %7s %10s %8s %14s %8s\n", "proxy", "Gbit/s", "errors", "CPU s", "CPU us/MB", "ratio", "Gbit/s/CPU-s", "ratio"
+                else
+                    printf "%-8s %8s %8s %8s %8s %6s %7s %9s %8s\n", "proxy", "ops", "ops/s", "p50 us", "p99 us", "errors", "CPU s", "us/" unit[t], "ratio"
+                hdr = 1
+            }
+            if ((k in failed) && !(k in row)) { printf "%-8s FAILED\n", p; continue }
+            split(row[k], f, "\t"); v = val(t, f); ratio = ""
+            if (p != "none" && ref != "" && v != "" && ref + 0 > 0) ratio = sprintf("%.2fx", v / ref)
+            if (t == "idle") {
+                printf "%-8s %6s %5s %10s %10s %10s %8s %8s\n", p, f[4], f[5], f[6], f[7], f[8], v, ratio
+            } else if (t == "bulk") {
+                cpu = f[9] == "" ? "-" : sprintf("%.2f", f[9] / 1e6)
+                permb = (f[9] == "" || f[4] == 0) ? "-" : sprintf("%.1f", f[9] / (f[4] / 1e6))
+                cap = (f[9] == "" || f[9] == 0) ? "" : sprintf("%.2f", f[4] * 8 / 1e9 / (f[9] / 1e6))
+                capr = (cap != "" && refcap != "") ? sprintf("%.2fx", cap / refcap) : ""
+                printf "%-8s %8s %6s %7s %10s %8s %14s %8s\n", p, f[11], f[8], cpu, permb, ratio, cap, capr
+            } else {
+                cpu = f[9] == "" ? "-" : sprintf("%.2f", f[9] / 1e6)
+                printf "%-8s %8s %8.0f %8.0f %8.0f %6s %7s %9s %8s\n", p, f[4], f[5], f[6], f[7], f[8], cpu, f[10] == "" ? "-" : sprintf("%.1f", f[10]), ratio
+            }
+            if (p != "gwd" || v == "" || (ref == "" && t != "idle")) continue
+            if (t == "connrate" || t == "keepalive") {
+                printf "  target: us/%s <= %s (%s): %s; ops/s >= %.0f: %s; p99 <= %.0f us: %s\n", unit[t], ref, refp,
+                    (v + 0 <= ref + 0) ? "MET" : "MISSED", refrate, (f[5] + 0 >= refrate + 0) ? "MET" : "MISSED",
+                    refp99, (f[7] + 0 <= refp99 + 0) ? "MET" : "MISSED"
+            } else if (t == "bulk") {
+                printf "  target: Gbit/s >= 1.5 x HAProxy = %.3f: %s; per CPU-second: %s\n", 1.5 * ref, (v + 0 >= 1.5 * ref) ? "MET" : "MISSED",
+                    (cap != "" && refcap != "" && cap + 0 >= 1.5 * refcap) ? "MET" : "MISSED"
+            } else if (t == "udp") {
+                printf "  target: us/dgram <= 0.67 x nginx = %.2f: %s\n", 0.67 * ref, (v + 0 <= 0.67 * ref) ? "MET" : "MISSED"
+            } else if (t == "idle") {
+                printf "  target: <= 1024 B/flow: %s\n", (v + 0 <= 1024) ? "MET" : "MISSED"
+            }
+        }
+    }
+}' "$res"
+echo
+echo "(best of $rounds round(s) per proxy; CPU = the proxy's utime+stime (all processes and threads)"
+echo " over the load run; ratio = vs the best peer (bulk: vs HAProxy, udp: vs nginx); connrate:"
+echo " 64 in flight from 64 client IPs, 64 B echo, client closes; keepalive: 50 conns x 64 B echo;"
+echo " bulk: 1 conn one way into a sink (Gbit/s/CPU-s = what one full core of the proxy would move); udp: 16 sockets x 4 in flight, 64 B, us/dgram counts"
+echo " requests + replies; idle: $flows flows, B/flow = private memory (smaps_rollup) delta / flows)"
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# smoke.sh - ctest smoke test of the gateway load tools (no proxy): starts
+# bench_echo on kernel-chosen loopback ports, runs every load tool for half a
+# second against it and checks each one moved traffic with no error.
+# usage: smoke.sh TOOLS_DIR
+set -u
+dir=$1
+tmp=$(mktemp -d /tmp/gw-bench-smoke.XXXXXX)
+echo_pid=0
+cleanup() {
+    if [ "$echo_pid" != 0 ] && kill -0 "$echo_pid" 2>/dev/null; then
+        kill -TERM "$echo_pid"
+        wait "$echo_pid" 2>/dev/null
+    fi
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+"$dir/bench_echo" --tcp 127.0.0.1:0 --sink 127.0.0.1:0 --udp 127.0.0.1:0 --seconds 60 \
+    >"$tmp/echo.out" 2>"$tmp/echo.err" &
+echo_pid=$!
+for i in $(seq 50); do
+    [ "$(grep -c '^LISTEN' "$tmp/echo.out")" = 3 ] && break
+    sleep 0.1
+done
+tcp=$(awk '$1=="LISTEN" && $2=="tcp" {print $3}' "$tmp/echo.out")
+sink=$(awk '$1=="LISTEN" && $2=="sink" {print $3}' "$tmp/echo.out")
+udp=$(awk '$1=="LISTEN" && $2=="udp" {print $3}' "$tmp/echo.out")
+[ -n "$tcp" ] && [ -n "$sink" ] && [ -n "$udp" ] || fail "bench_echo did not announce its ports"
+
+check() { # check NAME OUTFILE: RESULT with ops > 0 and errors=0
+    local ops err
+    ops=$(sed -n 's/^RESULT ops=\([0-9]*\).*/\1/p' "$2")
+    err=$(sed -n 's/^RESULT.* errors=\([0-9]*\).*/\1/p' "$2")
+    [ -n "$ops" ] && [ "$ops" -gt 0 ] || fail "$1 moved nothing: $(cat "$2")"
+    [ "$err" = 0 ] || fail "$1 had errors: $(cat "$2")"
+    echo "ok $1: $(head -1 "$2")"
+}
+"$dir/bench_connrate" --target 127.0.0.1:$tcp --conc 8 --src-ips 4 --seconds 0.5 >"$tmp/cr" 2>&1 || fail "connrate exit $?: $(cat "$tmp/cr")"
+check connrate "$tmp/cr"
+"$dir/bench_keepalive" --target 127.0.0.1:$tcp --conc 4 --seconds 0.5 >"$tmp/ka" 2>&1 || fail "keepalive exit $?: $(cat "$tmp/ka")"
+check keepalive "$tmp/ka"
+"$dir/bench_bulk" --target 127.0.0.1:$sink --seconds 0.5 >"$tmp/bu" 2>&1 || fail "bulk exit $?: $(cat "$tmp/bu")"
+check bulk "$tmp/bu"
+"$dir/bench_bulk" --target 127.0.0.1:$tcp --seconds 0.5 --echo >"$tmp/be" 2>&1 || fail "bulk --echo exit $?: $(cat "$tmp/be")"
+check bulk-echo "$tmp/be"
+"$dir/bench_udp" --target 127.0.0.1:$udp --conc 4 --seconds 0.5 >"$tmp/ud" 2>&1 || fail "udp exit $?: $(cat "$tmp/ud")"
+check udp "$tmp/ud"
+grep -q ' lost=0 ' "$tmp/ud" || fail "udp lost datagrams on loopback: $(cat "$tmp/ud")"
+"$dir/bench_idle" --target 127.0.0.1:$tcp --conc 300 --src-ips 3 --seconds 0.2 >"$tmp/id" 2>&1 || fail "idle exit $?: $(cat "$tmp/id")"
+grep -q '^READY flows=300 failed=0 ' "$tmp/id" || fail "idle: $(cat "$tmp/id")"
+check idle "$tmp/id"
+kill -TERM "$echo_pid"
+wait "$echo_pid"
+rc=$?
+echo_pid=0
+[ "$rc" = 0 ] || fail "bench_echo exit $rc: $(cat "$tmp/echo.err")"
+exit 0

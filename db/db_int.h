@@ -1,0 +1,59 @@
+/*
+ * db_int.h - what the files of libgwdb share and callers never see: the
+ * schema (db_schema.c) and the address helpers. Not installed, not included
+ * outside db/.
+ */
+#ifndef GW_DB_INT_H
+#define GW_DB_INT_H
+
+#include <sqlite3.h>
+#include <stdarg.h>
+
+#include "db/db.h"
+
+/* Formats a 16-byte address like nat_addr_format (dotted quad for
+ * IPv4-mapped) into buf (NAT_ADDR_STRLEN). Returns buf. */
+char *db__addr_format(const uint8_t a[16], char *buf);
+
+/* Parses text into the 16-byte form (IPv4 becomes IPv4-mapped). 0 or -1. */
+int db__addr_parse(const char *s, uint8_t out[16]);
+
+/* True when `a` lies in net/plen (plen over the 16-byte form). */
+bool db__addr_in_prefix(const uint8_t a[16], const uint8_t net[16], unsigned plen);
+
+/* "tcp"/"udp" or "" for another protocol number; and back (0 when unknown). */
+const char *db__proto_name(uint8_t proto);
+uint8_t db__proto_parse(const char *s);
+
+/* "new" ... "closed", "" when out of range. */
+const char *db__state_name(int st);
+
+/* snprintf into err (which may be NULL). */
+void db__err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Copies at most n-1 bytes of s (NULL = "") into dst and terminates it. */
+void db__strlcpy(char *dst, const char *s, size_t n);
+
+/* Milliseconds since the epoch, CLOCK_REALTIME. */
+uint64_t db__wall_ms(void);
+
+/*
+ * Checks that `conn` (just opened on `path`) holds a gw store this build can
+ * use, or nothing yet. Reads only. Returns 0 and *version (0 = empty file, a
+ * new store), or the negative errno of db_open's list with err filled.
+ */
+int db__schema_check(sqlite3 *conn, const char *path, int *version, char *err, size_t errlen);
+
+/* Brings an empty or older store to DB_SCHEMA_VERSION, one transaction per
+ * step. Returns 0 or -EIO with err filled. */
+int db__schema_migrate(sqlite3 *conn, int from, char *err, size_t errlen);
+
+/* Registers gw_in_prefix(ip_text, net_blob, plen) and gw_ip_key(ip_text) on
+ * conn. Returns 0 or -EIO. */
+int db__register_functions(sqlite3 *conn);
+
+/* Maps an SQLite result code to a negative errno. */
+int db__errno_of(int rc);
+
+#endif /* GW_DB_INT_H */

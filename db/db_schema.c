@@ -1,0 +1,359 @@
+/*
+ * db_schema.c - the store's schema, how a file is recognised as a gw store
+ * (PRAGMA application_id + user_version), the migrations, and the small
+ * helpers (addresses, names) the other files of libgwdb share.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "db/db_int.h"
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static const uint8_t v4_mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+
+char *db__addr_format(const uint8_t a[16], char *buf)
+{
+    if (memcmp(a, v4_mapped_prefix, 12) == 0) {
+        char *p = buf;
+        for (int i = 12; i < 16; i++) {
+            unsigned v = a[i];
+            if (v >= 100)
+                *p++ = (char)('0' + v / 100);
+            if (v >= 10)
+                *p++ = (char)('0' + v / 10 % 10);
+            *p++ = (char)('0' + v % 10);
+            *p++ = i < 15 ? '.' : '\0';
+        }
+        return buf;
+    }
+    if (inet_ntop(AF_INET6, a, buf, NAT_ADDR_STRLEN) == NULL)
+        buf[0] = '\0';
+    return buf;
+}
+
+int db__addr_parse(const char *s, uint8_t out[16])
+{
+    uint8_t tmp[16];
+    if (s == NULL)
+        return -1;
+    if (inet_pton(AF_INET, s, tmp + 12) == 1) {
+        memcpy(tmp, v4_mapped_prefix, 12);
+    } else if (inet_pton(AF_INET6, s, tmp) != 1) {
+        return -1;
+    }
+    memcpy(out, tmp, 16);
+    return 0;
+}
+
+bool db__addr_in_prefix(const uint8_t a[16], const uint8_t net[16], unsigned plen)
+{
+    if (plen > 128)
+        plen = 128;
+    unsigned full = plen / 8, rest = plen % 8;
+    if (memcmp(a, net, full) != 0)
+        return false;
+    if (rest == 0)
+        return true;
+    uint8_t mask = (uint8_t)(0xff << (8 - rest));
+    return (a[full] & mask) == (net[full] & mask);
+}
+
+const char *db__proto_name(uint8_t proto)
+{
+    switch (proto) {
+    case NAT_PROTO_TCP:
+        return "tcp";
+    case NAT_PROTO_UDP:
+        return "udp";
+    default:
+        return "";
+    }
+}
+
+uint8_t db__proto_parse(const char *s)
+{
+    if (s == NULL)
+        return 0;
+    if (strcmp(s, "tcp") == 0)
+        return NAT_PROTO_TCP;
+    if (strcmp(s, "udp") == 0)
+        return NAT_PROTO_UDP;
+    return 0;
+}
+
+const char *db__state_name(int st)
+{
+    static const char *const names[] = {"new", "established", "closing", "closed"};
+    if (st < 0 || st >= (int)(sizeof(names) / sizeof(names[0])))
+        return "";
+    return names[st];
+}
+
+void db__err(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    if (err == NULL || errlen == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+void db__strlcpy(char *dst, const char *s, size_t n)
+{
+    size_t len = 0;
+    if (s != NULL) {
+        len = strnlen(s, n - 1);
+        memcpy(dst, s, len);
+    }
+    dst[len] = '\0';
+}
+
+uint64_t db__wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+int db__errno_of(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_OK:
+        return 0;
+    case SQLITE_FULL:
+        return -ENOSPC;
+    case SQLITE_READONLY:
+        return -EROFS;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        return -EBUSY;
+    case SQLITE_NOMEM:
+        return -ENOMEM;
+    case SQLITE_NOTADB:
+        return -EBADMSG;
+    case SQLITE_CANTOPEN:
+        return -ENOENT;
+    case SQLITE_PERM:
+    case SQLITE_AUTH:
+        return -EACCES;
+    default:
+        return -EIO;
+    }
+}
+
+/* ---- SQL functions for the readers -------------------------------------- */
+
+/* gw_in_prefix(ip_text, net_blob16, plen): 1 when ip is in net/plen. */
+static void fn_in_prefix(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    uint8_t a[16];
+    (void)argc;
+    const char *ip = (const char *)sqlite3_value_text(argv[0]);
+    const void *net = sqlite3_value_blob(argv[1]);
+    int plen = sqlite3_value_int(argv[2]);
+    if (ip == NULL || net == NULL || sqlite3_value_bytes(argv[1]) != 16 ||
+        db__addr_parse(ip, a) < 0) {
+        sqlite3_result_int(ctx, 0);
+        return;
+    }
+    sqlite3_result_int(ctx, db__addr_in_prefix(a, net, (unsigned)plen));
+}
+
+/* gw_ip_key(ip_text): the 16-byte form, so addresses sort numerically. */
+static void fn_ip_key(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    uint8_t a[16];
+    (void)argc;
+    const char *ip = (const char *)sqlite3_value_text(argv[0]);
+    if (ip == NULL || db__addr_parse(ip, a) < 0) {
+        sqlite3_result_null(ctx);
+        return;
+    }
+    sqlite3_result_blob(ctx, a, 16, SQLITE_TRANSIENT);
+}
+
+int db__register_functions(sqlite3 *conn)
+{
+    int flags = SQLITE_UTF8 | SQLITE_DETERMINISTIC;
+    if (sqlite3_create_function(conn, "gw_in_prefix", 3, flags, NULL, fn_in_prefix, NULL, NULL) !=
+            SQLITE_OK ||
+        sqlite3_create_function(conn, "gw_ip_key", 1, flags, NULL, fn_ip_key, NULL, NULL) !=
+            SQLITE_OK)
+        return -EIO;
+    return 0;
+}
+
+/* ---- recognising a store ------------------------------------------------ */
+
+/* Runs a one-integer query. Returns the SQLite result code. */
+static int query_int(sqlite3 *conn, const char *sql, int64_t *v)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(conn, sql, -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *v = sqlite3_column_int64(st, 0);
+        rc = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* The refusal for a failed read of the file's header or schema. */
+static int read_failure(sqlite3 *conn, int rc, const char *path, char *err, size_t errlen)
+{
+    switch (rc & 0xff) {
+    case SQLITE_NOTADB:
+        db__err(err, errlen,
+                "%s is not an SQLite database (another kind of file, or garbage): refusing to "
+                "touch it; give --db a new path or move the file away",
+                path);
+        return -EBADMSG;
+    case SQLITE_CORRUPT:
+        db__err(err, errlen,
+                "%s is a corrupt SQLite database (%s): refusing to touch it; check it with "
+                "sqlite3 '%s' 'PRAGMA integrity_check', recover it (.recover) or move it away",
+                path, sqlite3_errmsg(conn), path);
+        return -EIO;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        db__err(err, errlen, "%s is locked by another process (%s); try again later", path,
+                sqlite3_errmsg(conn));
+        return -EBUSY;
+    default:
+        db__err(err, errlen, "cannot read %s: %s", path, sqlite3_errmsg(conn));
+        return db__errno_of(rc) == -EIO ? -EIO : db__errno_of(rc);
+    }
+}
+
+int db__schema_check(sqlite3 *conn, const char *path, int *version, char *err, size_t errlen)
+{
+    int64_t app = 0, uv = 0, objects = 0, tables = 0;
+    int rc;
+
+    if ((rc = query_int(conn, "PRAGMA application_id", &app)) != SQLITE_OK ||
+        (rc = query_int(conn, "PRAGMA user_version", &uv)) != SQLITE_OK ||
+        (rc = query_int(conn, "SELECT count(*) FROM sqlite_master", &objects)) != SQLITE_OK)
+        return read_failure(conn, rc, path, err, errlen);
+
+    if (app == 0 && uv == 0 && objects == 0) {
+        *version = 0;
+        return 0;
+    }
+    if (app != DB_APPLICATION_ID) {
+        db__err(err, errlen,
+                "%s is an SQLite database but not a gw store (application_id %lld, "
+                "user_version %lld, %lld schema objects): refusing to touch it; give --db "
+                "another path",
+                path, (long long)app, (long long)uv, (long long)objects);
+        return -EINVAL;
+    }
+    if (uv > DB_SCHEMA_VERSION) {
+        db__err(err, errlen,
+                "%s is a gw store of schema version %lld, made by a newer gw; this gw knows "
+                "versions up to %d: refusing to touch it; use a newer gw or another path",
+                path, (long long)uv, DB_SCHEMA_VERSION);
+        return -ENOTSUP;
+    }
+    rc = query_int(conn,
+                   "SELECT count(*) FROM sqlite_master WHERE type='table' AND name IN "
+                   "('nat_sessions','nat_events')",
+                   &tables);
+    if (rc != SQLITE_OK)
+        return read_failure(conn, rc, path, err, errlen);
+    if (uv < 1 || tables != 2) {
+        db__err(err, errlen,
+                "%s is a damaged gw store (version %lld, %lld of its 2 tables): refusing to "
+                "touch it; move it away",
+                path, (long long)uv, (long long)tables);
+        return -EIO;
+    }
+    *version = (int)uv;
+    return 0;
+}
+
+/* ---- migrations --------------------------------------------------------- */
+
+/*
+ * migrations[v - 1] brings a store from version v - 1 to v. Append only:
+ * never edit a released step, add a new one and bump DB_SCHEMA_VERSION.
+ * docs/store.md documents the resulting schema.
+ */
+static const char *const migrations[DB_SCHEMA_VERSION] = {
+    /* 1: the two tables. */
+    "CREATE TABLE nat_sessions ("
+    " id INTEGER PRIMARY KEY,"
+    " proto TEXT NOT NULL,"
+    " client_ip TEXT NOT NULL,"
+    " client_port INTEGER NOT NULL,"
+    " nat_ip TEXT NOT NULL,"
+    " nat_port INTEGER NOT NULL,"
+    " backend TEXT NOT NULL DEFAULT '',"
+    " backend_ip TEXT NOT NULL,"
+    " backend_port INTEGER NOT NULL,"
+    " state TEXT NOT NULL,"
+    " opened_at TEXT NOT NULL,"
+    " last_seen TEXT NOT NULL,"
+    " closed_at TEXT,"
+    " close_reason TEXT,"
+    " bytes_in INTEGER NOT NULL DEFAULT 0,"
+    " bytes_out INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX nat_sessions_nat ON nat_sessions(nat_ip, nat_port, opened_at);"
+    "CREATE INDEX nat_sessions_opened ON nat_sessions(opened_at);"
+    "CREATE INDEX nat_sessions_closed ON nat_sessions(closed_at) WHERE closed_at IS NOT NULL;"
+    "CREATE INDEX nat_sessions_live ON nat_sessions(id) WHERE closed_at IS NULL;"
+    "CREATE TABLE nat_events ("
+    " id INTEGER PRIMARY KEY,"
+    " time TEXT NOT NULL,"
+    " event TEXT NOT NULL,"
+    " proto TEXT NOT NULL,"
+    " client_ip TEXT NOT NULL,"
+    " client_port INTEGER NOT NULL,"
+    " nat_ip TEXT,"
+    " nat_port INTEGER,"
+    " backend TEXT NOT NULL DEFAULT '',"
+    " backend_ip TEXT,"
+    " backend_port INTEGER,"
+    " session_id INTEGER,"
+    " reason TEXT);"
+    "CREATE INDEX nat_events_time ON nat_events(time);",
+    /* 2: byte counts on close/expire events; the log answers whois on its own. */
+    "ALTER TABLE nat_events ADD COLUMN bytes_in INTEGER;"
+    "ALTER TABLE nat_events ADD COLUMN bytes_out INTEGER;"
+    "CREATE INDEX nat_events_nat ON nat_events(nat_ip, nat_port, time);",
+};
+
+int db__schema_migrate(sqlite3 *conn, int from, char *err, size_t errlen)
+{
+    char *msg = NULL;
+    char sql[96];
+
+    for (int v = from + 1; v <= DB_SCHEMA_VERSION; v++) {
+        if (sqlite3_exec(conn, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK)
+            goto fail;
+        if (sqlite3_exec(conn, migrations[v - 1], NULL, NULL, &msg) != SQLITE_OK)
+            goto fail_rollback;
+        snprintf(sql, sizeof(sql), "PRAGMA application_id=%d; PRAGMA user_version=%d",
+                 DB_APPLICATION_ID, v);
+        if (sqlite3_exec(conn, sql, NULL, NULL, &msg) != SQLITE_OK)
+            goto fail_rollback;
+        if (sqlite3_exec(conn, "COMMIT", NULL, NULL, &msg) != SQLITE_OK)
+            goto fail_rollback;
+        continue;
+    fail_rollback:
+        sqlite3_exec(conn, "ROLLBACK", NULL, NULL, NULL);
+    fail:
+        db__err(err, errlen, "cannot migrate the store to schema version %d: %s", v,
+                msg != NULL ? msg : sqlite3_errmsg(conn));
+        sqlite3_free(msg);
+        return -EIO;
+    }
+    return 0;
+}

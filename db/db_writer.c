@@ -1,0 +1,1055 @@
+/*
+ * db_writer.c - the write-behind half of the store: struct db, the bounded
+ * queue the data path hands records to, and the writer thread that commits
+ * them in batches, retries when the store cannot write, and prunes.
+ *
+ * The queue is a bounded multi-producer single-consumer ring of fixed-size
+ * cells, each with a sequence number (D. Vyukov's bounded queue): a producer
+ * claims a slot with one compare-and-swap on the enqueue position, copies the
+ * record in and publishes it with a release store. No lock on the data path,
+ * so a producer never waits for the writer, whatever the writer is doing
+ * (even a 100 ms fsync or a busy timeout). The writer sleeps on a condition
+ * variable when the ring is empty; the first producer after that pays one
+ * futex wake (see db_wake_writer), every other hand-over is lock-free.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "db/db_int.h"
+
+enum db_rec_kind {
+    DB_REC_EVENT = 0,
+    DB_REC_UPDATE,
+};
+
+/* One queued record: what the writer needs, copied out of the caller's structs. */
+struct db_rec {
+    uint8_t kind;  /* enum db_rec_kind */
+    uint8_t type;  /* enum nat_event_type */
+    uint8_t proto;
+    uint8_t state;
+    uint16_t client_port, dst_port, nat_port;
+    uint64_t time, id, opened_at, last_seen, bytes_in, bytes_out;
+    uint8_t client[16], dst[16], nat[16];
+    char reason[DB_TOKEN_MAX];
+    char backend[DB_NAME_MAX];
+};
+
+struct db_cell {
+    _Atomic uint64_t seq;
+    struct db_rec rec;
+};
+
+/* SQL the writer prepares once. */
+enum {
+    STMT_BEGIN = 0,
+    STMT_COMMIT,
+    STMT_ROLLBACK,
+    STMT_INSERT_EVENT,
+    STMT_UPSERT_SESSION,
+    STMT_UPDATE_SESSION,
+    STMT_PRUNE_EVENTS,
+    STMT_PRUNE_SESSIONS,
+    STMT_COUNT
+};
+
+static const char *const stmt_sql[STMT_COUNT] = {
+    [STMT_BEGIN] = "BEGIN IMMEDIATE",
+    [STMT_COMMIT] = "COMMIT",
+    [STMT_ROLLBACK] = "ROLLBACK",
+    [STMT_INSERT_EVENT] =
+        "INSERT INTO nat_events(time, event, proto, client_ip, client_port, nat_ip, nat_port,"
+        " backend, backend_ip, backend_port, session_id, reason, bytes_in, bytes_out)"
+        " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    [STMT_UPSERT_SESSION] =
+        "INSERT INTO nat_sessions(id, proto, client_ip, client_port, nat_ip, nat_port, backend,"
+        " backend_ip, backend_port, state, opened_at, last_seen, closed_at, close_reason,"
+        " bytes_in, bytes_out)"
+        " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+        " ON CONFLICT(id) DO UPDATE SET state = excluded.state, last_seen = excluded.last_seen,"
+        " closed_at = excluded.closed_at, close_reason = excluded.close_reason,"
+        " bytes_in = excluded.bytes_in, bytes_out = excluded.bytes_out",
+    [STMT_UPDATE_SESSION] =
+        "UPDATE nat_sessions SET state = ?2, last_seen = ?3, bytes_in = ?4, bytes_out = ?5,"
+        " nat_ip = ?6, nat_port = ?7 WHERE id = ?1 AND closed_at IS NULL",
+    [STMT_PRUNE_EVENTS] = "DELETE FROM nat_events WHERE id IN (SELECT id FROM nat_events"
+                          " WHERE time < ?1 ORDER BY time LIMIT ?2)",
+    [STMT_PRUNE_SESSIONS] = "DELETE FROM nat_sessions WHERE id IN (SELECT id FROM nat_sessions"
+                            " WHERE closed_at < ?1 ORDER BY closed_at LIMIT ?2)",
+};
+
+struct db {
+    /* The ring: written by producers, read by the writer. */
+    struct db_cell *ring; /* owned */
+    uint64_t mask;
+    _Alignas(64) _Atomic uint64_t enq_pos;
+    _Alignas(64) _Atomic uint64_t deq_pos;   /* written by the writer only */
+    _Alignas(64) _Atomic uint64_t dropped;   /* refused by a full ring */
+    _Atomic int writer_idle;                 /* the writer sleeps until woken */
+
+    /* Fixed after db_open. */
+    _Alignas(64) struct db_options opt;
+    char *path; /* owned */
+    sqlite3 *conn; /* owned; used by the writer thread only once it runs */
+    sqlite3_stmt *stmt[STMT_COUNT];
+    uint64_t max_session_id;
+    uint64_t restart_closed;
+    pthread_t thread;
+
+    /* Writer-thread state. */
+    struct db_rec *batch; /* owned, batch_max records */
+    uint32_t batch_n;
+    uint64_t batch_end;   /* ring position after the batch's last record */
+    bool pruning;         /* a pruning pass is under way */
+    uint64_t prune_cutoff;
+    uint64_t next_prune;  /* clock ms */
+
+    /* Shared, under mu. */
+    pthread_mutex_t mu;
+    pthread_cond_t cv_writer; /* the writer waits here */
+    pthread_cond_t cv_done;   /* db_flush / db_writer_exec wait here */
+    bool wake, stop;
+    unsigned flush_waiters;
+    uint64_t committed_pos;   /* ring position everything before which is settled */
+    uint64_t fail_count;
+    int last_errno;
+    const char *exec_sql;     /* borrowed: a db_writer_exec request */
+    char *exec_err;
+    size_t exec_errlen;
+    int exec_rc;
+    bool exec_done;
+    bool degraded;
+    uint64_t episodes_begun, episodes_ended;
+    uint64_t episodes_reported_begun, episodes_reported_ended;
+    uint64_t dropped_at_episode_start;
+    uint64_t dropped_in_last_episode;
+    uint64_t written, skipped, batches, errors, lost_at_close;
+    uint64_t pruned_events, pruned_sessions;
+    char last_error[DB_ERR_MAX];
+};
+
+void db_options_default(struct db_options *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->queue_capacity = 32768;
+    o->flush_ms = 10;
+    o->batch_max = 4096;
+    o->retention_ms = 7ULL * 24 * 3600 * 1000;
+    o->prune_interval_ms = 10000;
+    o->prune_step = 2000;
+    o->retry_ms = 200;
+    o->close_timeout_ms = 5000;
+    o->busy_timeout_ms = 100;
+    o->cache_kib = 32768;
+}
+
+static uint64_t db_clock(const struct db *db)
+{
+    return db->opt.clock != NULL ? db->opt.clock(db->opt.clock_arg) : db__wall_ms();
+}
+
+/* ---- the data path ------------------------------------------------------ */
+
+/* The slow path of a hand-over: the writer sleeps; wake it. */
+static void db_wake_writer(struct db *db)
+{
+    pthread_mutex_lock(&db->mu);
+    db->wake = true;
+    pthread_cond_signal(&db->cv_writer);
+    pthread_mutex_unlock(&db->mu);
+}
+
+/* Claims a cell. Returns it, or NULL when the ring is full. */
+static struct db_cell *ring_claim(struct db *db, uint64_t *pos_out)
+{
+    uint64_t pos = atomic_load_explicit(&db->enq_pos, memory_order_relaxed);
+    for (;;) {
+        struct db_cell *c = &db->ring[pos & db->mask];
+        uint64_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
+        int64_t dif = (int64_t)(seq - pos);
+        if (dif == 0) {
+            if (atomic_compare_exchange_weak_explicit(&db->enq_pos, &pos, pos + 1,
+                                                      memory_order_seq_cst,
+                                                      memory_order_relaxed)) {
+                *pos_out = pos;
+                return c;
+            }
+        } else if (dif < 0) {
+            return NULL;
+        } else {
+            pos = atomic_load_explicit(&db->enq_pos, memory_order_relaxed);
+        }
+    }
+}
+
+/* Publishes a filled cell and wakes the writer when it sleeps. */
+static void ring_publish(struct db *db, struct db_cell *c, uint64_t pos)
+{
+    atomic_store_explicit(&c->seq, pos + 1, memory_order_release);
+    /* The CAS in ring_claim is seq_cst: either the writer sees our enq_pos
+     * before it sleeps, or we see writer_idle set. */
+    if (atomic_load_explicit(&db->writer_idle, memory_order_seq_cst) &&
+        atomic_exchange_explicit(&db->writer_idle, 0, memory_order_seq_cst))
+        db_wake_writer(db);
+}
+
+static void rec_fill_session(struct db_rec *r, const struct nat_session *s)
+{
+    r->proto = s->key.proto;
+    r->state = s->state;
+    r->client_port = s->key.client.port;
+    r->dst_port = s->key.dst.port;
+    r->nat_port = s->ext.port;
+    r->id = s->id;
+    r->opened_at = s->opened_at;
+    r->last_seen = s->last_seen;
+    r->bytes_in = s->bytes_in;
+    r->bytes_out = s->bytes_out;
+    memcpy(r->client, s->key.client.addr.b, 16);
+    memcpy(r->dst, s->key.dst.addr.b, 16);
+    memcpy(r->nat, s->ext.addr.b, 16);
+}
+
+int db_submit(struct db *db, const struct nat_event *ev, const char *backend_name)
+{
+    uint64_t pos;
+    struct db_cell *c = ring_claim(db, &pos);
+    if (c == NULL) {
+        atomic_fetch_add_explicit(&db->dropped, 1, memory_order_relaxed);
+        return -ENOBUFS;
+    }
+    struct db_rec *r = &c->rec;
+    r->kind = DB_REC_EVENT;
+    r->type = (uint8_t)ev->type;
+    r->time = ev->time;
+    rec_fill_session(r, &ev->s);
+    db__strlcpy(r->reason, ev->reason, sizeof(r->reason));
+    db__strlcpy(r->backend, backend_name, sizeof(r->backend));
+    ring_publish(db, c, pos);
+    return 0;
+}
+
+int db_submit_update(struct db *db, const struct nat_session *s)
+{
+    uint64_t pos;
+    struct db_cell *c = ring_claim(db, &pos);
+    if (c == NULL) {
+        atomic_fetch_add_explicit(&db->dropped, 1, memory_order_relaxed);
+        return -ENOBUFS;
+    }
+    struct db_rec *r = &c->rec;
+    r->kind = DB_REC_UPDATE;
+    r->time = s->last_seen;
+    rec_fill_session(r, s);
+    ring_publish(db, c, pos);
+    return 0;
+}
+
+/* ---- the writer: applying records --------------------------------------- */
+
+/* Moves up to `max` published records from the ring into the batch. */
+static uint32_t ring_drain(struct db *db, uint32_t max)
+{
+    uint64_t pos = atomic_load_explicit(&db->deq_pos, memory_order_relaxed);
+    uint32_t n = 0;
+    while (n < max) {
+        struct db_cell *c = &db->ring[pos & db->mask];
+        uint64_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
+        if (seq != pos + 1)
+            break; /* empty, or a producer is still copying into it */
+        db->batch[db->batch_n + n] = c->rec;
+        atomic_store_explicit(&c->seq, pos + db->mask + 1, memory_order_release);
+        pos++;
+        n++;
+    }
+    atomic_store_explicit(&db->deq_pos, pos, memory_order_release);
+    return n;
+}
+
+static bool ring_empty(struct db *db)
+{
+    return atomic_load_explicit(&db->enq_pos, memory_order_seq_cst) ==
+           atomic_load_explicit(&db->deq_pos, memory_order_relaxed);
+}
+
+static const char *event_name(uint8_t type)
+{
+    static const char *const names[NAT_EV_COUNT] = {"open", "close", "expire", "refuse"};
+    return type < NAT_EV_COUNT ? names[type] : "unknown";
+}
+
+/* True for failures of one record's data (skip it) rather than of the store. */
+static bool is_data_error(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_CONSTRAINT:
+    case SQLITE_MISMATCH:
+    case SQLITE_TOOBIG:
+    case SQLITE_RANGE:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static int step_reset(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
+}
+
+static int apply_event(struct db *db, const struct db_rec *r)
+{
+    char t[DB_TIME_STRLEN], t_open[DB_TIME_STRLEN], t_seen[DB_TIME_STRLEN];
+    char client[NAT_ADDR_STRLEN], dst[NAT_ADDR_STRLEN], nat[NAT_ADDR_STRLEN];
+    const char *proto = db__proto_name(r->proto);
+    bool refuse = r->type == NAT_EV_REFUSE;
+    bool ends = r->type == NAT_EV_CLOSE || r->type == NAT_EV_EXPIRE;
+    sqlite3_stmt *st = db->stmt[STMT_INSERT_EVENT];
+    int rc;
+
+    db_time_format(r->time, t);
+    db__addr_format(r->client, client);
+    db__addr_format(r->dst, dst);
+    sqlite3_bind_text(st, 1, t, DB_TIME_STRLEN - 1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, event_name(r->type), -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, proto, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, client, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 5, r->client_port);
+    if (refuse) {
+        sqlite3_bind_null(st, 6);
+        sqlite3_bind_null(st, 7);
+        sqlite3_bind_null(st, 11);
+    } else {
+        db__addr_format(r->nat, nat);
+        sqlite3_bind_text(st, 6, nat, -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 7, r->nat_port);
+        sqlite3_bind_int64(st, 11, (sqlite3_int64)r->id);
+    }
+    sqlite3_bind_text(st, 8, r->backend, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 9, dst, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 10, r->dst_port);
+    if (r->reason[0] != '\0')
+        sqlite3_bind_text(st, 12, r->reason, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 12);
+    if (ends) {
+        sqlite3_bind_int64(st, 13, (sqlite3_int64)r->bytes_in);
+        sqlite3_bind_int64(st, 14, (sqlite3_int64)r->bytes_out);
+    } else {
+        sqlite3_bind_null(st, 13);
+        sqlite3_bind_null(st, 14);
+    }
+    rc = step_reset(st);
+    if (rc != SQLITE_OK || refuse)
+        return rc;
+
+    st = db->stmt[STMT_UPSERT_SESSION];
+    db_time_format(r->opened_at, t_open);
+    db_time_format(ends && r->last_seen < r->time ? r->time : r->last_seen, t_seen);
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)r->id);
+    sqlite3_bind_text(st, 2, proto, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, client, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 4, r->client_port);
+    sqlite3_bind_text(st, 5, nat, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 6, r->nat_port);
+    sqlite3_bind_text(st, 7, r->backend, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 8, dst, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 9, r->dst_port);
+    sqlite3_bind_text(st, 10, ends ? "closed" : db__state_name(r->state), -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 11, t_open, DB_TIME_STRLEN - 1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 12, t_seen, DB_TIME_STRLEN - 1, SQLITE_STATIC);
+    if (ends) {
+        sqlite3_bind_text(st, 13, t, DB_TIME_STRLEN - 1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 14, r->reason[0] != '\0' ? r->reason : "error", -1,
+                          SQLITE_STATIC);
+    } else {
+        sqlite3_bind_null(st, 13);
+        sqlite3_bind_null(st, 14);
+    }
+    sqlite3_bind_int64(st, 15, (sqlite3_int64)r->bytes_in);
+    sqlite3_bind_int64(st, 16, (sqlite3_int64)r->bytes_out);
+    return step_reset(st);
+}
+
+static int apply_update(struct db *db, const struct db_rec *r)
+{
+    char t_seen[DB_TIME_STRLEN], nat[NAT_ADDR_STRLEN];
+    sqlite3_stmt *st = db->stmt[STMT_UPDATE_SESSION];
+
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)r->id);
+    sqlite3_bind_text(st, 2, db__state_name(r->state), -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, db_time_format(r->last_seen, t_seen), DB_TIME_STRLEN - 1,
+                      SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)r->bytes_in);
+    sqlite3_bind_int64(st, 5, (sqlite3_int64)r->bytes_out);
+    sqlite3_bind_text(st, 6, db__addr_format(r->nat, nat), -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 7, r->nat_port);
+    return step_reset(st);
+}
+
+/* Writes the batch in one transaction. Returns SQLITE_OK or the failure
+ * (the transaction is then rolled back and the batch kept). */
+static int write_batch(struct db *db, uint64_t *skipped)
+{
+    int rc = step_reset(db->stmt[STMT_BEGIN]);
+    if (rc != SQLITE_OK)
+        return rc;
+    *skipped = 0;
+    for (uint32_t i = 0; i < db->batch_n; i++) {
+        const struct db_rec *r = &db->batch[i];
+        rc = r->kind == DB_REC_EVENT ? apply_event(db, r) : apply_update(db, r);
+        if (rc == SQLITE_OK)
+            continue;
+        if (!is_data_error(rc))
+            goto out_rollback;
+        (*skipped)++;
+    }
+    rc = step_reset(db->stmt[STMT_COMMIT]);
+    if (rc == SQLITE_OK)
+        return SQLITE_OK;
+out_rollback:
+    if (!sqlite3_get_autocommit(db->conn))
+        step_reset(db->stmt[STMT_ROLLBACK]);
+    return rc;
+}
+
+/* Records a failed attempt; starts an episode when the store was writing. */
+static void note_failure(struct db *db, int rc, const char *what)
+{
+    pthread_mutex_lock(&db->mu);
+    db->errors++;
+    db->fail_count++;
+    db->last_errno = db__errno_of(rc);
+    snprintf(db->last_error, sizeof(db->last_error), "%s %s: %s", what, db->path,
+             sqlite3_errstr(rc));
+    if (!db->degraded) {
+        db->degraded = true;
+        db->episodes_begun++;
+        db->dropped_at_episode_start = atomic_load(&db->dropped);
+    }
+    pthread_cond_broadcast(&db->cv_done);
+    pthread_mutex_unlock(&db->mu);
+}
+
+static void note_success(struct db *db, uint64_t n, uint64_t skipped, uint64_t end_pos)
+{
+    pthread_mutex_lock(&db->mu);
+    db->written += n - skipped;
+    db->skipped += skipped;
+    db->batches++;
+    db->committed_pos = end_pos;
+    if (db->degraded) {
+        db->degraded = false;
+        db->episodes_ended++;
+        db->dropped_in_last_episode = atomic_load(&db->dropped) - db->dropped_at_episode_start;
+    }
+    pthread_cond_broadcast(&db->cv_done);
+    pthread_mutex_unlock(&db->mu);
+}
+
+/* One pruning step. Returns SQLITE_OK or the failure. */
+static int prune_step(struct db *db)
+{
+    char cutoff[DB_TIME_STRLEN];
+    int n_ev = 0, n_se = 0, rc;
+
+    db_time_format(db->prune_cutoff, cutoff);
+    rc = step_reset(db->stmt[STMT_BEGIN]);
+    if (rc != SQLITE_OK)
+        return rc;
+    for (int i = STMT_PRUNE_EVENTS; i <= STMT_PRUNE_SESSIONS; i++) {
+        sqlite3_stmt *st = db->stmt[i];
+        sqlite3_bind_text(st, 1, cutoff, DB_TIME_STRLEN - 1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 2, (int)db->opt.prune_step);
+        rc = step_reset(st);
+        if (rc != SQLITE_OK)
+            goto out_rollback;
+        if (i == STMT_PRUNE_EVENTS)
+            n_ev = sqlite3_changes(db->conn);
+        else
+            n_se = sqlite3_changes(db->conn);
+    }
+    rc = step_reset(db->stmt[STMT_COMMIT]);
+    if (rc != SQLITE_OK)
+        goto out_rollback;
+    pthread_mutex_lock(&db->mu);
+    db->pruned_events += (uint64_t)n_ev;
+    db->pruned_sessions += (uint64_t)n_se;
+    pthread_mutex_unlock(&db->mu);
+    if ((uint32_t)n_ev < db->opt.prune_step && (uint32_t)n_se < db->opt.prune_step) {
+        db->pruning = false;
+        db->next_prune = db_clock(db) + db->opt.prune_interval_ms;
+    }
+    return SQLITE_OK;
+out_rollback:
+    if (!sqlite3_get_autocommit(db->conn))
+        step_reset(db->stmt[STMT_ROLLBACK]);
+    return rc;
+}
+
+static void maybe_prune(struct db *db)
+{
+    if (db->opt.retention_ms == 0)
+        return;
+    if (!db->pruning) {
+        uint64_t now = db_clock(db);
+        if (now < db->next_prune)
+            return;
+        if (now <= db->opt.retention_ms) {
+            db->next_prune = now + db->opt.prune_interval_ms;
+            return;
+        }
+        db->pruning = true;
+        db->prune_cutoff = now - db->opt.retention_ms;
+    }
+    int rc = prune_step(db);
+    if (rc != SQLITE_OK) {
+        note_failure(db, rc, "cannot prune");
+        db->pruning = false;
+        db->next_prune = db_clock(db) + db->opt.prune_interval_ms;
+    }
+}
+
+/* ---- the writer: the loop ----------------------------------------------- */
+
+static void abs_deadline(struct timespec *ts, uint64_t ms)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += (time_t)(ms / 1000);
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Runs a pending db_writer_exec request. Called with mu held. */
+static void run_exec_locked(struct db *db)
+{
+    char *msg = NULL;
+    const char *sql = db->exec_sql;
+    db->exec_sql = NULL;
+    pthread_mutex_unlock(&db->mu);
+    int rc = sqlite3_exec(db->conn, sql, NULL, NULL, &msg);
+    pthread_mutex_lock(&db->mu);
+    db->exec_rc = rc == SQLITE_OK ? 0 : -EIO;
+    if (rc != SQLITE_OK)
+        db__err(db->exec_err, db->exec_errlen, "%s", msg != NULL ? msg : sqlite3_errstr(rc));
+    sqlite3_free(msg);
+    db->exec_done = true;
+    pthread_cond_broadcast(&db->cv_done);
+}
+
+enum {
+    WAKE_STOP = 1,  /* db_close */
+    WAKE_FLUSH = 2, /* a db_flush waiter */
+    WAKE_DATA = 4,  /* a producer's wake-up */
+};
+
+/*
+ * Waits up to `ms`, or until one of the `wake_on` reasons holds. Runs
+ * db_writer_exec requests that arrive meanwhile.
+ */
+static void writer_wait(struct db *db, uint64_t ms, int wake_on)
+{
+    struct timespec ts;
+    abs_deadline(&ts, ms);
+    pthread_mutex_lock(&db->mu);
+    for (;;) {
+        if (db->exec_sql != NULL)
+            run_exec_locked(db);
+        if (((wake_on & WAKE_STOP) && db->stop) ||
+            ((wake_on & WAKE_FLUSH) && db->flush_waiters > 0) ||
+            ((wake_on & WAKE_DATA) && db->wake))
+            break;
+        if (pthread_cond_timedwait(&db->cv_writer, &db->mu, &ts) == ETIMEDOUT)
+            break;
+    }
+    db->wake = false;
+    pthread_mutex_unlock(&db->mu);
+}
+
+static bool writer_stopping(struct db *db, bool *flushing)
+{
+    pthread_mutex_lock(&db->mu);
+    bool stop = db->stop;
+    *flushing = db->flush_waiters > 0;
+    if (db->exec_sql != NULL)
+        run_exec_locked(db);
+    pthread_mutex_unlock(&db->mu);
+    return stop;
+}
+
+/* At close, after close_timeout_ms of failures: give up what is left. */
+static void give_up(struct db *db)
+{
+    uint64_t lost = db->batch_n;
+    db->batch_n = 0;
+    while ((db->batch_n = ring_drain(db, db->opt.batch_max)) > 0) {
+        lost += db->batch_n;
+        db->batch_n = 0;
+    }
+    atomic_fetch_add(&db->dropped, lost);
+    pthread_mutex_lock(&db->mu);
+    db->lost_at_close += lost;
+    db->committed_pos = atomic_load(&db->deq_pos);
+    pthread_cond_broadcast(&db->cv_done);
+    pthread_mutex_unlock(&db->mu);
+}
+
+static void *writer_main(void *arg)
+{
+    struct db *db = arg;
+    uint64_t close_deadline = 0;
+
+    for (;;) {
+        bool flushing;
+        bool stop = writer_stopping(db, &flushing);
+        if (stop && close_deadline == 0)
+            close_deadline = mono_ms() + db->opt.close_timeout_ms;
+
+        if (db->batch_n == 0) {
+            db->batch_n = ring_drain(db, db->opt.batch_max);
+            db->batch_end = atomic_load_explicit(&db->deq_pos, memory_order_relaxed);
+        }
+        if (db->batch_n > 0) {
+            uint64_t skipped = 0;
+            uint32_t n = db->batch_n;
+            int rc = write_batch(db, &skipped);
+            if (rc != SQLITE_OK) {
+                note_failure(db, rc, "cannot write to");
+                if (stop && mono_ms() >= close_deadline) {
+                    give_up(db);
+                    break;
+                }
+                writer_wait(db, db->opt.retry_ms, 0);
+                continue;
+            }
+            db->batch_n = 0;
+            note_success(db, n, skipped, db->batch_end);
+            if (n == db->opt.batch_max)
+                continue; /* more is waiting: no pause under load */
+        }
+        bool degraded;
+        pthread_mutex_lock(&db->mu);
+        degraded = db->degraded;
+        pthread_mutex_unlock(&db->mu);
+        if (!degraded && !stop)
+            maybe_prune(db);
+
+        if (!ring_empty(db)) {
+            /* A partial batch went out, or a producer is mid-copy: let the
+             * next batch gather unless someone waits for it. */
+            if (!stop && !flushing && db->opt.flush_ms > 0)
+                writer_wait(db, db->opt.flush_ms, WAKE_STOP | WAKE_FLUSH);
+            else
+                sched_yield();
+            continue;
+        }
+        if (stop)
+            break;
+        /* Idle: sleep until a producer wakes us (or the next pruning pass). */
+        atomic_store_explicit(&db->writer_idle, 1, memory_order_seq_cst);
+        if (!ring_empty(db)) {
+            atomic_store_explicit(&db->writer_idle, 0, memory_order_seq_cst);
+            continue;
+        }
+        uint64_t sleep_ms = 1000;
+        if (db->opt.retention_ms != 0 && !db->pruning) {
+            uint64_t now = db_clock(db);
+            sleep_ms = db->next_prune > now ? db->next_prune - now : 0;
+            if (sleep_ms > 1000)
+                sleep_ms = 1000;
+        }
+        if (db->pruning)
+            sleep_ms = 0;
+        writer_wait(db, sleep_ms, WAKE_STOP | WAKE_FLUSH | WAKE_DATA);
+        bool woken = !atomic_exchange_explicit(&db->writer_idle, 0, memory_order_seq_cst);
+        /* Woken by data: give the batch flush_ms to gather. */
+        if (woken && db->opt.flush_ms > 0)
+            writer_wait(db, db->opt.flush_ms, WAKE_STOP | WAKE_FLUSH);
+    }
+    pthread_mutex_lock(&db->mu);
+    pthread_cond_broadcast(&db->cv_done);
+    pthread_mutex_unlock(&db->mu);
+    return NULL;
+}
+
+/* ---- open and close ----------------------------------------------------- */
+
+/* Closes the sessions a previous run left open (reason "restart"). */
+static int close_leftovers(struct db *db, char *err, size_t errlen)
+{
+    static const char *const sql_last =
+        "SELECT max(t) FROM (SELECT max(time) AS t FROM nat_events"
+        " UNION ALL SELECT max(last_seen) FROM nat_sessions WHERE closed_at IS NULL"
+        " UNION ALL SELECT max(opened_at) FROM nat_sessions WHERE closed_at IS NULL)";
+    static const char *const sql_log =
+        "INSERT INTO nat_events(time, event, proto, client_ip, client_port, nat_ip, nat_port,"
+        " backend, backend_ip, backend_port, session_id, reason, bytes_in, bytes_out)"
+        " SELECT ?1, 'close', proto, client_ip, client_port, nat_ip, nat_port, backend,"
+        " backend_ip, backend_port, id, 'restart', bytes_in, bytes_out"
+        " FROM nat_sessions WHERE closed_at IS NULL ORDER BY id";
+    static const char *const sql_close =
+        "UPDATE nat_sessions SET state = 'closed', closed_at = ?1, close_reason = 'restart'"
+        " WHERE closed_at IS NULL";
+    char t[DB_TIME_STRLEN];
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    if ((rc = sqlite3_exec(db->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL)) != SQLITE_OK)
+        goto out_err;
+    if ((rc = sqlite3_prepare_v2(db->conn, sql_last, -1, &st, NULL)) != SQLITE_OK)
+        goto out_rollback;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW && sqlite3_column_type(st, 0) == SQLITE_TEXT)
+        db__strlcpy(t, (const char *)sqlite3_column_text(st, 0), sizeof(t));
+    else
+        db_time_format(db_clock(db), t);
+    sqlite3_finalize(st);
+    st = NULL;
+    for (int i = 0; i < 2; i++) {
+        rc = sqlite3_prepare_v2(db->conn, i == 0 ? sql_log : sql_close, -1, &st, NULL);
+        if (rc != SQLITE_OK)
+            goto out_rollback;
+        sqlite3_bind_text(st, 1, t, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        sqlite3_finalize(st);
+        st = NULL;
+        if (rc != SQLITE_DONE)
+            goto out_rollback;
+    }
+    db->restart_closed = (uint64_t)sqlite3_changes(db->conn);
+    if ((rc = sqlite3_exec(db->conn, "COMMIT", NULL, NULL, NULL)) != SQLITE_OK)
+        goto out_rollback;
+    return 0;
+out_rollback:
+    db__err(err, errlen, "cannot close the sessions left open in %s: %s", db->path,
+            sqlite3_errmsg(db->conn));
+    sqlite3_exec(db->conn, "ROLLBACK", NULL, NULL, NULL);
+    return db__errno_of(rc);
+out_err:
+    db__err(err, errlen, "cannot close the sessions left open in %s: %s", db->path,
+            sqlite3_errmsg(db->conn));
+    return db__errno_of(rc);
+}
+
+static int read_max_id(struct db *db)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db->conn,
+                                "SELECT max(coalesce((SELECT max(id) FROM nat_sessions), 0),"
+                                " coalesce((SELECT max(session_id) FROM nat_events), 0))",
+                                -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        db->max_session_id = (uint64_t)sqlite3_column_int64(st, 0);
+        rc = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Refuses files and directories this process cannot write, before SQLite
+ * quietly opens them read-only. */
+static int check_writable(const char *path, char *err, size_t errlen)
+{
+    struct stat sb;
+    char *dir, *slash;
+    int rc = 0;
+
+    if (stat(path, &sb) == 0) {
+        if (!S_ISREG(sb.st_mode)) {
+            db__err(err, errlen, "%s is not a regular file", path);
+            return -EINVAL;
+        }
+        if (access(path, W_OK) != 0) {
+            db__err(err, errlen, "%s is read-only for this user: make it writable or give "
+                    "--db another path", path);
+            return -EROFS;
+        }
+    }
+    dir = strdup(path);
+    if (dir == NULL)
+        return -ENOMEM;
+    slash = strrchr(dir, '/');
+    if (slash == NULL)
+        strcpy(dir, ".");
+    else if (slash == dir)
+        slash[1] = '\0';
+    else
+        *slash = '\0';
+    if (access(dir, W_OK | X_OK) != 0) {
+        db__err(err, errlen,
+                "directory %s is not writable for this user (the store needs its -wal and "
+                "-shm files there)",
+                dir);
+        rc = -EROFS;
+    }
+    free(dir);
+    return rc;
+}
+
+static int open_connection(struct db *db, char *err, size_t errlen)
+{
+    char sql[64];
+    int version = 0, rc;
+    bool memory = strcmp(db->path, ":memory:") == 0;
+
+    if (!memory && (rc = check_writable(db->path, err, errlen)) < 0)
+        return rc;
+    rc = sqlite3_open_v2(db->path, &db->conn,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        db__err(err, errlen, "cannot open %s: %s", db->path,
+                db->conn != NULL ? sqlite3_errmsg(db->conn) : sqlite3_errstr(rc));
+        return db__errno_of(rc);
+    }
+    if (sqlite3_db_readonly(db->conn, "main") == 1) {
+        db__err(err, errlen, "%s can only be opened read-only", db->path);
+        return -EROFS;
+    }
+    sqlite3_extended_result_codes(db->conn, 1);
+    sqlite3_busy_timeout(db->conn, (int)db->opt.busy_timeout_ms);
+    if ((rc = db__schema_check(db->conn, db->path, &version, err, errlen)) < 0)
+        return rc;
+    /* Only now that the file is known to be ours (or empty) do we write. */
+    if (!memory && sqlite3_exec(db->conn, "PRAGMA journal_mode=WAL", NULL, NULL, NULL) !=
+                       SQLITE_OK) {
+        db__err(err, errlen, "cannot switch %s to WAL mode: %s", db->path,
+                sqlite3_errmsg(db->conn));
+        return -EIO;
+    }
+    /* NORMAL in WAL mode: a commit is a write() into the -wal, fsync only at
+     * checkpoints; a kill -9 loses nothing committed, a power cut at most the
+     * last commits, never consistency. A larger page cache keeps the indexes'
+     * hot pages in memory between batches. */
+    snprintf(sql, sizeof(sql), "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-%u",
+             db->opt.cache_kib);
+    sqlite3_exec(db->conn, sql, NULL, NULL, NULL);
+    if (version < DB_SCHEMA_VERSION &&
+        (rc = db__schema_migrate(db->conn, version, err, errlen)) < 0)
+        return rc;
+    if ((rc = read_max_id(db)) != SQLITE_OK) {
+        db__err(err, errlen, "cannot read %s: %s", db->path, sqlite3_errmsg(db->conn));
+        return db__errno_of(rc);
+    }
+    if ((rc = close_leftovers(db, err, errlen)) < 0)
+        return rc;
+    for (int i = 0; i < STMT_COUNT; i++) {
+        rc = sqlite3_prepare_v3(db->conn, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
+                                &db->stmt[i], NULL);
+        if (rc != SQLITE_OK) {
+            db__err(err, errlen, "cannot prepare the store's statements on %s: %s", db->path,
+                    sqlite3_errmsg(db->conn));
+            return db__errno_of(rc);
+        }
+    }
+    return 0;
+}
+
+static void db_free(struct db *db)
+{
+    if (db == NULL)
+        return;
+    for (int i = 0; i < STMT_COUNT; i++)
+        sqlite3_finalize(db->stmt[i]);
+    if (db->conn != NULL)
+        sqlite3_close(db->conn);
+    pthread_cond_destroy(&db->cv_done);
+    pthread_cond_destroy(&db->cv_writer);
+    pthread_mutex_destroy(&db->mu);
+    free(db->batch);
+    free(db->ring);
+    free(db->path);
+    free(db);
+}
+
+static int init_sync(struct db *db)
+{
+    pthread_condattr_t ca;
+    if (pthread_mutex_init(&db->mu, NULL) != 0)
+        return -ENOMEM;
+    if (pthread_condattr_init(&ca) != 0)
+        return -ENOMEM;
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(&db->cv_writer, &ca) == 0 && pthread_cond_init(&db->cv_done, &ca) == 0
+                 ? 0
+                 : -ENOMEM;
+    pthread_condattr_destroy(&ca);
+    return rc;
+}
+
+int db_open(struct db **out, const struct db_options *o, char *err, size_t errlen)
+{
+    struct db *db;
+    uint64_t cap = 1;
+    int rc;
+
+    if (o == NULL || o->path == NULL || o->path[0] == '\0' || o->queue_capacity == 0 ||
+        o->batch_max == 0 || o->flush_ms > 100 || o->queue_capacity > (1u << 30) ||
+        (o->retention_ms != 0 && (o->prune_step == 0 || o->prune_interval_ms == 0))) {
+        db__err(err, errlen, "invalid store options (need a path, a queue, a batch size, "
+                "flush_ms <= 100, a prune step and interval when retention is set)");
+        return -EINVAL;
+    }
+    while (cap < o->queue_capacity)
+        cap <<= 1;
+    db = calloc(1, sizeof(*db));
+    if (db == NULL)
+        return -ENOMEM;
+    db->opt = *o;
+    db->opt.path = NULL;
+    db->mask = cap - 1;
+    db->path = strdup(o->path);
+    db->ring = calloc(cap, sizeof(*db->ring));
+    db->batch = calloc(o->batch_max, sizeof(*db->batch));
+    if (db->path == NULL || db->ring == NULL || db->batch == NULL ||
+        init_sync(db) < 0) {
+        db__err(err, errlen, "out of memory for the store's queue");
+        free(db->batch);
+        free(db->ring);
+        free(db->path);
+        free(db);
+        return -ENOMEM;
+    }
+    for (uint64_t i = 0; i < cap; i++)
+        atomic_init(&db->ring[i].seq, i);
+    if ((rc = open_connection(db, err, errlen)) < 0)
+        goto out_free;
+    db->next_prune = db_clock(db); /* first pass soon after start */
+    if (pthread_create(&db->thread, NULL, writer_main, db) != 0) {
+        db__err(err, errlen, "cannot start the store's writer thread");
+        rc = -EAGAIN;
+        goto out_free;
+    }
+    *out = db;
+    return 0;
+out_free:
+    db_free(db);
+    return rc;
+}
+
+int db_flush(struct db *db)
+{
+    uint64_t target = atomic_load(&db->enq_pos);
+    int rc = 0;
+
+    pthread_mutex_lock(&db->mu);
+    uint64_t fails = db->fail_count;
+    db->flush_waiters++;
+    pthread_cond_signal(&db->cv_writer);
+    while (db->committed_pos < target) {
+        if (db->fail_count != fails) {
+            rc = db->last_errno != 0 ? db->last_errno : -EIO;
+            break;
+        }
+        pthread_cond_wait(&db->cv_done, &db->mu);
+    }
+    db->flush_waiters--;
+    pthread_mutex_unlock(&db->mu);
+    return rc;
+}
+
+int db_writer_exec(struct db *db, const char *sql, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&db->mu);
+    while (db->exec_sql != NULL && !db->stop) /* one request at a time */
+        pthread_cond_wait(&db->cv_done, &db->mu);
+    if (db->stop) {
+        pthread_mutex_unlock(&db->mu);
+        return -ESHUTDOWN;
+    }
+    db->exec_sql = sql;
+    db->exec_err = err;
+    db->exec_errlen = errlen;
+    db->exec_done = false;
+    pthread_cond_signal(&db->cv_writer);
+    while (!db->exec_done)
+        pthread_cond_wait(&db->cv_done, &db->mu);
+    int rc = db->exec_rc;
+    pthread_mutex_unlock(&db->mu);
+    return rc;
+}
+
+int db_close(struct db *db)
+{
+    if (db == NULL)
+        return 0;
+    pthread_mutex_lock(&db->mu);
+    db->stop = true;
+    pthread_cond_signal(&db->cv_writer);
+    pthread_mutex_unlock(&db->mu);
+    pthread_join(db->thread, NULL);
+    int rc = db->lost_at_close > 0 ? (db->last_errno != 0 ? db->last_errno : -EIO) : 0;
+    db_free(db);
+    return rc;
+}
+
+uint64_t db_max_session_id(const struct db *db)
+{
+    return db->max_session_id;
+}
+
+uint64_t db_restart_closed(const struct db *db)
+{
+    return db->restart_closed;
+}
+
+void db_get_stats(struct db *db, struct db_stats *out)
+{
+    uint64_t enq = atomic_load(&db->enq_pos);
+    pthread_mutex_lock(&db->mu);
+    out->submitted = enq;
+    out->written = db->written;
+    out->dropped = atomic_load(&db->dropped);
+    out->skipped = db->skipped;
+    out->batches = db->batches;
+    out->errors = db->errors;
+    out->episodes = db->episodes_begun;
+    out->pruned_events = db->pruned_events;
+    out->pruned_sessions = db->pruned_sessions;
+    /* Records in the writer's failed batch still count as waiting. */
+    out->queue_depth = (uint32_t)(enq - db->committed_pos);
+    out->queue_capacity = (uint32_t)(db->mask + 1);
+    out->degraded = db->degraded;
+    memcpy(out->last_error, db->last_error, sizeof(out->last_error));
+    pthread_mutex_unlock(&db->mu);
+}
+
+enum db_status db_status_poll(struct db *db, char *msg, size_t msglen)
+{
+    enum db_status st = DB_STATUS_SAME;
+    pthread_mutex_lock(&db->mu);
+    if (db->episodes_reported_begun < db->episodes_begun) {
+        db->episodes_reported_begun = db->episodes_begun;
+        db__err(msg, msglen, "store failing, events are queued then dropped: %s",
+                db->last_error);
+        st = DB_STATUS_FAILING;
+    } else if (db->episodes_reported_ended < db->episodes_ended) {
+        db->episodes_reported_ended = db->episodes_ended;
+        db__err(msg, msglen, "store writing again; %llu records dropped while it failed",
+                (unsigned long long)db->dropped_in_last_episode);
+        st = DB_STATUS_RECOVERED;
+    }
+    pthread_mutex_unlock(&db->mu);
+    return st;
+}

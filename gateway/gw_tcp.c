@@ -1,0 +1,602 @@
+/*
+ * gw_tcp.c - TCP flows: accept in batches, route, NAT mapping, an outbound
+ * socket bound to nat_ip:nat_port (EADDRINUSE and EADDRNOTAVAIL move to
+ * another pool port), non-blocking connect with a timeout and failover to the
+ * next server, then the relay: bounded pending bytes per direction with
+ * backpressure, FIN forwarded as shutdown(SHUT_WR), RST forwarded as RST.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "gwd.h"
+
+#define MAX_PORT_TRIES 16 /* bind/connect retries on other pool ports per attempt */
+#define MAX_FAILOVER 8    /* servers tried per flow at most */
+
+static void tcp_io_cb(struct ev_loop *loop, ev_io *w, int revents);
+static void tcp_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
+
+static const char *side_reason(int side, const char *what)
+{
+    if (strcmp(what, "rst") == 0)
+        return side == GW_SIDE_CLIENT ? "client_rst" : "backend_rst";
+    return side == GW_SIDE_CLIENT ? "client_fin" : "backend_fin";
+}
+
+/* ---- teardown ----------------------------------------------------------- */
+
+static void close_fd(int fd, bool rst)
+{
+    if (fd < 0)
+        return;
+    if (rst) {
+        struct linger lg = {1, 0};
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    }
+    close(fd);
+}
+
+/* The TCP part of gw_flow_close. */
+void gw_tcp_release(struct gw_flow *flow, bool rst)
+{
+    struct ev_loop *loop = flow->ctx->loop;
+
+    for (int i = 0; i < 2; i++) {
+        ev_io_stop(loop, &flow->u.tcp.io[i]);
+        close_fd(flow->u.tcp.fd[i], rst);
+        flow->u.tcp.fd[i] = -1;
+        free(flow->u.tcp.pend[i]);
+        flow->u.tcp.pend[i] = NULL;
+    }
+    ev_timer_stop(loop, &flow->u.tcp.timer);
+}
+
+/* One connect attempt failed: close its socket, its session and its server. */
+static void attempt_failed(struct gw_flow *flow, const char *reason)
+{
+    struct gw_ctx *ctx = flow->ctx;
+    struct nat_session *s = flow->sess;
+
+    ev_io_stop(ctx->loop, &flow->u.tcp.io[GW_SIDE_BACKEND]);
+    ev_timer_stop(ctx->loop, &flow->u.tcp.timer);
+    close_fd(flow->u.tcp.fd[GW_SIDE_BACKEND], false);
+    flow->u.tcp.fd[GW_SIDE_BACKEND] = -1;
+    flow->sess = NULL;
+    if (s) {
+        s->udata = NULL;
+        nat_session_close(ctx->nat, s, gw_loop_ms(ctx->loop), reason);
+    }
+    if (flow->server) {
+        flow->server->connect_failures++;
+        gw_server_release(flow->server);
+        flow->server = NULL;
+    }
+}
+
+/* ---- connecting ---------------------------------------------------------- */
+
+/*
+ * Opens the mapping toward s and starts the connect. Returns 0 (under way),
+ * -ENOSPC (no mapping: refused, nothing left open), -EMFILE (out of fds), or
+ * another -errno (this server failed; its session is closed).
+ */
+static int start_connect(struct gw_flow *flow, struct gw_server *srv, struct gw_backend *b)
+{
+    struct gw_ctx *ctx = flow->ctx;
+    uint64_t now = gw_loop_ms(ctx->loop);
+    struct nat_key key;
+    struct nat_session *sess;
+    enum nat_err err;
+    int one = 1, fd = -1;
+
+    memset(&key, 0, sizeof(key));
+    key.client = flow->client;
+    gw_endpoint_from_sockaddr(&key.dst, (const struct sockaddr *)&srv->conf.addr.ss);
+    key.proto = NAT_PROTO_TCP;
+    err = nat_session_open(ctx->nat, &key, b->tag, now, &sess);
+    if (err != NAT_OK) {
+        char ip[NAT_ADDR_STRLEN];
+        uint64_t held;
+        ctx->counters.refused_nat[err < NAT_ERR_COUNT ? err : NAT_ERR_INVAL]++;
+        if (gw_log_allow(&ctx->rl.refused, now, &held))
+            gw_log(GW_LOG_INFO, "tcp %s:%u refused: %s (%lu more refusals not logged)",
+                   nat_addr_format(&flow->client.addr, ip), flow->client.port, nat_err_name(err),
+                   (unsigned long)held);
+        return -ENOSPC;
+    }
+    sess->udata = flow;
+    flow->sess = sess;
+    flow->server = srv;
+    flow->backend_tag = b->tag;
+    gw_server_acquire(srv);
+
+    for (int tries = 0;; tries++) {
+        struct gw_sockaddr ext;
+        gw_sockaddr_from_endpoint(&ext, &sess->ext);
+        if (ext.ss.ss_family != srv->conf.addr.ss.ss_family) {
+            gw_log(GW_LOG_ERROR, "nat ip and server %s are of different families",
+                   srv->conf.name);
+            attempt_failed(flow, "error");
+            return -EAFNOSUPPORT;
+        }
+        fd = socket(ext.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            int e = errno;
+            attempt_failed(flow, "error");
+            return e == EMFILE || e == ENFILE ? -EMFILE : -e;
+        }
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (bind(fd, (const struct sockaddr *)&ext.ss, ext.len) < 0) {
+            int e = errno;
+            close(fd);
+            if (e == EADDRINUSE && tries < MAX_PORT_TRIES) {
+                ctx->counters.bind_busy++;
+                if (nat_session_repick(ctx->nat, sess, now, GW_BUSY_PORT_MS) == NAT_OK)
+                    continue;
+                attempt_failed(flow, "refused");
+                return -ENOSPC;
+            }
+            uint64_t held;
+            if (gw_log_allow(&ctx->rl.sockets, now, &held))
+                gw_log(GW_LOG_WARN, "bind to nat port %u: %s (%lu more not logged)",
+                       sess->ext.port, strerror(e), (unsigned long)held);
+            attempt_failed(flow, "error");
+            return -e;
+        }
+        if (connect(fd, (const struct sockaddr *)&srv->conf.addr.ss, srv->conf.addr.len) < 0 &&
+            errno != EINPROGRESS) {
+            int e = errno;
+            close(fd);
+            if (e == EADDRNOTAVAIL && tries < MAX_PORT_TRIES) {
+                /* That 4-tuple is still in TIME_WAIT from an earlier flow. */
+                ctx->counters.connect_addrnotavail++;
+                if (nat_session_repick(ctx->nat, sess, now, GW_BUSY_PORT_MS) == NAT_OK)
+                    continue;
+                attempt_failed(flow, "refused");
+                return -ENOSPC;
+            }
+            ctx->counters.connect_failed++;
+            attempt_failed(flow, "connect_failed");
+            return -e;
+        }
+        break;
+    }
+    flow->u.tcp.fd[GW_SIDE_BACKEND] = fd;
+    ev_io_set(&flow->u.tcp.io[GW_SIDE_BACKEND], fd, EV_WRITE);
+    ev_io_start(ctx->loop, &flow->u.tcp.io[GW_SIDE_BACKEND]);
+    ev_timer_set(&flow->u.tcp.timer, b->conf.connect_timeout_ms / 1000.0, 0.);
+    ev_timer_start(ctx->loop, &flow->u.tcp.timer);
+    return 0;
+}
+
+/*
+ * Tries servers of b (skipping `skip`) until a connect is under way. Returns
+ * 0, or -1 when the flow was closed (no server, no mapping, all failed).
+ */
+static int try_servers(struct gw_flow *flow, struct gw_backend *b, struct gw_server *skip,
+                       const char *last_reason)
+{
+    struct gw_ctx *ctx = flow->ctx;
+    unsigned max = b && b->n_servers < MAX_FAILOVER ? (unsigned)b->n_servers : MAX_FAILOVER;
+
+    while (b && flow->attempts < max) {
+        struct gw_server *s = gw_backend_pick(b, &flow->client.addr, skip);
+        if (!s)
+            break;
+        if (flow->attempts++ > 0)
+            ctx->counters.failovers++;
+        int rc = start_connect(flow, s, b);
+        if (rc == 0)
+            return 0;
+        if (rc == -ENOSPC) {
+            gw_flow_close(flow, "refused");
+            return -1;
+        }
+        if (rc == -EMFILE) {
+            gw_listen_pause(ctx);
+            gw_flow_close(flow, "error");
+            return -1;
+        }
+        skip = s;
+        last_reason = "connect_failed";
+    }
+    if (!last_reason) {
+        char ip[NAT_ADDR_STRLEN];
+        uint64_t held;
+        ctx->counters.refused_no_server++;
+        if (gw_log_allow(&ctx->rl.refused, gw_loop_ms(ctx->loop), &held))
+            gw_log(GW_LOG_INFO, "tcp %s:%u refused: no server up in backend %s (%lu more "
+                   "refusals not logged)",
+                   nat_addr_format(&flow->client.addr, ip), flow->client.port,
+                   b ? b->name : "-", (unsigned long)held);
+        last_reason = "refused";
+    }
+    gw_flow_close(flow, last_reason);
+    return -1;
+}
+
+/* Appends the PROXY protocol header (v1 or v2) as the first bytes toward the backend. */
+static void proxy_header(struct gw_flow *flow, int version)
+{
+    struct sockaddr_storage local;
+    socklen_t ll = sizeof(local);
+    struct gw_sockaddr client;
+    char buf[232];
+    size_t n = 0;
+
+    if (getsockname(flow->u.tcp.fd[GW_SIDE_CLIENT], (struct sockaddr *)&local, &ll) < 0)
+        return;
+    gw_sockaddr_from_endpoint(&client, &flow->client);
+    bool v4 = client.ss.ss_family == AF_INET && local.ss_family == AF_INET;
+    bool v6 = client.ss.ss_family == AF_INET6 && local.ss_family == AF_INET6;
+    const struct sockaddr_in *c4 = (const struct sockaddr_in *)&client.ss;
+    const struct sockaddr_in *l4 = (const struct sockaddr_in *)&local;
+    const struct sockaddr_in6 *c6 = (const struct sockaddr_in6 *)&client.ss;
+    const struct sockaddr_in6 *l6 = (const struct sockaddr_in6 *)&local;
+
+    if (version == 1) {
+        char cs[INET6_ADDRSTRLEN], ls[INET6_ADDRSTRLEN];
+        if (v4 || v6) {
+            inet_ntop(client.ss.ss_family, v4 ? (const void *)&c4->sin_addr : (const void *)&c6->sin6_addr, cs, sizeof(cs));
+            inet_ntop(local.ss_family, v4 ? (const void *)&l4->sin_addr : (const void *)&l6->sin6_addr, ls, sizeof(ls));
+            n = (size_t)snprintf(buf, sizeof(buf), "PROXY %s %s %s %u %u\r\n", v4 ? "TCP4" : "TCP6",
+                                 cs, ls, ntohs(v4 ? c4->sin_port : c6->sin6_port),
+                                 ntohs(v4 ? l4->sin_port : l6->sin6_port));
+        } else {
+            n = (size_t)snprintf(buf, sizeof(buf), "PROXY UNKNOWN\r\n");
+        }
+    } else {
+        static const char sig[12] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D,
+                                     0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A};
+        memcpy(buf, sig, 12);
+        buf[12] = 0x21; /* version 2, PROXY */
+        if (v4) {
+            buf[13] = 0x11; /* TCP over IPv4 */
+            buf[14] = 0;
+            buf[15] = 12;
+            memcpy(buf + 16, &c4->sin_addr, 4);
+            memcpy(buf + 20, &l4->sin_addr, 4);
+            memcpy(buf + 24, &c4->sin_port, 2);
+            memcpy(buf + 26, &l4->sin_port, 2);
+            n = 28;
+        } else if (v6) {
+            buf[13] = 0x21; /* TCP over IPv6 */
+            buf[14] = 0;
+            buf[15] = 36;
+            memcpy(buf + 16, &c6->sin6_addr, 16);
+            memcpy(buf + 32, &l6->sin6_addr, 16);
+            memcpy(buf + 48, &c6->sin6_port, 2);
+            memcpy(buf + 50, &l6->sin6_port, 2);
+            n = 52;
+        } else {
+            buf[12] = 0x20; /* LOCAL */
+            buf[13] = 0;
+            buf[14] = 0;
+            buf[15] = 0;
+            n = 16;
+        }
+    }
+    struct gw_buf *pb = malloc(sizeof(*pb) + n);
+    if (!pb)
+        return;
+    pb->off = 0;
+    pb->len = pb->cap = n;
+    memcpy(pb->data, buf, n);
+    flow->u.tcp.pend[GW_SIDE_BACKEND] = pb;
+}
+
+static void update_watchers(struct gw_flow *flow);
+
+static void established(struct gw_flow *flow)
+{
+    struct gw_ctx *ctx = flow->ctx;
+    int one = 1;
+
+    ev_timer_stop(ctx->loop, &flow->u.tcp.timer);
+    flow->state = GW_FLOW_RELAY;
+    nat_session_set_state(ctx->nat, flow->sess, NAT_STATE_ESTABLISHED, gw_loop_ms(ctx->loop));
+    gw_nat_update(ctx, flow->sess);
+    setsockopt(flow->u.tcp.fd[0], IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    setsockopt(flow->u.tcp.fd[1], IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (flow->server->backend && flow->server->backend->conf.proxy_protocol)
+        proxy_header(flow, flow->server->backend->conf.proxy_protocol);
+    ev_io_stop(ctx->loop, &flow->u.tcp.io[GW_SIDE_BACKEND]);
+    flow->u.tcp.io[GW_SIDE_BACKEND].events = 0;
+    update_watchers(flow);
+}
+
+/* Connect finished (writable) or failed: relay, or fail over. */
+static void connect_done(struct gw_flow *flow, bool timed_out)
+{
+    struct gw_ctx *ctx = flow->ctx;
+    int err = 0;
+    socklen_t el = sizeof(err);
+
+    if (!timed_out &&
+        getsockopt(flow->u.tcp.fd[GW_SIDE_BACKEND], SOL_SOCKET, SO_ERROR, &err, &el) < 0)
+        err = errno;
+    if (!timed_out && err == 0) {
+        established(flow);
+        return;
+    }
+    struct gw_server *failed = flow->server;
+    struct gw_backend *b = failed ? failed->backend : NULL;
+    const char *reason = timed_out ? "connect_timeout" : "connect_failed";
+    if (timed_out)
+        ctx->counters.connect_timeout++;
+    else
+        ctx->counters.connect_failed++;
+    uint64_t held;
+    if (gw_log_allow(&ctx->rl.sockets, gw_loop_ms(ctx->loop), &held))
+        gw_log(GW_LOG_INFO, "backend %s server %s: %s (%lu more connect failures not logged)",
+               b ? b->name : "-", failed ? failed->conf.name : "-",
+               timed_out ? "connect timed out" : strerror(err), (unsigned long)held);
+    attempt_failed(flow, reason);
+    /* failed may be freed now (a retired server): only compared, never read. */
+    try_servers(flow, b, failed, reason);
+}
+
+static void tcp_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct gw_flow *flow = w->data;
+
+    (void)loop;
+    (void)revents;
+    if (flow->state == GW_FLOW_CONNECTING)
+        connect_done(flow, true);
+}
+
+/* ---- relaying ------------------------------------------------------------ */
+
+static void update_watchers(struct gw_flow *flow)
+{
+    struct ev_loop *loop = flow->ctx->loop;
+
+    for (int i = 0; i < 2; i++) {
+        int other = 1 - i;
+        int want = 0;
+        uint8_t eof = i == GW_SIDE_CLIENT ? GW_FLOW_F_EOF_CLIENT : GW_FLOW_F_EOF_BACKEND;
+        if (!(flow->flags & eof) && !flow->u.tcp.pend[other])
+            want |= EV_READ;
+        if (flow->u.tcp.pend[i])
+            want |= EV_WRITE;
+        ev_io *w = &flow->u.tcp.io[i];
+        if (ev_is_active(w) && (w->events & (EV_READ | EV_WRITE)) == want)
+            continue;
+        ev_io_stop(loop, w);
+        if (want) {
+            ev_io_set(w, flow->u.tcp.fd[i], want);
+            ev_io_start(loop, w);
+        }
+    }
+}
+
+static void account(struct gw_flow *flow, int from, size_t n)
+{
+    struct gw_ctx *ctx = flow->ctx;
+
+    if (from == GW_SIDE_CLIENT)
+        ctx->counters.bytes_in += n;
+    else
+        ctx->counters.bytes_out += n;
+    if (flow->sess)
+        nat_session_touch(ctx->nat, flow->sess, gw_loop_ms(ctx->loop),
+                          from == GW_SIDE_CLIENT ? n : 0, from == GW_SIDE_CLIENT ? 0 : n);
+}
+
+/* FIN forwarded toward `side` once its pending bytes are out. */
+static void forward_fin(struct gw_flow *flow, int side)
+{
+    uint8_t shut = side == GW_SIDE_CLIENT ? GW_FLOW_F_SHUT_CLIENT : GW_FLOW_F_SHUT_BACKEND;
+
+    if (flow->flags & shut)
+        return;
+    shutdown(flow->u.tcp.fd[side], SHUT_WR);
+    flow->flags |= shut;
+}
+
+/* A write toward `to` failed for good: the peer is gone. Returns -1 (closed). */
+static int write_failed(struct gw_flow *flow, int to, int e)
+{
+    if (e == EPIPE || e == ECONNRESET)
+        gw_flow_close(flow, side_reason(to, "rst"));
+    else
+        gw_flow_close(flow, "error");
+    return -1;
+}
+
+/* Writes pending bytes toward `side`. Returns 0, or -1 when the flow closed. */
+static int flush_pending(struct gw_flow *flow, int side)
+{
+    struct gw_buf *pb = flow->u.tcp.pend[side];
+    uint8_t eof_other = side == GW_SIDE_CLIENT ? GW_FLOW_F_EOF_BACKEND : GW_FLOW_F_EOF_CLIENT;
+
+    while (pb->off < pb->len) {
+        ssize_t w = send(flow->u.tcp.fd[side], pb->data + pb->off, pb->len - pb->off, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                return 0;
+            return write_failed(flow, side, errno);
+        }
+        pb->off += (size_t)w;
+    }
+    free(pb);
+    flow->u.tcp.pend[side] = NULL;
+    if (flow->flags & eof_other)
+        forward_fin(flow, side);
+    return 0;
+}
+
+/* Reads from `from` and writes to the other side. Returns 0, or -1 when closed. */
+static int relay_read(struct gw_flow *flow, int from)
+{
+    struct gw_ctx *ctx = flow->ctx;
+    int to = 1 - from;
+    size_t cap = ctx->cfg->buffer_size < ctx->scratch_size ? ctx->cfg->buffer_size : ctx->scratch_size;
+    ssize_t n = recv(flow->u.tcp.fd[from], ctx->scratch, cap, 0);
+
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR)
+            return 0;
+        if (errno == ECONNRESET) {
+            gw_flow_close(flow, side_reason(from, "rst"));
+            return -1;
+        }
+        gw_flow_close(flow, "error");
+        return -1;
+    }
+    if (n == 0) {
+        uint8_t eof = from == GW_SIDE_CLIENT ? GW_FLOW_F_EOF_CLIENT : GW_FLOW_F_EOF_BACKEND;
+        if (!(flow->flags & (GW_FLOW_F_EOF_CLIENT | GW_FLOW_F_EOF_BACKEND))) {
+            if (from == GW_SIDE_BACKEND)
+                flow->flags |= GW_FLOW_F_FIRST_FIN_BACKEND;
+            flow->state = GW_FLOW_HALF_CLOSED;
+            if (flow->sess) {
+                nat_session_set_state(ctx->nat, flow->sess, NAT_STATE_CLOSING,
+                                      gw_loop_ms(ctx->loop));
+                gw_nat_update(ctx, flow->sess);
+            }
+        }
+        flow->flags |= eof;
+        if (!flow->u.tcp.pend[to])
+            forward_fin(flow, to);
+        return 0;
+    }
+    account(flow, from, (size_t)n);
+    ssize_t w = send(flow->u.tcp.fd[to], ctx->scratch, (size_t)n, MSG_NOSIGNAL);
+    if (w < 0) {
+        if (errno != EAGAIN && errno != EINTR)
+            return write_failed(flow, to, errno);
+        w = 0;
+    }
+    if (w < n) {
+        size_t rest = (size_t)(n - w);
+        struct gw_buf *pb = malloc(sizeof(*pb) + rest);
+        if (!pb) {
+            gw_flow_close(flow, "error");
+            return -1;
+        }
+        pb->off = 0;
+        pb->len = pb->cap = rest;
+        memcpy(pb->data, ctx->scratch + w, rest);
+        flow->u.tcp.pend[to] = pb;
+    }
+    return 0;
+}
+
+static void relay_event(struct gw_flow *flow, int side, int revents)
+{
+    if ((revents & EV_WRITE) && flow->u.tcp.pend[side] && flush_pending(flow, side) < 0)
+        return;
+    uint8_t eof = side == GW_SIDE_CLIENT ? GW_FLOW_F_EOF_CLIENT : GW_FLOW_F_EOF_BACKEND;
+    if ((revents & EV_READ) && !(flow->flags & eof) && !flow->u.tcp.pend[1 - side] &&
+        relay_read(flow, side) < 0)
+        return;
+    if ((flow->flags & GW_FLOW_F_EOF_CLIENT) && (flow->flags & GW_FLOW_F_EOF_BACKEND) &&
+        !flow->u.tcp.pend[0] && !flow->u.tcp.pend[1]) {
+        gw_flow_close(flow, (flow->flags & GW_FLOW_F_FIRST_FIN_BACKEND) ? "backend_fin"
+                                                                        : "client_fin");
+        return;
+    }
+    update_watchers(flow);
+}
+
+static void tcp_io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct gw_flow *flow = w->data;
+    int side = w == &flow->u.tcp.io[GW_SIDE_CLIENT] ? GW_SIDE_CLIENT : GW_SIDE_BACKEND;
+
+    (void)loop;
+    if (flow->state == GW_FLOW_CONNECTING) {
+        if (side == GW_SIDE_BACKEND)
+            connect_done(flow, false);
+        return;
+    }
+    relay_event(flow, side, revents);
+}
+
+/* ---- accepting ------------------------------------------------------------ */
+
+static void flow_start(struct gw_listener *l, int fd, const struct sockaddr *sa)
+{
+    struct gw_ctx *ctx = l->ctx;
+    struct gw_flow *flow;
+
+    if (ctx->cfg->max_flows && gw_flows_live(ctx) >= ctx->cfg->max_flows) {
+        ctx->counters.refused_max_flows++;
+        close(fd);
+        return;
+    }
+    flow = calloc(1, sizeof(*flow));
+    if (!flow) {
+        close(fd);
+        return;
+    }
+    flow->ctx = ctx;
+    flow->proto = NAT_PROTO_TCP;
+    flow->state = GW_FLOW_CONNECTING;
+    gw_endpoint_from_sockaddr(&flow->client, sa);
+    flow->u.tcp.fd[GW_SIDE_CLIENT] = fd;
+    flow->u.tcp.fd[GW_SIDE_BACKEND] = -1;
+    for (int i = 0; i < 2; i++) {
+        ev_io_init(&flow->u.tcp.io[i], tcp_io_cb, -1, 0);
+        flow->u.tcp.io[i].data = flow;
+    }
+    ev_timer_init(&flow->u.tcp.timer, tcp_timer_cb, 0., 0.);
+    flow->u.tcp.timer.data = flow;
+    LIST_INSERT_HEAD(&ctx->flows, flow, link);
+    ctx->counters.tcp_live++;
+
+    struct gw_route_input in = {NAT_PROTO_TCP, &flow->client};
+    struct gw_backend *b = gw_route_pick(ctx, &in);
+    if (!b) {
+        ctx->counters.refused_no_route++;
+        gw_flow_close(flow, "refused");
+        return;
+    }
+    try_servers(flow, b, NULL, NULL);
+}
+
+/* Accepts up to GW_ACCEPT_BATCH connections on l. */
+void gw_tcp_accept(struct gw_listener *l)
+{
+    struct gw_ctx *ctx = l->ctx;
+
+    for (int i = 0; i < GW_ACCEPT_BATCH; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        int fd = accept4(l->tcp_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            switch (errno) {
+            case EAGAIN:
+                return;
+            case EINTR:
+            case ECONNABORTED:
+            case EPROTO:
+                continue;
+            case EMFILE:
+            case ENFILE:
+            case ENOBUFS:
+            case ENOMEM:
+                gw_listen_pause(ctx);
+                return;
+            default: {
+                uint64_t held;
+                ctx->counters.accept_errors++;
+                if (gw_log_allow(&ctx->rl.accept, gw_loop_ms(ctx->loop), &held))
+                    gw_log(GW_LOG_WARN, "accept: %s", strerror(errno));
+                return;
+            }
+            }
+        }
+        ctx->counters.tcp_accepted++;
+        flow_start(l, fd, (const struct sockaddr *)&ss);
+        if (ctx->accept_paused)
+            return;
+    }
+}

@@ -1,0 +1,114 @@
+/*
+ * sim_model.h - the NAT model: libnat driven in virtual time. Arrivals
+ * (Poisson, bursts or a trace), holding times, destinations and subscribers
+ * go in; a time series of samples and a summary come out. Event-driven: a
+ * binary heap of departures, no sockets, no clock; the same seed gives the
+ * same run.
+ */
+#ifndef GW_SIM_MODEL_H
+#define GW_SIM_MODEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "nat/nat.h"
+#include "sim/sim_dist.h"
+#include "sim/sim_trace.h"
+
+enum sim_arrival {
+    SIM_ARRIVAL_POISSON = 0, /* exponential gaps, mean 1/rate */
+    SIM_ARRIVAL_BURST,       /* Poisson bursts of burst_size flows at one instant; same mean rate */
+    SIM_ARRIVAL_TRACE,       /* rows of a trace file */
+};
+
+enum sim_close_mode {
+    SIM_CLOSE_EXACT = 0, /* the session is closed at the flow's departure (pure loss system) */
+    SIM_CLOSE_LINGER,    /* TCP: CLOSING at departure, freed by the transitory timeout;
+                            UDP: last packet at departure, freed by the udp timeout */
+};
+
+enum sim_dest_pick {
+    SIM_DEST_RANDOM = 0, /* uniform over the destinations */
+    SIM_DEST_ROUND_ROBIN,
+};
+
+struct sim_model_config {
+    struct nat_config nat;
+    uint32_t subscribers;        /* client IPs 100.64.0.0 + i (ignored with a trace) */
+    enum sim_arrival arrival;
+    double rate;                 /* flows per virtual second (Poisson, burst) */
+    uint32_t burst_size;         /* flows per burst */
+    struct sim_trace_reader *trace; /* borrowed: SIM_ARRIVAL_TRACE */
+    struct sim_dist hold;        /* flow duration (ignored with a trace) */
+    uint32_t dest_ips, dest_ports; /* destinations 198.18.0.0 + i, ports 443 + j */
+    enum sim_dest_pick dest_pick;
+    double udp_share;            /* fraction of flows that are UDP, 0..1 */
+    uint64_t max_flows;          /* stop after this many arrivals (0 = no limit) */
+    double duration_ms;          /* stop at this virtual time (0 = no limit) */
+    uint64_t warmup_flows;       /* arrivals left out of the refusal statistics */
+    double sample_ms;            /* time between samples */
+    enum sim_close_mode close_mode;
+    uint64_t seed;
+};
+
+/* Fills *c with the defaults: libnat's defaults with ports 1024-65535 and
+ * reuse delay 0, 1000 subscribers, Poisson 100 flows/s, exp:60s holding, one
+ * destination, all TCP, 100000 flows, sample every second, exact close. */
+void sim_model_config_default(struct sim_model_config *c);
+
+/* One point of the time series, at virtual time t_ms. */
+struct sim_model_sample {
+    double t_ms;
+    uint64_t arrivals, opened, refused; /* cumulative */
+    uint64_t refused_interval;          /* since the previous sample */
+    uint64_t active;                    /* live mappings (sessions) */
+    uint64_t ports_in_use, ports_cooling;
+    double pool_use;                    /* ports_in_use / ports_total, 0..1 */
+    uint64_t clients_active;            /* clients with at least one live mapping */
+    uint64_t ports_per_client_max;
+    double ports_per_client_mean;       /* over clients_active */
+};
+
+/* Per client, reported when the run ends. */
+struct sim_model_client {
+    uint8_t ip[16];
+    uint64_t opened, refused;
+    uint32_t live, peak;
+};
+
+struct sim_model_result {
+    uint64_t arrivals, opened, closed, expired;
+    uint64_t refused[NAT_ERR_COUNT];
+    uint64_t refused_total;
+    uint64_t counted, counted_refused; /* after the warm-up */
+    double p_refuse;                   /* counted_refused / counted */
+    double ci95, ci99;                 /* batch-means half-widths (INFINITY when too few) */
+    unsigned batches;
+    double offered_load;               /* rate * mean holding (Erlangs), -1 with a trace */
+    uint64_t servers;                  /* ports per destination group for Erlang-B */
+    unsigned groups;                   /* destination groups sharing the load */
+    double erlang_b;                   /* B(servers, load/groups), -1 when not applicable */
+    const char *erlang_b_why;          /* why not applicable (NULL when it is) */
+    uint64_t peak_active, peak_ports_in_use, peak_ports_per_client;
+    uint64_t ports_total;
+    uint64_t samples;
+    uint64_t clients;
+    double end_ms;                     /* virtual time of the last event */
+    double wall_ms;                    /* real time the run took */
+    uint64_t events;                   /* arrivals + departures + keep-alives */
+};
+
+/* Called for each sample, in time order. */
+typedef void (*sim_sample_fn)(void *arg, const struct sim_model_sample *s);
+
+/*
+ * Runs the model. `on_sample` (may be NULL) gets every sample. When
+ * `clients` is not NULL, *clients receives a malloc'd array of *n_clients
+ * per-client records (the caller frees it). Returns 0 and *res, -EINVAL with
+ * err (a bad configuration or trace row), or -ENOMEM.
+ */
+int sim_model_run(const struct sim_model_config *c, sim_sample_fn on_sample, void *arg,
+                  struct sim_model_result *res, struct sim_model_client **clients,
+                  size_t *n_clients, char *err, size_t errlen);
+
+#endif /* GW_SIM_MODEL_H */

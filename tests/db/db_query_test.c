@@ -1,0 +1,473 @@
+/*
+ * db_query_test.c - the read side: session filters, sorting and paging with
+ * totals, whois at boundary times (a port reused by another client), the
+ * log query, CSV and JSON-lines export, and the query plans.
+ */
+#include <errno.h>
+
+#include "tests/db/db_helpers.h"
+
+static struct tdir td;
+static struct db_reader *rd;
+
+/*
+ * The fixture (times in ms after T0):
+ *   1 tcp 10.0.0.1:1000  -> 192.0.2.1:20000 web  [1000, 5000) client_fin
+ *   2 tcp 10.0.0.2:2000  -> 192.0.2.1:20000 web  [5000, open)            (port reused)
+ *   3 udp 10.0.0.9:53    -> 192.0.2.1:20000 dns  [2000, 3000) timeout    (udp, same port)
+ *   4 tcp 10.0.0.10:4000 -> 192.0.2.2:20500 api  [6000, open) established, 10/20 bytes
+ *   5 tcp 10.0.1.1:5000  -> 192.0.2.2:20500 web  [6500, open)            (APDM: same port)
+ *   6 tcp 2001:db8::1:6000 -> 192.0.2.1:21000 web [7000, 9000) backend_rst
+ *   refuse tcp 10.0.0.1:1001 at 8000 (pool_exhausted)
+ */
+static void put(struct db *db, enum nat_event_type type, uint64_t id, uint8_t proto,
+                const char *cip, uint16_t cport, const char *nip, uint16_t nport, uint64_t open_t,
+                uint64_t t, const char *reason, const char *backend)
+{
+    struct nat_event ev = tev(type, id, proto, cip, cport, nip, nport, T0 + t, reason);
+    ev.s.opened_at = T0 + open_t;
+    cr_assert_eq(db_submit(db, &ev, backend), 0);
+}
+
+static void setup(void)
+{
+    char err[512];
+    tdir_make(&td);
+    struct db_options o = topts(td.path);
+    struct db *db = topen(&o);
+    put(db, NAT_EV_OPEN, 1, NAT_PROTO_TCP, "10.0.0.1", 1000, "192.0.2.1", 20000, 1000, 1000,
+        NULL, "web");
+    put(db, NAT_EV_OPEN, 3, NAT_PROTO_UDP, "10.0.0.9", 53, "192.0.2.1", 20000, 2000, 2000, NULL,
+        "dns");
+    put(db, NAT_EV_EXPIRE, 3, NAT_PROTO_UDP, "10.0.0.9", 53, "192.0.2.1", 20000, 2000, 3000,
+        "timeout", "dns");
+    put(db, NAT_EV_CLOSE, 1, NAT_PROTO_TCP, "10.0.0.1", 1000, "192.0.2.1", 20000, 1000, 5000,
+        "client_fin", "web");
+    put(db, NAT_EV_OPEN, 2, NAT_PROTO_TCP, "10.0.0.2", 2000, "192.0.2.1", 20000, 5000, 5000,
+        NULL, "web");
+    put(db, NAT_EV_OPEN, 4, NAT_PROTO_TCP, "10.0.0.10", 4000, "192.0.2.2", 20500, 6000, 6000,
+        NULL, "api");
+    put(db, NAT_EV_OPEN, 5, NAT_PROTO_TCP, "10.0.1.1", 5000, "192.0.2.2", 20500, 6500, 6500,
+        NULL, "web");
+    put(db, NAT_EV_OPEN, 6, NAT_PROTO_TCP, "2001:db8::1", 6000, "192.0.2.1", 21000, 7000, 7000,
+        NULL, "web");
+    put(db, NAT_EV_REFUSE, 0, NAT_PROTO_TCP, "10.0.0.1", 1001, NULL, 0, 8000, 8000,
+        "pool_exhausted", "web");
+    put(db, NAT_EV_CLOSE, 6, NAT_PROTO_TCP, "2001:db8::1", 6000, "192.0.2.1", 21000, 7000, 9000,
+        "backend_rst", "web");
+    struct nat_session s;
+    memset(&s, 0, sizeof(s));
+    s.id = 4;
+    s.key.proto = NAT_PROTO_TCP;
+    s.ext.addr = taddr("192.0.2.2");
+    s.ext.port = 20500;
+    s.last_seen = T0 + 6100;
+    s.bytes_in = 10;
+    s.bytes_out = 20;
+    s.state = NAT_STATE_ESTABLISHED;
+    cr_assert_eq(db_submit_update(db, &s), 0);
+    cr_assert_eq(db_flush(db), 0);
+    /* The reader opens while the writer is still there. */
+    cr_assert_eq(db_reader_open(&rd, td.path, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(db_close(db), 0);
+}
+
+static void teardown(void)
+{
+    db_reader_close(rd);
+    tdir_remove(&td);
+}
+
+TestSuite(db_query, .init = setup, .fini = teardown, .timeout = 60);
+
+struct ids {
+    char s[256];
+};
+
+static int ids_cb(void *arg, const struct db_session_row *r)
+{
+    struct ids *x = arg;
+    size_t n = strlen(x->s);
+    snprintf(x->s + n, sizeof(x->s) - n, "%s%llu", n > 0 ? "," : "", (unsigned long long)r->id);
+    return 0;
+}
+
+/* Runs q and returns "id,id,..."; checks the total too. */
+static const char *run(struct db_session_query *q, uint64_t want_total)
+{
+    static struct ids x;
+    uint64_t total = 0;
+    x.s[0] = '\0';
+    int n = db_query_sessions(rd, q, ids_cb, &x, &total);
+    cr_assert_geq(n, 0, "query failed: %s", db_reader_error(rd));
+    cr_assert_eq(total, want_total, "total %llu for %s", (unsigned long long)total, x.s);
+    return x.s;
+}
+
+Test(db_query, filters_each_field)
+{
+    struct db_session_query q;
+    db_session_query_init(&q);
+    cr_assert_str_eq(run(&q, 6), "1,2,3,4,5,6");
+    q.proto = NAT_PROTO_UDP;
+    cr_assert_str_eq(run(&q, 1), "3");
+    db_session_query_init(&q);
+    q.has_client = true;
+    q.client = taddr("10.0.0.1");
+    cr_assert_str_eq(run(&q, 1), "1");
+    q.client = taddr("10.0.0.0");
+    q.client_plen = 96 + 24; /* 10.0.0.0/24 */
+    cr_assert_str_eq(run(&q, 4), "1,2,3,4");
+    q.client_plen = 96 + 16;
+    cr_assert_str_eq(run(&q, 5), "1,2,3,4,5");
+    q.client = taddr("2001:db8::");
+    q.client_plen = 32;
+    cr_assert_str_eq(run(&q, 1), "6");
+    db_session_query_init(&q);
+    q.has_nat_ip = true;
+    q.nat_ip = taddr("192.0.2.2");
+    cr_assert_str_eq(run(&q, 2), "4,5");
+    db_session_query_init(&q);
+    q.nat_port_lo = 20000;
+    q.nat_port_hi = 20500;
+    cr_assert_str_eq(run(&q, 5), "1,2,3,4,5");
+    q.nat_port_lo = 20001;
+    cr_assert_str_eq(run(&q, 2), "4,5");
+    db_session_query_init(&q);
+    q.backend = "web";
+    cr_assert_str_eq(run(&q, 4), "1,2,5,6");
+    db_session_query_init(&q);
+    q.open = DB_SESSIONS_OPEN;
+    cr_assert_str_eq(run(&q, 3), "2,4,5");
+    q.open = DB_SESSIONS_CLOSED;
+    cr_assert_str_eq(run(&q, 3), "1,3,6");
+    db_session_query_init(&q);
+    q.state = NAT_STATE_ESTABLISHED;
+    cr_assert_str_eq(run(&q, 1), "4");
+    /* Alive at some moment of [4000, 6200]. */
+    db_session_query_init(&q);
+    q.since_ms = T0 + 4000;
+    q.until_ms = T0 + 6200;
+    cr_assert_str_eq(run(&q, 3), "1,2,4");
+    /* Alive at some moment from 8000 on. */
+    q.until_ms = 0;
+    q.since_ms = T0 + 8000;
+    cr_assert_str_eq(run(&q, 4), "2,4,5,6");
+    /* Several filters at once. */
+    db_session_query_init(&q);
+    q.proto = NAT_PROTO_TCP;
+    q.backend = "web";
+    q.open = DB_SESSIONS_OPEN;
+    cr_assert_str_eq(run(&q, 2), "2,5");
+    q.backend = "nothing";
+    cr_assert_str_eq(run(&q, 0), "");
+}
+
+Test(db_query, sorts_and_pages_with_totals)
+{
+    struct db_session_query q;
+    db_session_query_init(&q);
+    q.sort = "-id";
+    cr_assert_str_eq(run(&q, 6), "6,5,4,3,2,1");
+    q.sort = "client"; /* numerically: 10.0.0.9 before 10.0.0.10, IPv4 before IPv6 */
+    cr_assert_str_eq(run(&q, 6), "1,2,3,4,5,6");
+    q.sort = "-client";
+    cr_assert_str_eq(run(&q, 6), "6,5,4,3,2,1");
+    q.sort = "bytes_out";
+    cr_assert_str_eq(run(&q, 6), "1,2,3,5,6,4");
+    q.sort = "nat";
+    cr_assert_str_eq(run(&q, 6), "1,2,3,6,4,5");
+    q.sort = "-opened_at";
+    q.limit = 2;
+    cr_assert_str_eq(run(&q, 6), "6,5");
+    q.offset = 2;
+    cr_assert_str_eq(run(&q, 6), "4,2");
+    q.offset = 10;
+    cr_assert_str_eq(run(&q, 6), "");
+    q.sort = "bogus";
+    cr_assert_eq(db_query_sessions(rd, &q, ids_cb, &(struct ids){{0}}, NULL), -EINVAL);
+    q.sort = "id; DROP TABLE nat_sessions";
+    cr_assert_eq(db_query_sessions(rd, &q, ids_cb, &(struct ids){{0}}, NULL), -EINVAL);
+    for (size_t i = 0; db_session_sort_keys[i] != NULL; i++) {
+        q.sort = db_session_sort_keys[i];
+        q.offset = 0;
+        q.limit = 0;
+        cr_assert_eq(db_query_sessions(rd, &q, ids_cb, &(struct ids){{0}}, NULL), 6, "%s",
+                     q.sort);
+    }
+}
+
+static int stop_after_two(void *arg, const struct db_session_row *r)
+{
+    (void)r;
+    return ++*(int *)arg == 2;
+}
+
+Test(db_query, callback_can_stop_early)
+{
+    int seen = 0;
+    cr_assert_eq(db_query_sessions(rd, NULL, stop_after_two, &seen, NULL), 2);
+    cr_assert_eq(seen, 2);
+}
+
+Test(db_query, rows_carry_every_field)
+{
+    struct db_session_row out[2];
+    struct nat_addr nip = taddr("192.0.2.2");
+    cr_assert_eq(db_whois(rd, NAT_PROTO_TCP, &nip, 20500, T0 + 6200, out, 2), 1);
+    const struct db_session_row *r = &out[0];
+    cr_assert_eq(r->id, 4);
+    cr_assert_eq(r->proto, NAT_PROTO_TCP);
+    cr_assert_str_eq(r->proto_name, "tcp");
+    cr_assert_str_eq(r->client_ip, "10.0.0.10");
+    cr_assert_eq(r->client_port, 4000);
+    cr_assert_str_eq(r->nat_ip, "192.0.2.2");
+    cr_assert_eq(r->nat_port, 20500);
+    cr_assert_str_eq(r->backend, "api");
+    cr_assert_str_eq(r->backend_ip, "10.9.0.1");
+    cr_assert_eq(r->backend_port, 80);
+    cr_assert_str_eq(r->state, "established");
+    cr_assert_str_eq(r->opened_at, "2026-11-27T16:00:06.000Z");
+    cr_assert_eq(r->opened_at_ms, T0 + 6000);
+    cr_assert_str_eq(r->last_seen, "2026-11-27T16:00:06.100Z");
+    cr_assert_eq(r->last_seen_ms, T0 + 6100);
+    cr_assert_str_eq(r->closed_at, "");
+    cr_assert_eq(r->closed_at_ms, 0);
+    cr_assert_str_eq(r->close_reason, "");
+    cr_assert(r->open);
+    cr_assert_eq(r->bytes_in, 10);
+    cr_assert_eq(r->bytes_out, 20);
+}
+
+/* whois → "id,id" of the holders (latest opened first). */
+static const char *who(uint8_t proto, const char *ip, uint16_t port, uint64_t t)
+{
+    static char s[64];
+    struct db_session_row out[4];
+    struct nat_addr a = taddr(ip);
+    int n = db_whois(rd, proto, &a, port, t, out, 4);
+    cr_assert_geq(n, 0, "%s", db_reader_error(rd));
+    s[0] = '\0';
+    for (int i = 0; i < n && i < 4; i++) {
+        size_t l = strlen(s);
+        snprintf(s + l, sizeof(s) - l, "%s%llu", i > 0 ? "," : "", (unsigned long long)out[i].id);
+    }
+    return s;
+}
+
+Test(db_query, whois_at_boundary_times)
+{
+    /* 192.0.2.1:20000/tcp: client 1 in [1000, 5000), then client 2 from 5000 on. */
+    cr_assert_str_eq(who(NAT_PROTO_TCP, "192.0.2.1", 20000, T0 + 999), "");
+    cr_assert_str_eq(who(NAT_PROTO_TCP, "192.0.2.1", 20000, T0 + 1000), "1");
+    cr_assert_str_eq(who(NAT_PROTO_TCP, "192.0.2.1", 20000, T0 + 4999), "1");
+    cr_assert_str_eq(who(NAT_PROTO_TCP, "192.0.2.1", 20000, T0 + 5000), "2");
+    cr_assert_str_eq(who(NAT_PROTO_TCP, "192.0.2.1", 20000, T0 + 86400000), "2");
+    /* The same port number on UDP is another thing. */
+    cr_assert_str_eq(who(NAT_PROTO_UDP, "192.0.2.1", 20000, T0 + 2500), "3");
+    cr_assert_str_eq(who(NAT_PROTO_UDP, "192.0.2.1", 20000, T0 + 3000), "");
+    cr_assert_str_eq(who(0, "192.0.2.1", 20000, T0 + 2500), "3,1");
+    /* Two holders at once (address-and-port-dependent mapping). */
+    cr_assert_str_eq(who(NAT_PROTO_TCP, "192.0.2.2", 20500, T0 + 6000), "4");
+    cr_assert_str_eq(who(NAT_PROTO_TCP, "192.0.2.2", 20500, T0 + 6500), "5,4");
+    /* Another address, another port. */
+    cr_assert_str_eq(who(NAT_PROTO_TCP, "192.0.2.2", 20000, T0 + 5000), "");
+    cr_assert_str_eq(who(NAT_PROTO_TCP, "192.0.2.1", 21000, T0 + 8999), "6");
+    cr_assert_str_eq(who(NAT_PROTO_TCP, "192.0.2.1", 21000, T0 + 9000), "");
+
+    struct db_session_row one;
+    struct nat_addr a = taddr("192.0.2.2");
+    cr_assert_eq(db_whois(rd, 0, &a, 20500, T0 + 7000, &one, 1), 2, "counts all holders");
+    cr_assert_eq(one.id, 5);
+    cr_assert_eq(db_whois(rd, 0, &a, 20500, T0 + 7000, NULL, 0), 2);
+    cr_assert_str_eq(one.client_ip, "10.0.1.1");
+}
+
+/* The plans use the indexes (EXPLAIN QUERY PLAN on a raw connection). */
+static void assert_plan_uses(const char *sql, const char *index)
+{
+    sqlite3 *c = NULL;
+    sqlite3_stmt *st = NULL;
+    char q[1024], plan[1024] = "";
+    snprintf(q, sizeof(q), "EXPLAIN QUERY PLAN %s", sql);
+    cr_assert_eq(sqlite3_open_v2(td.path, &c, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    cr_assert_eq(sqlite3_prepare_v2(c, q, -1, &st, NULL), SQLITE_OK, "%s", sqlite3_errmsg(c));
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        size_t n = strlen(plan);
+        snprintf(plan + n, sizeof(plan) - n, "%s;", (const char *)sqlite3_column_text(st, 3));
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(c);
+    cr_assert(strstr(plan, index) != NULL, "plan \"%s\" does not use %s", plan, index);
+    cr_assert(strstr(plan, "SCAN nat_") == NULL, "plan \"%s\" scans a table", plan);
+}
+
+Test(db_query, whois_queries_are_indexed)
+{
+    assert_plan_uses("SELECT * FROM nat_sessions WHERE nat_ip = '192.0.2.1' AND nat_port = 20000"
+                     " AND opened_at <= '2026-11-27T16:00:05.000Z' AND (closed_at IS NULL OR"
+                     " closed_at > '2026-11-27T16:00:05.000Z') ORDER BY opened_at DESC",
+                     "nat_sessions_nat");
+    assert_plan_uses("SELECT * FROM nat_events WHERE nat_ip = '192.0.2.1' AND nat_port = 20000"
+                     " AND time <= '2026-11-27T16:00:05.000Z' AND event = 'open'"
+                     " ORDER BY time DESC LIMIT 1",
+                     "nat_events_nat");
+}
+
+struct evs {
+    char s[512];
+};
+
+static int evs_cb(void *arg, const struct db_event_row *r)
+{
+    struct evs *x = arg;
+    size_t n = strlen(x->s);
+    snprintf(x->s + n, sizeof(x->s) - n, "%s%s/%llu", n > 0 ? "," : "", r->event,
+             (unsigned long long)r->session_id);
+    return 0;
+}
+
+static const char *log_of(struct db_event_query *q, uint64_t want_total)
+{
+    static struct evs x;
+    uint64_t total = 0;
+    x.s[0] = '\0';
+    cr_assert_geq(db_query_events(rd, q, evs_cb, &x, &total), 0, "%s", db_reader_error(rd));
+    cr_assert_eq(total, want_total, "total %llu: %s", (unsigned long long)total, x.s);
+    return x.s;
+}
+
+Test(db_query, log_query_filters_and_orders)
+{
+    struct db_event_query q;
+    db_event_query_init(&q);
+    cr_assert_str_eq(log_of(&q, 10), "open/1,open/3,expire/3,close/1,open/2,open/4,open/5,"
+                                     "open/6,refuse/0,close/6");
+    q.event = "refuse";
+    cr_assert_str_eq(log_of(&q, 1), "refuse/0");
+    db_event_query_init(&q);
+    q.session_id = 1;
+    cr_assert_str_eq(log_of(&q, 2), "open/1,close/1");
+    db_event_query_init(&q);
+    q.desc = true;
+    q.limit = 3;
+    cr_assert_str_eq(log_of(&q, 10), "close/6,refuse/0,open/6");
+    db_event_query_init(&q);
+    q.since_ms = T0 + 3000;
+    q.until_ms = T0 + 5000;
+    cr_assert_str_eq(log_of(&q, 3), "expire/3,close/1,open/2");
+    db_event_query_init(&q);
+    q.has_nat_ip = true;
+    q.nat_ip = taddr("192.0.2.1");
+    q.nat_port_lo = q.nat_port_hi = 20000;
+    q.proto = NAT_PROTO_TCP;
+    cr_assert_str_eq(log_of(&q, 3), "open/1,close/1,open/2");
+    db_event_query_init(&q);
+    q.has_client = true;
+    q.client = taddr("10.0.0.1");
+    cr_assert_str_eq(log_of(&q, 3), "open/1,close/1,refuse/0");
+}
+
+/* Exports into a memory buffer; returns it (static). */
+static const char *export(bool events, enum db_format fmt, const void *q)
+{
+    static char buf[8192];
+    memset(buf, 0, sizeof(buf));
+    FILE *f = fmemopen(buf, sizeof(buf) - 1, "w");
+    cr_assert_not_null(f);
+    int n = events ? db_export_events(rd, q, f, fmt) : db_export_sessions(rd, q, f, fmt);
+    cr_assert_geq(n, 0, "%s", db_reader_error(rd));
+    fclose(f);
+    return buf;
+}
+
+Test(db_query, exports_sessions_as_csv_and_json_lines)
+{
+    struct db_session_query q;
+    db_session_query_init(&q);
+    q.sort = "id";
+    q.limit = 2;
+    q.offset = 0;
+    q.has_client = true;
+    q.client = taddr("10.0.0.0");
+    q.client_plen = 120;
+    q.proto = NAT_PROTO_TCP;
+    cr_assert_str_eq(export(false, DB_FORMAT_CSV, &q),
+                     "id,proto,client_ip,client_port,nat_ip,nat_port,backend,backend_ip,"
+                     "backend_port,state,opened_at,last_seen,closed_at,close_reason,bytes_in,"
+                     "bytes_out\r\n"
+                     "1,tcp,10.0.0.1,1000,192.0.2.1,20000,web,10.9.0.1,80,closed,"
+                     "2026-11-27T16:00:01.000Z,2026-11-27T16:00:05.000Z,"
+                     "2026-11-27T16:00:05.000Z,client_fin,0,0\r\n"
+                     "2,tcp,10.0.0.2,2000,192.0.2.1,20000,web,10.9.0.1,80,new,"
+                     "2026-11-27T16:00:05.000Z,2026-11-27T16:00:05.000Z,,,0,0\r\n");
+    cr_assert_str_eq(export(false, DB_FORMAT_JSONL, &q),
+                     "{\"id\":1,\"proto\":\"tcp\",\"client_ip\":\"10.0.0.1\",\"client_port\":1000,"
+                     "\"nat_ip\":\"192.0.2.1\",\"nat_port\":20000,\"backend\":\"web\","
+                     "\"backend_ip\":\"10.9.0.1\",\"backend_port\":80,\"state\":\"closed\","
+                     "\"opened_at\":\"2026-11-27T16:00:01.000Z\","
+                     "\"last_seen\":\"2026-11-27T16:00:05.000Z\","
+                     "\"closed_at\":\"2026-11-27T16:00:05.000Z\",\"close_reason\":\"client_fin\","
+                     "\"bytes_in\":0,\"bytes_out\":0}\n"
+                     "{\"id\":2,\"proto\":\"tcp\",\"client_ip\":\"10.0.0.2\",\"client_port\":2000,"
+                     "\"nat_ip\":\"192.0.2.1\",\"nat_port\":20000,\"backend\":\"web\","
+                     "\"backend_ip\":\"10.9.0.1\",\"backend_port\":80,\"state\":\"new\","
+                     "\"opened_at\":\"2026-11-27T16:00:05.000Z\","
+                     "\"last_seen\":\"2026-11-27T16:00:05.000Z\","
+                     "\"closed_at\":null,\"close_reason\":null,\"bytes_in\":0,\"bytes_out\":0}\n");
+    /* Everything, and an empty result writes nothing at all (not even a header). */
+    const char *all = export(false, DB_FORMAT_JSONL, NULL);
+    int lines = 0;
+    for (const char *p = all; *p != '\0'; p++)
+        lines += *p == '\n';
+    cr_assert_eq(lines, 6);
+    q.backend = "none";
+    cr_assert_str_eq(export(false, DB_FORMAT_CSV, &q), "");
+}
+
+Test(db_query, exports_events_with_nulls)
+{
+    struct db_event_query q;
+    db_event_query_init(&q);
+    q.event = "refuse";
+    cr_assert_str_eq(export(true, DB_FORMAT_JSONL, &q),
+                     "{\"id\":9,\"time\":\"2026-11-27T16:00:08.000Z\",\"event\":\"refuse\","
+                     "\"proto\":\"tcp\",\"client_ip\":\"10.0.0.1\",\"client_port\":1001,"
+                     "\"nat_ip\":null,\"nat_port\":null,\"backend\":\"web\","
+                     "\"backend_ip\":\"10.9.0.1\",\"backend_port\":80,\"session_id\":null,"
+                     "\"reason\":\"pool_exhausted\",\"bytes_in\":null,\"bytes_out\":null}\n");
+    q.event = "expire";
+    cr_assert_str_eq(export(true, DB_FORMAT_CSV, &q),
+                     "id,time,event,proto,client_ip,client_port,nat_ip,nat_port,backend,"
+                     "backend_ip,backend_port,session_id,reason,bytes_in,bytes_out\r\n"
+                     "3,2026-11-27T16:00:03.000Z,expire,udp,10.0.0.9,53,192.0.2.1,20000,dns,"
+                     "10.9.0.1,80,3,timeout,0,0\r\n");
+}
+
+Test(db_query, export_quotes_and_escapes_text)
+{
+    /* A backend name with a comma, a quote and a control character. */
+    struct tdir t2;
+    tdir_make(&t2);
+    struct db_options o = topts(t2.path);
+    struct db *db = topen(&o);
+    struct nat_event ev = tev(NAT_EV_OPEN, 1, NAT_PROTO_TCP, "10.0.0.1", 1, "192.0.2.1", 20000,
+                              T0, NULL);
+    cr_assert_eq(db_submit(db, &ev, "a,\"b\"\x01"), 0);
+    cr_assert_eq(db_close(db), 0);
+    struct db_reader *r2 = NULL;
+    char err[256];
+    cr_assert_eq(db_reader_open(&r2, t2.path, err, sizeof(err)), 0);
+    char buf[2048] = "";
+    FILE *f = fmemopen(buf, sizeof(buf) - 1, "w");
+    cr_assert_eq(db_export_sessions(r2, NULL, f, DB_FORMAT_CSV), 1);
+    fclose(f);
+    cr_assert(strstr(buf, ",\"a,\"\"b\"\"\x01\",") != NULL, "%s", buf);
+    memset(buf, 0, sizeof(buf));
+    f = fmemopen(buf, sizeof(buf) - 1, "w");
+    cr_assert_eq(db_export_sessions(r2, NULL, f, DB_FORMAT_JSONL), 1);
+    fclose(f);
+    cr_assert(strstr(buf, "\"backend\":\"a,\\\"b\\\"\\u0001\"") != NULL, "%s", buf);
+    db_reader_close(r2);
+    tdir_remove(&t2);
+}

@@ -1,0 +1,503 @@
+/*
+ * gw_faults_test.c - gwd under faults and operations: failover when a server
+ * is down or dies, health checks taking a server out and back, a tiny pool
+ * exhausted (refused, counted, served again), UDP expiry, SIGHUP under load
+ * without dropping a flow, SIGTERM closing every session in the store, bad
+ * configurations refused with their JSON path, and EMFILE pausing accept.
+ * NAT ports 22000-23999 (gateway suite range).
+ */
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "gw_harness.h"
+
+static struct gwt_dir dir;
+static struct gwd gwd;
+static struct gwt_backend be[3];
+
+static void setup(void)
+{
+    cr_assert_eq(gwt_dir_new(&dir), 0);
+    memset(be, 0, sizeof(be));
+    memset(&gwd, 0, sizeof(gwd));
+}
+
+static void teardown(void)
+{
+    if (gwd.pid > 0)
+        gwd_stop(&gwd);
+    for (int i = 0; i < 3; i++)
+        gwt_backend_stop(&be[i], false);
+    gwt_dir_free(&dir);
+}
+
+TestSuite(gw_faults, .init = setup, .fini = teardown, .timeout = 180);
+
+/* Connects, reads the backend's greeting (the peer it saw). Returns the fd. */
+static int hello(const char *src, char *seen, size_t len)
+{
+    int fd = gwt_tcp_connect(src, gwd.port);
+    cr_assert_geq(fd, 0);
+    cr_assert_gt(gwt_read_line(fd, seen, len), 0, "no greeting from a backend");
+    return fd;
+}
+
+static void start_with_config(const char *json)
+{
+    char cfgpath[256];
+    cr_assert_eq(gwt_write_file(&dir, "gwd.json", json), 0);
+    const char *args[] = {"-c", gwt_path(&dir, "gwd.json", cfgpath, sizeof(cfgpath)), NULL};
+    cr_assert_eq(gwd_start(&gwd, &dir, args, 0), 0);
+}
+
+/* A pool whose first server refuses: every flow fails over to the second. */
+Test(gw_faults, failover_when_a_server_refuses)
+{
+    char seen[64], json[1024];
+
+    cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
+    uint16_t dead = gwt_free_port(); /* nothing listens there */
+    snprintf(json, sizeof(json),
+             "{\"nat\":{\"ports\":\"22000-22099\"},\"backends\":[{\"name\":\"web\",\"proto\":"
+             "\"tcp\",\"servers\":[\"127.0.0.1:%u\",\"127.0.0.1:%u\"],\"health\":{\"enabled\":"
+             "false}}]}",
+             dead, be[0].port);
+    start_with_config(json);
+    for (int i = 0; i < 6; i++) {
+        int fd = hello("127.0.0.2", seen, sizeof(seen));
+        close(fd);
+    }
+    cr_assert_eq(gwt_backend_count_nat(&be[0], "accept", 22000, 22099), 6);
+    /* Round robin sends half the first attempts to the dead one: each shows
+     * up as a session closed connect_failed, then a served one. */
+    cr_assert_eq(gwt_db_int(gwd.db,
+                            "SELECT count(*) FROM nat_sessions WHERE close_reason="
+                            "'connect_failed'",
+                            3, 5000),
+                 3);
+    cr_assert_eq(gwt_db_int(gwd.db,
+                            "SELECT count(*) FROM nat_sessions WHERE close_reason='client_fin'",
+                            6, 5000),
+                 6);
+    cr_assert_eq(gwd_stop(&gwd), 0);
+}
+
+/* A server that dies mid-stream: its clients are closed promptly. */
+Test(gw_faults, server_dies_mid_stream)
+{
+    char seen[64], tb[64], line[64];
+
+    cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
+    snprintf(tb, sizeof(tb), "127.0.0.1:%u", be[0].port);
+    const char *args[] = {"--tcp-backend", tb, "--nat-ports", "22100-22199", NULL};
+    cr_assert_eq(gwd_start(&gwd, &dir, args, 0), 0);
+    int fds[10];
+    for (int i = 0; i < 10; i++)
+        fds[i] = hello("127.0.0.3", seen, sizeof(seen));
+    gwt_backend_stop(&be[0], true);
+    for (int i = 0; i < 10; i++) {
+        /* EOF or reset, well within the 10 s receive timeout. */
+        ssize_t r = recv(fds[i], line, sizeof(line), 0);
+        cr_assert_leq(r, 0, "client %d still served", i);
+        cr_assert(r == 0 || errno == ECONNRESET, "client %d: %s", i, strerror(errno));
+        close(fds[i]);
+    }
+    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions WHERE closed_at IS NULL",
+                            0, 5000),
+                 0);
+    cr_assert_eq(gwt_db_int(gwd.db,
+                            "SELECT count(*) FROM nat_sessions WHERE close_reason IN "
+                            "('backend_fin','backend_rst')",
+                            -1, 0),
+                 10);
+}
+
+/* Health checks take a dead server out (no flow tries it) and put it back. */
+Test(gw_faults, health_check_out_and_back)
+{
+    char seen[64], json[1024], want_b[64];
+
+    cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
+    cr_assert_eq(gwt_backend_start(&be[1], &dir, "b", 0), 0);
+    uint16_t bport = be[1].port;
+    snprintf(json, sizeof(json),
+             "{\"nat\":{\"ports\":\"22200-22299\"},\"backends\":[{\"name\":\"web\",\"proto\":"
+             "\"tcp\",\"servers\":[\"127.0.0.1:%u\",\"127.0.0.1:%u\"],\"health\":{\"interval\":"
+             "0.1,\"timeout\":0.5,\"rise\":2,\"fall\":2}}]}",
+             be[0].port, bport);
+    start_with_config(json);
+    snprintf(want_b, sizeof(want_b), "server 127.0.0.1:%u: up -> down", bport);
+    gwt_backend_stop(&be[1], true);
+    cr_assert(gwd_log_wait(&gwd, want_b, 1, 10000), "b never went down");
+    long long failed_before = gwt_db_int(
+        gwd.db, "SELECT count(*) FROM nat_sessions WHERE close_reason='connect_failed'", -1, 0);
+    for (int i = 0; i < 8; i++)
+        close(hello("127.0.0.4", seen, sizeof(seen)));
+    cr_assert_eq(gwt_backend_count_nat(&be[0], "accept", 22200, 22299), 8);
+    /* Down means not tried: no connect failure for those 8 flows. */
+    cr_assert_eq(gwt_db_int(gwd.db,
+                            "SELECT count(*) FROM nat_sessions WHERE close_reason="
+                            "'connect_failed'",
+                            -1, 0),
+                 failed_before);
+
+    cr_assert_eq(gwt_backend_start(&be[1], &dir, "b2", bport), 0);
+    snprintf(want_b, sizeof(want_b), "server 127.0.0.1:%u: down -> up", bport);
+    cr_assert(gwd_log_wait(&gwd, want_b, 1, 10000), "b never came back");
+    for (int i = 0; i < 8; i++)
+        close(hello("127.0.0.4", seen, sizeof(seen)));
+    cr_assert_eq(gwt_backend_count_nat(&be[1], "accept", 22200, 22299), 4,
+                 "round robin over both again");
+}
+
+/* A pool of 4 ports: the 5th flow is refused and counted, existing flows go
+ * on, and once a port is free new flows are served again. */
+Test(gw_faults, pool_exhaustion_refused_counted_then_served)
+{
+    char seen[64], json[1024], line[64];
+    int fds[4];
+
+    cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
+    snprintf(json, sizeof(json),
+             "{\"nat\":{\"ports\":\"22300-22303\",\"reuse_delay\":0},\"backends\":[{\"name\":"
+             "\"web\",\"proto\":\"tcp\",\"servers\":[\"127.0.0.1:%u\"]}]}",
+             be[0].port);
+    start_with_config(json);
+    for (int i = 0; i < 4; i++)
+        fds[i] = hello("127.0.0.5", seen, sizeof(seen));
+    int extra = gwt_tcp_connect("127.0.0.5", gwd.port);
+    cr_assert_geq(extra, 0);
+    char c;
+    cr_assert_eq(recv(extra, &c, 1, 0), 0, "the 5th flow must be closed, not served");
+    close(extra);
+    cr_assert_eq(gwt_db_int(gwd.db,
+                            "SELECT count(*) FROM nat_events WHERE event='refuse' AND "
+                            "reason='pool_exhausted'",
+                            1, 5000),
+                 1);
+    cr_assert(gwd_log_wait(&gwd, "refused: pool_exhausted", 1, 2000));
+    /* The established flows are untouched. */
+    for (int i = 0; i < 4; i++) {
+        cr_assert_eq(gwt_write_full(fds[i], "ok\n", 3), 0);
+        cr_assert_eq(gwt_read_line(fds[i], line, sizeof(line)), 2);
+    }
+    /* The backend closes one first (no TIME_WAIT on the gateway's side of
+     * that port), then a new flow gets the freed port. */
+    cr_assert_eq(gwt_write_full(fds[0], "!close", 6), 0);
+    cr_assert_eq(recv(fds[0], &c, 1, 0), 0);
+    close(fds[0]);
+    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions WHERE closed_at IS NOT NULL",
+                            1, 5000),
+                 1);
+    int again = -1;
+    uint64_t end = gwt_ms() + 10000;
+    while (again < 0 && gwt_ms() < end) {
+        int fd = gwt_tcp_connect("127.0.0.5", gwd.port);
+        cr_assert_geq(fd, 0);
+        if (gwt_read_line(fd, seen, sizeof(seen)) > 0)
+            again = fd;
+        else {
+            close(fd);
+            gwt_sleep_ms(200);
+        }
+    }
+    cr_assert_geq(again, 0, "never served again");
+    close(again);
+    for (int i = 1; i < 4; i++)
+        close(fds[i]);
+    cr_assert_eq(gwd_stop(&gwd), 0);
+}
+
+/* A UDP mapping expires on its timeout; the next datagram makes a new one. */
+Test(gw_faults, udp_mapping_expires)
+{
+    char json[1024], buf[256];
+
+    cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
+    snprintf(json, sizeof(json),
+             "{\"nat\":{\"ports\":\"22400-22499\",\"timeouts\":{\"udp\":1}},\"backends\":[{"
+             "\"name\":\"dns\",\"proto\":\"udp\",\"servers\":[\"127.0.0.1:%u\"]}]}",
+             be[0].port);
+    start_with_config(json);
+    int fd = gwt_udp_socket("127.0.0.6", gwd.port);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(send(fd, "a", 1, 0), 1);
+    cr_assert_gt(recv(fd, buf, sizeof(buf), 0), 0);
+    cr_assert_eq(send(fd, "b", 1, 0), 1);
+    cr_assert_gt(recv(fd, buf, sizeof(buf), 0), 0);
+    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions WHERE proto='udp'", 1, 3000),
+                 1);
+    cr_assert_eq(gwt_db_int(gwd.db,
+                            "SELECT count(*) FROM nat_sessions WHERE close_reason='timeout'", 1,
+                            6000),
+                 1);
+    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_events WHERE event='expire'", 1,
+                            3000),
+                 1);
+    cr_assert_eq(send(fd, "c", 1, 0), 1);
+    cr_assert_gt(recv(fd, buf, sizeof(buf), 0), 0);
+    cr_assert_eq(gwt_db_int(gwd.db,
+                            "SELECT count(*) FROM nat_sessions WHERE proto='udp' AND closed_at "
+                            "IS NULL",
+                            1, 3000),
+                 1);
+    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions", -1, 0), 2);
+    close(fd);
+}
+
+/* SIGHUP while 50 flows move data: none is dropped; new servers are used. */
+Test(gw_faults, sighup_under_load_keeps_every_flow)
+{
+    char json[1024], seen[64], line[64];
+    enum { N = 50 };
+    int fds[N];
+
+    cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
+    cr_assert_eq(gwt_backend_start(&be[1], &dir, "b", 0), 0);
+    snprintf(json, sizeof(json),
+             "{\"nat\":{\"ports\":\"22500-22999\"},\"backends\":[{\"name\":\"web\",\"proto\":"
+             "\"tcp\",\"servers\":[\"127.0.0.1:%u\"]}]}",
+             be[0].port);
+    start_with_config(json);
+    for (int i = 0; i < N; i++)
+        fds[i] = hello("127.0.0.7", seen, sizeof(seen));
+    snprintf(json, sizeof(json),
+             "{\"nat\":{\"ports\":\"22500-22999\",\"timeouts\":{\"udp\":60}},\"backends\":[{"
+             "\"name\":\"web\",\"proto\":\"tcp\",\"servers\":[\"127.0.0.1:%u\"]}]}",
+             be[1].port);
+    cr_assert_eq(gwt_write_file(&dir, "gwd.json", json), 0);
+    for (int round = 0; round < 20; round++) {
+        if (round == 5)
+            gwd_signal(&gwd, SIGHUP);
+        for (int i = 0; i < N; i++) {
+            char msg[32];
+            int n = snprintf(msg, sizeof(msg), "r%d-%d\n", round, i);
+            cr_assert_eq(gwt_write_full(fds[i], msg, (size_t)n), 0);
+            cr_assert_eq(gwt_read_line(fds[i], line, sizeof(line)), n - 1, "flow %d round %d", i,
+                         round);
+            msg[n - 1] = '\0';
+            cr_assert_str_eq(line, msg);
+        }
+    }
+    cr_assert(gwd_log_wait(&gwd, "reloaded:", 1, 5000));
+    cr_assert_eq(gwd_log_count(&gwd, "50 flows kept"), 1);
+    /* New flows go to the new server. */
+    close(hello("127.0.0.7", seen, sizeof(seen)));
+    cr_assert_eq(gwt_backend_count_nat(&be[1], "accept", 22500, 22999), 1);
+    /* A bad config is refused and the running one stays. */
+    cr_assert_eq(gwt_write_file(&dir, "gwd.json", "{\"backends\":[{\"name\":\"web\"}]}"), 0);
+    gwd_signal(&gwd, SIGHUP);
+    cr_assert(gwd_log_wait(&gwd, "reload refused", 1, 5000));
+    cr_assert(gwd_log_count(&gwd, "backends[0]: missing \"proto\"") >= 1);
+    close(hello("127.0.0.7", seen, sizeof(seen)));
+    cr_assert_eq(gwt_backend_count_nat(&be[1], "accept", 22500, 22999), 2);
+    for (int i = 0; i < N; i++)
+        close(fds[i]);
+    cr_assert_eq(gwt_db_int(gwd.db,
+                            "SELECT count(*) FROM nat_sessions WHERE close_reason='client_fin'",
+                            N + 2, 5000),
+                 N + 2);
+    cr_assert_eq(gwd_stop(&gwd), 0);
+}
+
+/* SIGTERM with open TCP and UDP flows: exit 0, every session closed in the store. */
+Test(gw_faults, sigterm_closes_every_session_in_the_store)
+{
+    char json[1024], seen[64], buf[128];
+    int t[20], u[20];
+
+    cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
+    snprintf(json, sizeof(json),
+             "{\"nat\":{\"ports\":\"23000-23099\"},\"timeouts\":{\"drain\":0.5},\"backends\":[{"
+             "\"name\":\"web\",\"proto\":\"tcp\",\"servers\":[\"127.0.0.1:%u\"]},{\"name\":"
+             "\"dns\",\"proto\":\"udp\",\"servers\":[\"127.0.0.1:%u\"]}]}",
+             be[0].port, be[0].port);
+    start_with_config(json);
+    for (int i = 0; i < 20; i++) {
+        t[i] = hello("127.0.0.8", seen, sizeof(seen));
+        u[i] = gwt_udp_socket("127.0.0.8", gwd.port);
+        cr_assert_eq(send(u[i], "x", 1, 0), 1);
+        cr_assert_gt(recv(u[i], buf, sizeof(buf), 0), 0);
+    }
+    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions WHERE closed_at IS NULL",
+                            40, 5000),
+                 40);
+    cr_assert_eq(gwd_stop(&gwd), 0);
+    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions", -1, 0), 40);
+    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions WHERE closed_at IS NULL",
+                            -1, 0),
+                 0);
+    cr_assert_eq(gwt_db_int(gwd.db,
+                            "SELECT count(*) FROM nat_sessions WHERE close_reason='shutdown'",
+                            -1, 0),
+                 40);
+    for (int i = 0; i < 20; i++) {
+        char c;
+        cr_assert_eq(recv(t[i], &c, 1, 0), 0); /* the client saw the close */
+        close(t[i]);
+        close(u[i]);
+    }
+}
+
+/* Bad configurations: --check-config names the JSON path, exit 1. */
+Test(gw_faults, bad_config_refused_with_json_path)
+{
+    char out[4096], path[256];
+
+    cr_assert_eq(gwt_write_file(&dir, "bad.json",
+                                "{\"backends\":[{\"name\":\"web\",\"proto\":\"tcp\",\"servers\":"
+                                "[\"127.0.0.1:80\"],\"healthcheck\":{}}]}"),
+                 0);
+    const char *a1[] = {"--check-config", "-c", gwt_path(&dir, "bad.json", path, sizeof(path)),
+                        NULL};
+    cr_assert_eq(gwd_run(a1, out, sizeof(out)), 1);
+    cr_assert(strstr(out, "backends[0].healthcheck: unknown key") != NULL, "%s", out);
+
+    cr_assert_eq(gwt_write_file(&dir, "good.json",
+                                "{\"backends\":[{\"name\":\"web\",\"proto\":\"tcp\",\"servers\":"
+                                "[\"127.0.0.1:80\"]}]}"),
+                 0);
+    const char *a2[] = {"--check-config", "-c", gwt_path(&dir, "good.json", path, sizeof(path)),
+                        NULL};
+    cr_assert_eq(gwd_run(a2, out, sizeof(out)), 0, "%s", out);
+    cr_assert(strstr(out, "\"tcp_established\": 7440") != NULL, "%s", out);
+
+    const char *a3[] = {"--tcp-backend", "127.0.0.1:80", "--nat-policy", "fastest", NULL};
+    cr_assert_eq(gwd_run(a3, out, sizeof(out)), 1);
+    cr_assert(strstr(out, "--nat-policy") != NULL, "%s", out);
+    const char *a4[] = {"--bogus", NULL};
+    cr_assert_eq(gwd_run(a4, out, sizeof(out)), 2);
+    const char *a5[] = {"--version", NULL};
+    cr_assert_eq(gwd_run(a5, out, sizeof(out)), 0);
+    cr_assert(strncmp(out, "gwd ", 4) == 0, "%s", out);
+    const char *a6[] = {"-c", "/nonexistent/gwd.json", NULL};
+    cr_assert_eq(gwd_run(a6, out, sizeof(out)), 1);
+    cr_assert(strstr(out, "/nonexistent/gwd.json") != NULL, "%s", out);
+}
+
+/* Out of descriptors: accepting pauses (no busy loop), nothing crashes, and
+ * flows are served again when descriptors come back. */
+Test(gw_faults, emfile_pauses_accept_then_resumes)
+{
+    char tb[64], seen[64];
+    enum { N = 40 };
+    int fds[N];
+
+    cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
+    snprintf(tb, sizeof(tb), "127.0.0.1:%u", be[0].port);
+    const char *args[] = {"--tcp-backend", tb, "--nat-ports", "23100-23199", NULL};
+    /* About 20 descriptors are gwd's own (listeners, store, epoll...). */
+    cr_assert_eq(gwd_start(&gwd, &dir, args, 48), 0);
+    int served = 0;
+    for (int i = 0; i < N; i++) {
+        fds[i] = gwt_tcp_connect("127.0.0.9", gwd.port);
+        cr_assert_geq(fds[i], 0);
+    }
+    for (int i = 0; i < N; i++) {
+        struct timeval tv = {0, 300000};
+        setsockopt(fds[i], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        if (gwt_read_line(fds[i], seen, sizeof(seen)) > 0)
+            served++;
+    }
+    cr_assert_lt(served, N, "the limit never bit");
+    cr_assert_gt(served, 0);
+    cr_assert(gwd_log_wait(&gwd, "accepting paused", 1, 3000));
+    /* Paused, not spinning: the log shows at most ~10 pauses a second. */
+    int before = gwd_log_count(&gwd, "accepting paused");
+    gwt_sleep_ms(1000);
+    cr_assert_leq(gwd_log_count(&gwd, "accepting paused") - before, 15);
+    cr_assert(gwd_alive(&gwd));
+    for (int i = 0; i < N; i++)
+        close(fds[i]);
+    /* Served again. */
+    int ok = 0;
+    uint64_t end = gwt_ms() + 10000;
+    while (!ok && gwt_ms() < end) {
+        int fd = gwt_tcp_connect("127.0.0.9", gwd.port);
+        if (fd >= 0 && gwt_read_line(fd, seen, sizeof(seen)) > 0)
+            ok = 1;
+        if (fd >= 0)
+            close(fd);
+        if (!ok)
+            gwt_sleep_ms(100);
+    }
+    cr_assert(ok, "not served after descriptors came back");
+    cr_assert_eq(gwd_stop(&gwd), 0);
+}
+
+/* Pool ports held by other sockets on the host are skipped (EADDRINUSE ->
+ * another pool port), not failing the flow. */
+Test(gw_faults, busy_pool_ports_are_skipped)
+{
+    char json[1024], seen[64];
+    int hold[2];
+
+    for (int i = 0; i < 2; i++) {
+        struct sockaddr_in a = {0};
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        a.sin_port = htons((uint16_t)(23200 + i));
+        hold[i] = socket(AF_INET, SOCK_STREAM, 0);
+        cr_assert_eq(bind(hold[i], (struct sockaddr *)&a, sizeof(a)), 0, "port %d taken", 23200 + i);
+        cr_assert_eq(listen(hold[i], 1), 0);
+    }
+    cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
+    snprintf(json, sizeof(json),
+             "{\"nat\":{\"ports\":\"23200-23203\",\"policy\":\"sequential\"},\"backends\":[{"
+             "\"name\":\"web\",\"proto\":\"tcp\",\"servers\":[\"127.0.0.1:%u\"]}]}",
+             be[0].port);
+    start_with_config(json);
+    int fds[2];
+    for (int i = 0; i < 2; i++) {
+        fds[i] = hello("127.0.0.10", seen, sizeof(seen));
+        cr_assert(strcmp(seen, "127.0.0.1:23202") == 0 || strcmp(seen, "127.0.0.1:23203") == 0,
+                  "got %s", seen);
+    }
+    cr_assert_eq(gwt_db_int(gwd.db,
+                            "SELECT count(DISTINCT nat_port) FROM nat_sessions WHERE nat_port IN "
+                            "(23202, 23203) AND closed_at IS NULL",
+                            2, 5000),
+                 2);
+    for (int i = 0; i < 2; i++) {
+        close(fds[i]);
+        close(hold[i]);
+    }
+}
+
+/* UDP health checks (request/expected reply) take a dead server out and back. */
+Test(gw_faults, udp_health_check_request_reply)
+{
+    char json[1024], want[128], buf[256];
+
+    cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
+    cr_assert_eq(gwt_backend_start(&be[1], &dir, "b", 0), 0);
+    uint16_t bport = be[1].port;
+    /* The test backend answers "PEER payload": the check comes from 127.0.0.1. */
+    snprintf(json, sizeof(json),
+             "{\"nat\":{\"ports\":\"23300-23399\"},\"backends\":[{\"name\":\"dns\",\"proto\":"
+             "\"udp\",\"servers\":[\"127.0.0.1:%u\",\"127.0.0.1:%u\"],\"health\":{\"interval\":"
+             "0.1,\"timeout\":0.3,\"rise\":1,\"fall\":1,\"send\":\"ping\",\"expect\":"
+             "\"127.0.0.1:\"}}]}",
+             be[0].port, bport);
+    start_with_config(json);
+    gwt_backend_stop(&be[1], true);
+    snprintf(want, sizeof(want), "server 127.0.0.1:%u: up -> down", bport);
+    cr_assert(gwd_log_wait(&gwd, want, 1, 10000), "b never went down");
+    for (int i = 0; i < 6; i++) {
+        int fd = gwt_udp_socket("127.0.0.11", gwd.port);
+        cr_assert_eq(send(fd, "q", 1, 0), 1);
+        cr_assert_gt(recv(fd, buf, sizeof(buf), 0), 0, "flow %d sent to the dead server", i);
+        close(fd);
+    }
+    cr_assert_eq(gwt_backend_start(&be[1], &dir, "b2", bport), 0);
+    snprintf(want, sizeof(want), "server 127.0.0.1:%u: down -> up", bport);
+    cr_assert(gwd_log_wait(&gwd, want, 1, 10000), "b never came back");
+}

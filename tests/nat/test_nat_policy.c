@@ -1,0 +1,389 @@
+/* test_nat_policy.c - allocation policies, mapping behaviours, paired
+ * pooling, blocks, pool exhaustion without eviction, IPv6 pools. */
+#include "tests/nat/nat_test_util.h"
+
+static struct nat_key kn(uint8_t proto, const char *client, uint16_t cport, const char *dst,
+                         uint16_t dport)
+{
+    return KEY(proto, client, cport, dst, dport);
+}
+
+Test(nat_policy, random_is_seeded_and_in_range)
+{
+    struct nat_config c = small_cfg(NAT_POLICY_RANDOM, NAT_MAPPING_EIM, 40000, 40999);
+    struct nat_table *a = mk(&c, NULL), *b = mk(&c, NULL), *d;
+    uint16_t pa[50], pb[50];
+    int differ = 0, seq = 0;
+
+    c.seed = 43;
+    d = mk(&c, NULL);
+    for (int i = 0; i < 50; i++) {
+        struct nat_key k = kn(NAT_PROTO_UDP, "10.0.0.1", (uint16_t)(1000 + i), "192.0.2.1", 53);
+
+        pa[i] = open_ok(a, &k, 0)->ext.port;
+        pb[i] = open_ok(b, &k, 0)->ext.port;
+        cr_assert_eq(pa[i], pb[i], "same seed, same choices");
+        cr_assert(pa[i] >= 40000 && pa[i] <= 40999);
+        differ += open_ok(d, &k, 0)->ext.port != pa[i];
+        seq += i > 0 && pa[i] == pa[i - 1] + 1;
+    }
+    cr_assert_gt(differ, 40, "another seed, other choices");
+    cr_assert_lt(seq, 10, "random is not sequential");
+    nat_table_free(a);
+    nat_table_free(b);
+    nat_table_free(d);
+}
+
+Test(nat_policy, sequential_wraps_and_skips_used)
+{
+    struct nat_config c = small_cfg(NAT_POLICY_SEQUENTIAL, NAT_MAPPING_EIM, 100, 103);
+    struct nat_table *t = mk(&c, NULL);
+    struct nat_session *s[4], *x = NULL;
+
+    for (int i = 0; i < 4; i++) {
+        struct nat_key k = kn(NAT_PROTO_TCP, "10.0.0.1", (uint16_t)(1 + i), "192.0.2.1", 80);
+
+        s[i] = open_ok(t, &k, 0);
+        cr_assert_eq(s[i]->ext.port, 100 + i);
+    }
+    struct nat_key k = kn(NAT_PROTO_TCP, "10.0.0.1", 9, "192.0.2.1", 80);
+    cr_assert_eq(nat_session_open(t, &k, 0, 0, &x), NAT_ERR_POOL_EXHAUSTED);
+    nat_session_close(t, s[2], 0, "client_fin");
+    nat_session_close(t, s[0], 0, "client_fin");
+    /* after 103 comes 100 (wrap), then 102 */
+    cr_assert_eq(open_ok(t, &k, 0)->ext.port, 100);
+    k.client.port = 10;
+    cr_assert_eq(open_ok(t, &k, 0)->ext.port, 102);
+    /* tcp and udp have separate pools: udp starts at 100 too */
+    k.proto = NAT_PROTO_UDP;
+    cr_assert_eq(open_ok(t, &k, 0)->ext.port, 100);
+    nat_table_free(t);
+}
+
+Test(nat_policy, preserve_keeps_client_port_when_free_and_in_range)
+{
+    struct nat_config c = small_cfg(NAT_POLICY_PRESERVE, NAT_MAPPING_EIM, 40000, 40099);
+    struct nat_table *t = mk(&c, NULL);
+    struct nat_key k1 = kn(NAT_PROTO_TCP, "10.0.0.1", 40050, "192.0.2.1", 80);
+    struct nat_key k2 = kn(NAT_PROTO_TCP, "10.0.0.2", 40050, "192.0.2.1", 80);
+    struct nat_key k3 = kn(NAT_PROTO_TCP, "10.0.0.3", 5000, "192.0.2.1", 80);
+    struct nat_key k4 = kn(NAT_PROTO_UDP, "10.0.0.2", 40050, "192.0.2.1", 80);
+    struct nat_session *s2, *s3;
+
+    cr_assert_eq(open_ok(t, &k1, 0)->ext.port, 40050);
+    s2 = open_ok(t, &k2, 0); /* taken: another one */
+    cr_assert_neq(s2->ext.port, 40050);
+    cr_assert(s2->ext.port >= 40000 && s2->ext.port <= 40099);
+    s3 = open_ok(t, &k3, 0); /* out of range: not kept (RFC 4787 REQ-3a not applied) */
+    cr_assert(s3->ext.port >= 40000 && s3->ext.port <= 40099);
+    cr_assert_eq(open_ok(t, &k4, 0)->ext.port, 40050, "udp pool is separate");
+    nat_table_free(t);
+}
+
+Test(nat_policy, preserve_keeps_port_under_apdm_toward_other_destinations)
+{
+    struct nat_config c = small_cfg(NAT_POLICY_PRESERVE, NAT_MAPPING_APDM, 40000, 40099);
+    struct nat_table *t = mk(&c, NULL);
+    struct nat_key k1 = kn(NAT_PROTO_TCP, "10.0.0.1", 40050, "192.0.2.1", 80);
+    struct nat_key k2 = kn(NAT_PROTO_TCP, "10.0.0.2", 40050, "192.0.2.2", 80);
+    struct nat_key k3 = kn(NAT_PROTO_TCP, "10.0.0.3", 40050, "192.0.2.1", 80);
+
+    cr_assert_eq(open_ok(t, &k1, 0)->ext.port, 40050);
+    cr_assert_eq(open_ok(t, &k2, 0)->ext.port, 40050);
+    cr_assert_neq(open_ok(t, &k3, 0)->ext.port, 40050);
+    nat_table_free(t);
+}
+
+Test(nat_policy, block_contiguous_blocks_per_client)
+{
+    struct nat_config c = small_cfg(NAT_POLICY_BLOCK, NAT_MAPPING_EIM, 1000, 1015);
+    struct rec r;
+    struct nat_table *t;
+    struct nat_session *x = NULL;
+    struct nat_stats st;
+    uint16_t first, base_b;
+
+    c.block_size = 4;
+    c.max_blocks_per_client = 2;
+    t = mk(&c, &r);
+    /* client A: 4 flows fill one block of 4 contiguous ports */
+    struct nat_key k = kn(NAT_PROTO_UDP, "10.0.0.1", 1, "192.0.2.1", 53);
+    first = open_ok(t, &k, 0)->ext.port;
+    cr_assert_eq((first - 1000) % 4, 0, "a block starts on a block boundary");
+    for (uint16_t i = 1; i < 4; i++) {
+        k.client.port = (uint16_t)(1 + i);
+        cr_assert_eq(open_ok(t, &k, 0)->ext.port, first + i);
+    }
+    nat_get_stats(t, &st);
+    cr_assert_eq(st.blocks_in_use, 1);
+    /* client B gets another block */
+    struct nat_key kb = kn(NAT_PROTO_UDP, "10.0.0.2", 1, "192.0.2.1", 53);
+    base_b = open_ok(t, &kb, 0)->ext.port;
+    cr_assert(base_b < first || base_b >= first + 4);
+    cr_assert_eq((base_b - 1000) % 4, 0);
+    /* A's 5th flow takes a second block, its 9th hits the block limit */
+    for (uint16_t i = 4; i < 8; i++) {
+        k.client.port = (uint16_t)(1 + i);
+        x = open_ok(t, &k, 0);
+        cr_assert(x->ext.port < base_b || x->ext.port >= base_b + 4, "in B's block");
+    }
+    nat_get_stats(t, &st);
+    cr_assert_eq(st.blocks_in_use, 3);
+    k.client.port = 99;
+    x = NULL;
+    cr_assert_eq(nat_session_open(t, &k, 0, 0, &x), NAT_ERR_CLIENT_QUOTA);
+    cr_assert_null(x);
+    cr_assert_str_eq(r.ev[(r.n - 1) % REC_MAX].reason, "client_quota");
+    /* C gets the last block, D finds none: pool exhausted */
+    struct nat_key kc = kn(NAT_PROTO_UDP, "10.0.0.3", 1, "192.0.2.1", 53);
+    open_ok(t, &kc, 0);
+    struct nat_key kd = kn(NAT_PROTO_UDP, "10.0.0.4", 1, "192.0.2.1", 53);
+    cr_assert_eq(nat_session_open(t, &kd, 0, 0, &x), NAT_ERR_POOL_EXHAUSTED);
+    nat_get_stats(t, &st);
+    cr_assert_eq(st.blocks_in_use, 4);
+    /* when B's last flow goes, its block is free for D */
+    nat_session_close(t, nat_lookup_inside(t, &kb), 1, "client_fin");
+    nat_get_stats(t, &st);
+    cr_assert_eq(st.blocks_in_use, 3);
+    cr_assert_eq(open_ok(t, &kd, 2)->ext.port, base_b);
+    nat_table_free(t);
+}
+
+Test(nat_policy, block_blocks_serve_both_protocols)
+{
+    struct nat_config c = small_cfg(NAT_POLICY_BLOCK, NAT_MAPPING_EIM, 1000, 1007);
+    struct nat_table *t;
+    struct nat_stats st;
+
+    c.block_size = 4;
+    t = mk(&c, NULL);
+    struct nat_key k = kn(NAT_PROTO_UDP, "10.0.0.1", 1, "192.0.2.1", 53);
+    uint16_t p = open_ok(t, &k, 0)->ext.port;
+    k.proto = NAT_PROTO_TCP;
+    cr_assert_eq(open_ok(t, &k, 0)->ext.port, p, "same block, tcp pool");
+    nat_get_stats(t, &st);
+    cr_assert_eq(st.blocks_in_use, 1);
+    nat_table_free(t);
+}
+
+Test(nat_policy, adm_port_unique_per_destination_address)
+{
+    struct nat_config c = small_cfg(NAT_POLICY_SEQUENTIAL, NAT_MAPPING_ADM, 30000, 30001);
+    struct nat_table *t = mk(&c, NULL);
+    struct nat_session *x = NULL;
+    /* client endpoint A toward D1 port 80 and D1 port 81: one mapping */
+    struct nat_key a1 = kn(NAT_PROTO_TCP, "10.0.0.1", 1, "192.0.2.1", 80);
+    struct nat_key a2 = kn(NAT_PROTO_TCP, "10.0.0.1", 1, "192.0.2.1", 81);
+    struct nat_key a3 = kn(NAT_PROTO_TCP, "10.0.0.1", 1, "192.0.2.2", 80);
+    struct nat_session *s1 = open_ok(t, &a1, 0), *s2 = open_ok(t, &a2, 0);
+    struct nat_session *s3 = open_ok(t, &a3, 0);
+
+    cr_assert_eq(s1->ext.port, s2->ext.port, "adm: same destination address, same port");
+    cr_assert_eq(s3->ext.port, 30001, "sequential goes on after the last port given");
+    /* B toward D1 needs another port; C toward D1 finds none */
+    struct nat_key b1 = kn(NAT_PROTO_TCP, "10.0.0.2", 1, "192.0.2.1", 80);
+    cr_assert_eq(open_ok(t, &b1, 0)->ext.port, 30001);
+    struct nat_key c1 = kn(NAT_PROTO_TCP, "10.0.0.3", 1, "192.0.2.1", 443);
+    cr_assert_eq(nat_session_open(t, &c1, 0, 0, &x), NAT_ERR_POOL_EXHAUSTED);
+    /* but toward D2, C gets 30000, which A holds toward D1 */
+    struct nat_key c2 = kn(NAT_PROTO_TCP, "10.0.0.3", 1, "192.0.2.2", 443);
+    cr_assert_eq(open_ok(t, &c2, 0)->ext.port, 30000);
+    struct nat_stats st;
+    nat_get_stats(t, &st);
+    cr_assert_eq(st.ports_in_use, 2);
+    cr_assert_eq(st.live, 5);
+    nat_table_free(t);
+}
+
+/* apdm capacity is ips x ports x destinations (the seed question's answer) */
+Test(nat_policy, apdm_capacity_ips_ports_destinations)
+{
+    struct nat_config c = small_cfg(NAT_POLICY_RANDOM, NAT_MAPPING_APDM, 30000, 30009);
+    struct nat_table *t;
+    struct nat_session *x = NULL;
+    char client[32], dst[32];
+    int opened = 0;
+
+    c.n_ips = 2;
+    c.ips[0] = A("198.51.100.1");
+    c.ips[1] = A("198.51.100.2");
+    t = mk(&c, NULL);
+    /* 2 ips x 10 ports x 3 destinations = 60 flows, from 60 client IPs, so
+     * pooling pairs them evenly only by chance: use one client per ip */
+    for (int d = 0; d < 3; d++) {
+        for (int i = 0; i < 20; i++) {
+            struct nat_key k;
+
+            snprintf(client, sizeof(client), "10.0.%d.%d", i % 2, d * 20 + i);
+            snprintf(dst, sizeof(dst), "192.0.2.%d", d + 1);
+            k = kn(NAT_PROTO_TCP, client, 5000, dst, 80);
+            if (nat_session_open(t, &k, 0, 0, &x) == NAT_OK)
+                opened++;
+        }
+    }
+    struct nat_stats st;
+    nat_get_stats(t, &st);
+    /* a new client goes to the other IP when its random first choice is full */
+    cr_assert_eq(opened, 60);
+    cr_assert_eq(st.live, 60);
+    cr_assert_eq(st.ports_in_use, 20);
+    x = NULL;
+    struct nat_key k9 = kn(NAT_PROTO_TCP, "10.9.9.9", 5000, "192.0.2.1", 80);
+    cr_assert_eq(nat_session_open(t, &k9, 0, 0, &x), NAT_ERR_POOL_EXHAUSTED);
+    nat_table_free(t);
+
+    /* exact: one client IP per external IP (pairing fixed by the first flow) */
+    c.policy = NAT_POLICY_SEQUENTIAL;
+    t = mk(&c, NULL);
+    opened = 0;
+    for (int ci = 0; ci < 2; ci++) {
+        for (int d = 0; d < 3; d++) {
+            for (int p = 0; p < 11; p++) {
+                struct nat_key k;
+
+                snprintf(client, sizeof(client), "10.1.0.%d", ci + 1);
+                snprintf(dst, sizeof(dst), "192.0.2.%d", d + 1);
+                k = kn(NAT_PROTO_TCP, client, (uint16_t)(5000 + p), dst, 80);
+                if (nat_session_open(t, &k, 0, 0, &x) == NAT_OK)
+                    opened++;
+            }
+        }
+    }
+    cr_assert_eq(opened, 60, "2 ips x 10 ports x 3 destinations");
+    nat_get_stats(t, &st);
+    cr_assert_eq(st.refused[NAT_ERR_POOL_EXHAUSTED], 6);
+    cr_assert_eq(st.ports_in_use, 20);
+    cr_assert_eq(nat_ip_ports_in_use(t, 0), 10);
+    cr_assert_eq(nat_ip_ports_in_use(t, 1), 10);
+    nat_table_free(t);
+}
+
+Test(nat_policy, eim_port_serves_nobody_else)
+{
+    struct nat_config c = small_cfg(NAT_POLICY_RANDOM, NAT_MAPPING_EIM, 30000, 30001);
+    struct nat_table *t = mk(&c, NULL);
+    struct nat_session *x = NULL;
+    struct nat_key a = kn(NAT_PROTO_UDP, "10.0.0.1", 1, "192.0.2.1", 53);
+    struct nat_key b = kn(NAT_PROTO_UDP, "10.0.0.2", 1, "192.0.2.2", 53);
+    struct nat_key cc = kn(NAT_PROTO_UDP, "10.0.0.3", 1, "192.0.2.3", 53);
+
+    open_ok(t, &a, 0);
+    open_ok(t, &b, 0);
+    /* two ports, two client endpoints: a third one toward a new destination
+     * still finds nothing under eim */
+    cr_assert_eq(nat_session_open(t, &cc, 0, 0, &x), NAT_ERR_POOL_EXHAUSTED);
+    nat_table_free(t);
+}
+
+Test(nat_policy, paired_pooling_one_external_ip_per_client)
+{
+    struct nat_config c = small_cfg(NAT_POLICY_SEQUENTIAL, NAT_MAPPING_EIM, 30000, 30009);
+    struct nat_table *t;
+    struct nat_session *x = NULL, *first;
+    char client[32];
+    int refused = 0;
+
+    c.n_ips = 4;
+    for (int i = 0; i < 4; i++) {
+        snprintf(client, sizeof(client), "198.51.100.%d", i + 1);
+        c.ips[i] = A(client);
+    }
+    t = mk(&c, NULL);
+    for (int ci = 0; ci < 4; ci++) {
+        struct nat_key k;
+
+        snprintf(client, sizeof(client), "10.0.0.%d", ci + 1);
+        k = kn(NAT_PROTO_TCP, client, 1, "192.0.2.1", 80);
+        first = open_ok(t, &k, 0);
+        cr_assert_eq(first->ip_index, ci, "sequential: new clients go round the IPs");
+        for (uint16_t p = 2; p <= 3; p++) {
+            k.client.port = p;
+            k.dst.port = (uint16_t)(80 + p);
+            x = open_ok(t, &k, 0);
+            cr_assert_eq(x->ip_index, first->ip_index, "client IP changed external IP");
+        }
+    }
+    /* once its paired IP is full, the client is refused though others have room */
+    for (uint16_t p = 10; p < 30; p++) {
+        struct nat_key k = kn(NAT_PROTO_TCP, "10.0.0.1", p, "192.0.2.1", 80);
+
+        if (nat_session_open(t, &k, 0, 0, &x) != NAT_OK)
+            refused++;
+        else
+            cr_assert_eq(x->ip_index, 0);
+    }
+    cr_assert_eq(refused, 13);
+    cr_assert_eq(nat_ip_ports_in_use(t, 0), 10);
+    cr_assert_eq(nat_ip_ports_in_use(t, 1), 3);
+    struct nat_stats st;
+    nat_get_stats(t, &st);
+    cr_assert_eq(st.ports_in_use, 19);
+    /* with every flow of the client gone, it may pair again elsewhere */
+    struct nat_filter f;
+    nat_filter_init(&f);
+    f.has_client = true;
+    f.client = A("10.0.0.1");
+    f.client_plen = 128;
+    cr_assert_eq(nat_flush(t, &f, 1, "flush"), 10);
+    cr_assert_eq(nat_client_sessions(t, &f.client), 0);
+    nat_table_free(t);
+}
+
+Test(nat_policy, exhausted_pool_never_evicts)
+{
+    struct nat_config c = small_cfg(NAT_POLICY_RANDOM, NAT_MAPPING_EIM, 30000, 30009);
+    struct rec r;
+    struct nat_table *t = mk(&c, &r);
+    struct nat_session *s[10], *x = NULL;
+
+    for (int i = 0; i < 10; i++) {
+        struct nat_key k = kn(NAT_PROTO_TCP, "10.0.0.1", (uint16_t)(1 + i), "192.0.2.1", 80);
+
+        s[i] = open_ok(t, &k, 0);
+    }
+    for (int i = 0; i < 100; i++) {
+        struct nat_key k = kn(NAT_PROTO_TCP, "10.0.0.2", (uint16_t)(1 + i), "192.0.2.1", 80);
+
+        cr_assert_eq(nat_session_open(t, &k, 0, (uint64_t)i, &x), NAT_ERR_POOL_EXHAUSTED);
+    }
+    for (int i = 0; i < 10; i++)
+        cr_assert_eq(nat_lookup_inside(t, &s[i]->key), s[i]);
+    cr_assert_eq(r.by_type[NAT_EV_OPEN], 10);
+    cr_assert_eq(r.by_type[NAT_EV_REFUSE], 100);
+    cr_assert_eq(r.by_type[NAT_EV_CLOSE] + r.by_type[NAT_EV_EXPIRE], 0);
+    struct nat_stats st;
+    nat_get_stats(t, &st);
+    cr_assert_eq(st.live, 10);
+    cr_assert_eq(st.refused[NAT_ERR_POOL_EXHAUSTED], 100);
+    nat_table_free(t);
+}
+
+Test(nat_policy, ipv6_pool_and_families)
+{
+    struct nat_config c = small_cfg(NAT_POLICY_SEQUENTIAL, NAT_MAPPING_EIM, 30000, 30009);
+    struct nat_table *t;
+    struct nat_session *s, *x = NULL;
+    char buf[NAT_ADDR_STRLEN];
+
+    c.n_ips = 2;
+    c.ips[0] = A("198.51.100.1");
+    c.ips[1] = A("2001:db8:1::1");
+    t = mk(&c, NULL);
+    struct nat_key k6 = kn(NAT_PROTO_TCP, "2001:db8::10", 4000, "2001:db8:2::80", 80);
+    s = open_ok(t, &k6, 0);
+    cr_assert_str_eq(nat_addr_format(&s->ext.addr, buf), "2001:db8:1::1");
+    cr_assert_eq(s->ip_index, 1);
+    cr_assert_eq(nat_lookup_inside(t, &k6), s);
+    cr_assert_eq(nat_lookup_outside(t, NAT_PROTO_TCP, &s->ext, &k6.dst), s);
+    /* an IPv6 client toward an IPv4 backend gets the IPv4 address */
+    struct nat_key k64 = kn(NAT_PROTO_TCP, "2001:db8::10", 4001, "192.0.2.1", 80);
+    s = open_ok(t, &k64, 0);
+    cr_assert_str_eq(nat_addr_format(&s->ext.addr, buf), "198.51.100.1");
+    nat_table_free(t);
+
+    /* no external address of the destination's family: refused */
+    c.n_ips = 1;
+    t = mk(&c, NULL);
+    cr_assert_eq(nat_session_open(t, &k6, 0, 0, &x), NAT_ERR_POOL_EXHAUSTED);
+    nat_table_free(t);
+}
