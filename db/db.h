@@ -84,8 +84,9 @@ struct db_options {
 
 /*
  * Fills *o with the defaults: path NULL (caller sets it), queue 32768
- * records, flush 10 ms, batch 4096, retention 7 days, prune every 10 s in
- * steps of 2000 rows, retry 200 ms, close timeout 5 s, busy timeout 100 ms, a 32 MiB page cache.
+ * records (about 6.5 MiB), flush 10 ms, batch 4096, retention 7 days, prune
+ * every 10 s in steps of 2000 rows, retry 200 ms, close timeout 5 s, busy
+ * timeout 100 ms, a 32 MiB page cache.
  */
 void db_options_default(struct db_options *o);
 
@@ -99,8 +100,10 @@ void db_options_default(struct db_options *o);
  *   -ENOTSUP  a gw store made by a newer gw (schema version above ours)
  *   -EROFS    a file (or directory) this process cannot write
  *   -ENOMEM, -EAGAIN (thread), -EINVAL (bad options)
+ *   -EBUSY    locked by another process
  * Sessions a previous run left open are closed with reason "restart" (and
- * logged as close events). Returns 0 and *out, or a negative errno.
+ * logged as close events), closed_at = the latest time found in the store.
+ * Returns 0 and *out, or a negative errno.
  */
 int db_open(struct db **out, const struct db_options *o, char *err, size_t errlen);
 
@@ -120,9 +123,11 @@ uint64_t db_max_session_id(const struct db *db);
 uint64_t db_restart_closed(const struct db *db);
 
 /*
- * Data path. Hands a libnat event over to the writer: O(1), never blocks,
- * never touches SQLite, safe from any thread. `backend_name` (borrowed, may
- * be NULL = "") is stored as the backend column. OPEN inserts the session and
+ * Data path. Hands a libnat event over to the writer: O(1) (a copy of about
+ * 200 bytes and one compare-and-swap), never blocks, never touches SQLite,
+ * safe from any thread (a lock-free bounded multi-producer queue). The event
+ * is copied: `ev` and `backend_name` (may be NULL = "", cut at DB_NAME_MAX-1
+ * bytes) need not outlive the call. OPEN inserts the session and
  * logs it; CLOSE/EXPIRE log it and close the session row (creating it when
  * its OPEN was lost); REFUSE is logged only. Returns 0, or -ENOBUFS when the
  * queue is full (the event is dropped and counted).
@@ -131,9 +136,10 @@ int db_submit(struct db *db, const struct nat_event *ev, const char *backend_nam
 
 /*
  * Data path. Records the progress of a live session (state, last_seen,
- * bytes_in, bytes_out) for its row, if the row exists and is still open. Not
- * logged as an event. gwd calls it on state changes and now and then for
- * busy sessions. Same cost and return values as db_submit().
+ * bytes_in, bytes_out, and nat ip/port: call it after nat_session_repick)
+ * for its row, if the row exists and is still open. Not logged as an event.
+ * gwd calls it on state changes, after a repick, and now and then for busy
+ * sessions. Same cost and return values as db_submit().
  */
 int db_submit_update(struct db *db, const struct nat_session *s);
 
@@ -165,7 +171,7 @@ struct db_stats {
     uint64_t pruned_sessions; /* nat_sessions rows removed by retention */
     uint32_t queue_depth;     /* records waiting now */
     uint32_t queue_capacity;
-    bool degraded;            /* the store is failing to write right now */
+    bool degraded;               /* the store is failing to write right now */
     char last_error[DB_ERR_MAX]; /* the latest failure, "" when none ever */
 };
 
@@ -174,9 +180,9 @@ struct db_stats {
 void db_get_stats(struct db *db, struct db_stats *out);
 
 enum db_status {
-    DB_STATUS_SAME = 0,   /* nothing new since the last poll */
-    DB_STATUS_FAILING,    /* an episode of failures began: msg says why */
-    DB_STATUS_RECOVERED,  /* writing works again: msg says how much was dropped */
+    DB_STATUS_SAME = 0,  /* nothing new since the last poll */
+    DB_STATUS_FAILING,   /* an episode of failures began: msg says why */
+    DB_STATUS_RECOVERED, /* writing works again: msg says how much was dropped */
 };
 
 /*
@@ -212,20 +218,20 @@ enum db_open_filter {
 
 /* Which sessions a query is about; db_session_query_init() = all. */
 struct db_session_query {
-    uint8_t proto;              /* 0 = any, else NAT_PROTO_TCP/UDP */
+    uint8_t proto; /* 0 = any, else NAT_PROTO_TCP/UDP */
     bool has_client;
-    struct nat_addr client;     /* with client_plen (over the 16-byte form): IP or CIDR */
-    uint8_t client_plen;        /* 128 = that address only */
+    struct nat_addr client; /* with client_plen (over the 16-byte form): IP or CIDR */
+    uint8_t client_plen;    /* 128 = that address only */
     bool has_nat_ip;
     struct nat_addr nat_ip;
     uint16_t nat_port_lo, nat_port_hi; /* 0,0 = any; inclusive */
-    const char *backend;        /* borrowed; NULL = any */
-    int state;                  /* -1 = any, else enum nat_state */
+    const char *backend;               /* borrowed; NULL = any */
+    int state;                         /* -1 = any, else enum nat_state */
     enum db_open_filter open;
-    uint64_t since_ms;          /* with until_ms: sessions alive at some moment of */
-    uint64_t until_ms;          /* [since, until]; 0 = unbounded on that side */
-    const char *sort;           /* NULL = "id"; a column name, '-' prefix = descending */
-    uint32_t limit;             /* 0 = no limit */
+    uint64_t since_ms; /* with until_ms: sessions alive at some moment of */
+    uint64_t until_ms; /* [since, until]; 0 = unbounded on that side */
+    const char *sort;  /* NULL = "id"; a column name, '-' prefix = descending */
+    uint32_t limit;    /* 0 = no limit */
     uint32_t offset;
 };
 
@@ -250,12 +256,12 @@ struct db_session_row {
     char state[DB_TOKEN_MAX];
     char opened_at[DB_TIME_STRLEN];
     char last_seen[DB_TIME_STRLEN];
-    char closed_at[DB_TIME_STRLEN];      /* "" while open */
-    char close_reason[DB_TOKEN_MAX];     /* "" while open */
+    char closed_at[DB_TIME_STRLEN];                    /* "" while open */
+    char close_reason[DB_TOKEN_MAX];                   /* "" while open */
     uint64_t opened_at_ms, last_seen_ms, closed_at_ms; /* closed_at_ms 0 while open */
-    bool open;                           /* closed_at IS NULL */
-    uint64_t bytes_in;                   /* client -> backend */
-    uint64_t bytes_out;                  /* backend -> client */
+    bool open;                                         /* closed_at IS NULL */
+    uint64_t bytes_in;                                 /* client -> backend */
+    uint64_t bytes_out;                                /* backend -> client */
 };
 
 /* Called once per row; return non-zero to stop early. The row is valid only
@@ -284,19 +290,19 @@ int db_whois(struct db_reader *r, uint8_t proto, const struct nat_addr *nat_ip, 
 
 /* Which log events a query is about; db_event_query_init() = all. */
 struct db_event_query {
-    uint8_t proto;              /* 0 = any */
+    uint8_t proto; /* 0 = any */
     bool has_client;
     struct nat_addr client;
     uint8_t client_plen;
     bool has_nat_ip;
     struct nat_addr nat_ip;
     uint16_t nat_port_lo, nat_port_hi; /* 0,0 = any */
-    const char *backend;        /* NULL = any */
-    const char *event;          /* NULL = any; "open", "close", "expire", "refuse" */
-    uint64_t session_id;        /* 0 = any */
-    uint64_t since_ms, until_ms; /* time window, inclusive; 0 = unbounded */
-    bool desc;                  /* newest first (default oldest first) */
-    uint32_t limit;             /* 0 = no limit */
+    const char *backend;               /* NULL = any */
+    const char *event;                 /* NULL = any; "open", "close", "expire", "refuse" */
+    uint64_t session_id;               /* 0 = any */
+    uint64_t since_ms, until_ms;       /* time window, inclusive; 0 = unbounded */
+    bool desc;                         /* newest first (default oldest first) */
+    uint32_t limit;                    /* 0 = no limit */
     uint32_t offset;
 };
 
@@ -308,7 +314,7 @@ struct db_event_row {
     uint64_t id;
     char time[DB_TIME_STRLEN];
     uint64_t time_ms;
-    char event[DB_TOKEN_MAX];   /* "open", "close", "expire", "refuse" */
+    char event[DB_TOKEN_MAX]; /* "open", "close", "expire", "refuse" */
     uint8_t proto;
     char proto_name[8];
     char client_ip[NAT_ADDR_STRLEN];
@@ -319,7 +325,7 @@ struct db_event_row {
     char backend_ip[NAT_ADDR_STRLEN];
     uint16_t backend_port;
     uint64_t session_id;
-    char reason[DB_TOKEN_MAX];  /* "" for open */
+    char reason[DB_TOKEN_MAX];    /* "" for open */
     uint64_t bytes_in, bytes_out; /* close/expire only */
 };
 

@@ -29,8 +29,7 @@ uint8_t db__proto_parse(const char *s);
 const char *db__state_name(int st);
 
 /* snprintf into err (which may be NULL). */
-void db__err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+void db__err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* Copies at most n-1 bytes of s (NULL = "") into dst and terminates it. */
 void db__strlcpy(char *dst, const char *s, size_t n);

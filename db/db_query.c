@@ -26,10 +26,10 @@ static const char event_cols[] =
     " backend_port, session_id, reason, bytes_in, bytes_out";
 
 const char *const db_session_sort_keys[] = {
-    "id",           "proto",     "client_ip", "client_port", "nat_ip",   "nat_port",
-    "backend",      "backend_ip", "backend_port", "state",   "opened_at", "last_seen",
-    "closed_at",    "close_reason", "bytes_in", "bytes_out", "client",   "nat",
-    NULL,
+    "id",        "proto",     "client_ip",  "client_port",  "nat_ip",
+    "nat_port",  "backend",   "backend_ip", "backend_port", "state",
+    "opened_at", "last_seen", "closed_at",  "close_reason", "bytes_in",
+    "bytes_out", "client",    "nat",        NULL,
 };
 
 int db_reader_open(struct db_reader **out, const char *path, char *err, size_t errlen)
@@ -246,8 +246,8 @@ static int session_where(struct where *w, const struct db_session_query *q)
     memset(w, 0, sizeof(*w));
     if (q == NULL)
         return 0;
-    where_common(w, q->proto, q->has_client, &q->client, q->client_plen, q->has_nat_ip,
-                 &q->nat_ip, q->nat_port_lo, q->nat_port_hi, q->backend);
+    where_common(w, q->proto, q->has_client, &q->client, q->client_plen, q->has_nat_ip, &q->nat_ip,
+                 q->nat_port_lo, q->nat_port_hi, q->backend);
     if (q->state >= 0) {
         const char *name = db__state_name(q->state);
         if (name[0] == '\0')
@@ -278,10 +278,8 @@ static int session_order_by(const char *sort, char *buf, size_t len)
     static const struct {
         const char *key, *first, *second;
     } map[] = {
-        {"client", "gw_ip_key(client_ip)", "client_port"},
-        {"nat", "gw_ip_key(nat_ip)", "nat_port"},
-        {"client_ip", "gw_ip_key(client_ip)", NULL},
-        {"nat_ip", "gw_ip_key(nat_ip)", NULL},
+        {"client", "gw_ip_key(client_ip)", "client_port"}, {"nat", "gw_ip_key(nat_ip)", "nat_port"},
+        {"client_ip", "gw_ip_key(client_ip)", NULL},       {"nat_ip", "gw_ip_key(nat_ip)", NULL},
         {"backend_ip", "gw_ip_key(backend_ip)", NULL},
     };
     const char *first = NULL, *second = NULL;
@@ -505,8 +503,8 @@ static int event_where(struct where *w, const struct db_event_query *q)
     memset(w, 0, sizeof(*w));
     if (q == NULL)
         return 0;
-    where_common(w, q->proto, q->has_client, &q->client, q->client_plen, q->has_nat_ip,
-                 &q->nat_ip, q->nat_port_lo, q->nat_port_hi, q->backend);
+    where_common(w, q->proto, q->has_client, &q->client, q->client_plen, q->has_nat_ip, &q->nat_ip,
+                 q->nat_port_lo, q->nat_port_hi, q->backend);
     if (q->event != NULL)
         where_add(w, "event = ?%d", bind_text(w, q->event));
     if (q->session_id != 0)
@@ -662,8 +660,14 @@ static void put_row(struct export_ctx *c, const struct field *f, size_t n)
     fputs(c->fmt == DB_FORMAT_CSV ? "\r\n" : "}\n", c->out);
 }
 
-#define TEXT(n, v) {(n), (v), 0, false}
-#define NUM(n, v) {(n), NULL, (v), false}
+#define TEXT(n, v)                                                                                 \
+    {                                                                                              \
+        (n), (v), 0, false                                                                         \
+    }
+#define NUM(n, v)                                                                                  \
+    {                                                                                              \
+        (n), NULL, (v), false                                                                      \
+    }
 
 static int export_session(void *arg, const struct db_session_row *r)
 {

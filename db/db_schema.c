@@ -324,10 +324,9 @@ static const char *const migrations[DB_SCHEMA_VERSION] = {
     " session_id INTEGER,"
     " reason TEXT);"
     "CREATE INDEX nat_events_time ON nat_events(time);",
-    /* 2: byte counts on close/expire events; the log answers whois on its own. */
+    /* 2: byte counts on close/expire events. */
     "ALTER TABLE nat_events ADD COLUMN bytes_in INTEGER;"
-    "ALTER TABLE nat_events ADD COLUMN bytes_out INTEGER;"
-    "CREATE INDEX nat_events_nat ON nat_events(nat_ip, nat_port, time);",
+    "ALTER TABLE nat_events ADD COLUMN bytes_out INTEGER;",
 };
 
 int db__schema_migrate(sqlite3 *conn, int from, char *err, size_t errlen)

@@ -31,8 +31,8 @@ enum db_rec_kind {
 
 /* One queued record: what the writer needs, copied out of the caller's structs. */
 struct db_rec {
-    uint8_t kind;  /* enum db_rec_kind */
-    uint8_t type;  /* enum nat_event_type */
+    uint8_t kind; /* enum db_rec_kind */
+    uint8_t type; /* enum nat_event_type */
     uint8_t proto;
     uint8_t state;
     uint16_t client_port, dst_port, nat_port;
@@ -40,6 +40,16 @@ struct db_rec {
     uint8_t client[16], dst[16], nat[16];
     char reason[DB_TOKEN_MAX];
     char backend[DB_NAME_MAX];
+    /* Writer-side only (set after the record leaves the ring): */
+    uint32_t end;    /* OPEN: 1 + batch index of its CLOSE/EXPIRE in this batch, or 0 */
+    bool no_session; /* the session row is written by an earlier OPEN of this batch */
+};
+
+/* Batch index by session id, to write a session once per batch (see coalesce). */
+struct db_slot {
+    uint64_t id;
+    uint32_t idx;
+    uint32_t gen;
 };
 
 struct db_cell {
@@ -90,13 +100,13 @@ struct db {
     struct db_cell *ring; /* owned */
     uint64_t mask;
     _Alignas(64) _Atomic uint64_t enq_pos;
-    _Alignas(64) _Atomic uint64_t deq_pos;   /* written by the writer only */
-    _Alignas(64) _Atomic uint64_t dropped;   /* refused by a full ring */
-    _Atomic int writer_idle;                 /* the writer sleeps until woken */
+    _Alignas(64) _Atomic uint64_t deq_pos; /* written by the writer only */
+    _Alignas(64) _Atomic uint64_t dropped; /* refused by a full ring */
+    _Atomic int writer_idle;               /* the writer sleeps until woken */
 
     /* Fixed after db_open. */
     _Alignas(64) struct db_options opt;
-    char *path; /* owned */
+    char *path;    /* owned */
     sqlite3 *conn; /* owned; used by the writer thread only once it runs */
     sqlite3_stmt *stmt[STMT_COUNT];
     uint64_t max_session_id;
@@ -106,10 +116,13 @@ struct db {
     /* Writer-thread state. */
     struct db_rec *batch; /* owned, batch_max records */
     uint32_t batch_n;
-    uint64_t batch_end;   /* ring position after the batch's last record */
-    bool pruning;         /* a pruning pass is under way */
+    struct db_slot *slots; /* owned, open addressing over session ids */
+    uint32_t slot_mask;
+    uint32_t slot_gen;
+    uint64_t batch_end; /* ring position after the batch's last record */
+    bool pruning;       /* a pruning pass is under way */
     uint64_t prune_cutoff;
-    uint64_t next_prune;  /* clock ms */
+    uint64_t next_prune; /* clock ms */
 
     /* Shared, under mu. */
     pthread_mutex_t mu;
@@ -117,10 +130,10 @@ struct db {
     pthread_cond_t cv_done;   /* db_flush / db_writer_exec wait here */
     bool wake, stop;
     unsigned flush_waiters;
-    uint64_t committed_pos;   /* ring position everything before which is settled */
+    uint64_t committed_pos; /* ring position everything before which is settled */
     uint64_t fail_count;
     int last_errno;
-    const char *exec_sql;     /* borrowed: a db_writer_exec request */
+    const char *exec_sql; /* borrowed: a db_writer_exec request */
     char *exec_err;
     size_t exec_errlen;
     int exec_rc;
@@ -176,8 +189,7 @@ static struct db_cell *ring_claim(struct db *db, uint64_t *pos_out)
         int64_t dif = (int64_t)(seq - pos);
         if (dif == 0) {
             if (atomic_compare_exchange_weak_explicit(&db->enq_pos, &pos, pos + 1,
-                                                      memory_order_seq_cst,
-                                                      memory_order_relaxed)) {
+                                                      memory_order_seq_cst, memory_order_relaxed)) {
                 *pos_out = pos;
                 return c;
             }
@@ -265,6 +277,8 @@ static uint32_t ring_drain(struct db *db, uint32_t max)
         if (seq != pos + 1)
             break; /* empty, or a producer is still copying into it */
         db->batch[db->batch_n + n] = c->rec;
+        db->batch[db->batch_n + n].end = 0;
+        db->batch[db->batch_n + n].no_session = false;
         atomic_store_explicit(&c->seq, pos + db->mask + 1, memory_order_release);
         pos++;
         n++;
@@ -313,6 +327,9 @@ static int apply_event(struct db *db, const struct db_rec *r)
     const char *proto = db__proto_name(r->proto);
     bool refuse = r->type == NAT_EV_REFUSE;
     bool ends = r->type == NAT_EV_CLOSE || r->type == NAT_EV_EXPIRE;
+    const char *reason = r->reason;
+    uint64_t last_seen = ends && r->last_seen < r->time ? r->time : r->last_seen;
+    uint64_t bytes_in = r->bytes_in, bytes_out = r->bytes_out;
     sqlite3_stmt *st = db->stmt[STMT_INSERT_EVENT];
     int rc;
 
@@ -349,12 +366,22 @@ static int apply_event(struct db *db, const struct db_rec *r)
         sqlite3_bind_null(st, 14);
     }
     rc = step_reset(st);
-    if (rc != SQLITE_OK || refuse)
+    if (rc != SQLITE_OK || refuse || r->no_session)
         return rc;
 
+    /* An OPEN whose end is in the same batch writes the finished row. */
+    if (r->end != 0) {
+        const struct db_rec *e = &db->batch[r->end - 1];
+        db_time_format(e->time, t);
+        ends = true;
+        reason = e->reason;
+        last_seen = e->last_seen < e->time ? e->time : e->last_seen;
+        bytes_in = e->bytes_in;
+        bytes_out = e->bytes_out;
+    }
     st = db->stmt[STMT_UPSERT_SESSION];
     db_time_format(r->opened_at, t_open);
-    db_time_format(ends && r->last_seen < r->time ? r->time : r->last_seen, t_seen);
+    db_time_format(last_seen, t_seen);
     sqlite3_bind_int64(st, 1, (sqlite3_int64)r->id);
     sqlite3_bind_text(st, 2, proto, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, client, -1, SQLITE_STATIC);
@@ -369,14 +396,13 @@ static int apply_event(struct db *db, const struct db_rec *r)
     sqlite3_bind_text(st, 12, t_seen, DB_TIME_STRLEN - 1, SQLITE_STATIC);
     if (ends) {
         sqlite3_bind_text(st, 13, t, DB_TIME_STRLEN - 1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 14, r->reason[0] != '\0' ? r->reason : "error", -1,
-                          SQLITE_STATIC);
+        sqlite3_bind_text(st, 14, reason[0] != '\0' ? reason : "error", -1, SQLITE_STATIC);
     } else {
         sqlite3_bind_null(st, 13);
         sqlite3_bind_null(st, 14);
     }
-    sqlite3_bind_int64(st, 15, (sqlite3_int64)r->bytes_in);
-    sqlite3_bind_int64(st, 16, (sqlite3_int64)r->bytes_out);
+    sqlite3_bind_int64(st, 15, (sqlite3_int64)bytes_in);
+    sqlite3_bind_int64(st, 16, (sqlite3_int64)bytes_out);
     return step_reset(st);
 }
 
@@ -396,6 +422,64 @@ static int apply_update(struct db *db, const struct db_rec *r)
     return step_reset(st);
 }
 
+/* The slot of session `id` in this batch's index (gen marks the live ones). */
+static struct db_slot *slot_find(struct db *db, uint64_t id)
+{
+    uint32_t h = (uint32_t)((id * 0x9e3779b97f4a7c15ULL) >> 32) & db->slot_mask;
+    for (;;) {
+        struct db_slot *sl = &db->slots[h];
+        if (sl->gen != db->slot_gen || sl->id == id)
+            return sl;
+        h = (h + 1) & db->slot_mask;
+    }
+}
+
+/*
+ * Writes each session row once per batch where it can: an OPEN followed in
+ * the same batch by updates and its CLOSE/EXPIRE inserts the finished row,
+ * and the later records only log their events. Short flows (most of them)
+ * then cost one session row write instead of two or more.
+ */
+static void coalesce(struct db *db)
+{
+    if (++db->slot_gen == 0) {
+        memset(db->slots, 0, sizeof(*db->slots) * (db->slot_mask + 1));
+        db->slot_gen = 1;
+    }
+    for (uint32_t i = 0; i < db->batch_n; i++) {
+        struct db_rec *r = &db->batch[i];
+        bool is_open = r->kind == DB_REC_EVENT && r->type == NAT_EV_OPEN;
+        if (r->kind == DB_REC_EVENT && r->type == NAT_EV_REFUSE)
+            continue;
+        struct db_slot *sl = slot_find(db, r->id);
+        if (is_open) {
+            sl->gen = db->slot_gen;
+            sl->id = r->id;
+            sl->idx = i;
+            continue;
+        }
+        if (sl->gen != db->slot_gen)
+            continue; /* its OPEN is in an earlier batch */
+        struct db_rec *o = &db->batch[sl->idx];
+        if (o->end != 0) {
+            r->no_session = true; /* already closed in this batch */
+            continue;
+        }
+        if (r->kind == DB_REC_UPDATE) {
+            o->state = r->state;
+            o->last_seen = r->last_seen;
+            o->bytes_in = r->bytes_in;
+            o->bytes_out = r->bytes_out;
+            o->nat_port = r->nat_port;
+            memcpy(o->nat, r->nat, 16);
+            r->no_session = true;
+        } else if (r->type == NAT_EV_CLOSE || r->type == NAT_EV_EXPIRE) {
+            o->end = i + 1;
+            r->no_session = true;
+        }
+    }
+}
+
 /* Writes the batch in one transaction. Returns SQLITE_OK or the failure
  * (the transaction is then rolled back and the batch kept). */
 static int write_batch(struct db *db, uint64_t *skipped)
@@ -406,6 +490,8 @@ static int write_batch(struct db *db, uint64_t *skipped)
     *skipped = 0;
     for (uint32_t i = 0; i < db->batch_n; i++) {
         const struct db_rec *r = &db->batch[i];
+        if (r->kind == DB_REC_UPDATE && r->no_session)
+            continue;
         rc = r->kind == DB_REC_EVENT ? apply_event(db, r) : apply_update(db, r);
         if (rc == SQLITE_OK)
             continue;
@@ -440,6 +526,16 @@ static void note_failure(struct db *db, int rc, const char *what)
     pthread_mutex_unlock(&db->mu);
 }
 
+/* A write went through: ends a failure episode. Called with mu held. */
+static void end_episode_locked(struct db *db)
+{
+    if (db->degraded) {
+        db->degraded = false;
+        db->episodes_ended++;
+        db->dropped_in_last_episode = atomic_load(&db->dropped) - db->dropped_at_episode_start;
+    }
+}
+
 static void note_success(struct db *db, uint64_t n, uint64_t skipped, uint64_t end_pos)
 {
     pthread_mutex_lock(&db->mu);
@@ -447,11 +543,7 @@ static void note_success(struct db *db, uint64_t n, uint64_t skipped, uint64_t e
     db->skipped += skipped;
     db->batches++;
     db->committed_pos = end_pos;
-    if (db->degraded) {
-        db->degraded = false;
-        db->episodes_ended++;
-        db->dropped_in_last_episode = atomic_load(&db->dropped) - db->dropped_at_episode_start;
-    }
+    end_episode_locked(db);
     pthread_cond_broadcast(&db->cv_done);
     pthread_mutex_unlock(&db->mu);
 }
@@ -484,6 +576,7 @@ static int prune_step(struct db *db)
     pthread_mutex_lock(&db->mu);
     db->pruned_events += (uint64_t)n_ev;
     db->pruned_sessions += (uint64_t)n_se;
+    end_episode_locked(db);
     pthread_mutex_unlock(&db->mu);
     if ((uint32_t)n_ev < db->opt.prune_step && (uint32_t)n_se < db->opt.prune_step) {
         db->pruning = false;
@@ -627,6 +720,7 @@ static void *writer_main(void *arg)
         if (db->batch_n == 0) {
             db->batch_n = ring_drain(db, db->opt.batch_max);
             db->batch_end = atomic_load_explicit(&db->deq_pos, memory_order_relaxed);
+            coalesce(db);
         }
         if (db->batch_n > 0) {
             uint64_t skipped = 0;
@@ -646,11 +740,8 @@ static void *writer_main(void *arg)
             if (n == db->opt.batch_max)
                 continue; /* more is waiting: no pause under load */
         }
-        bool degraded;
-        pthread_mutex_lock(&db->mu);
-        degraded = db->degraded;
-        pthread_mutex_unlock(&db->mu);
-        if (!degraded && !stop)
+        /* Here no failed batch is pending (that path retried above). */
+        if (!stop)
             maybe_prune(db);
 
         if (!ring_empty(db)) {
@@ -782,8 +873,10 @@ static int check_writable(const char *path, char *err, size_t errlen)
             return -EINVAL;
         }
         if (access(path, W_OK) != 0) {
-            db__err(err, errlen, "%s is read-only for this user: make it writable or give "
-                    "--db another path", path);
+            db__err(err, errlen,
+                    "%s is read-only for this user: make it writable or give "
+                    "--db another path",
+                    path);
             return -EROFS;
         }
     }
@@ -810,7 +903,7 @@ static int check_writable(const char *path, char *err, size_t errlen)
 
 static int open_connection(struct db *db, char *err, size_t errlen)
 {
-    char sql[64];
+    char sql[160];
     int version = 0, rc;
     bool memory = strcmp(db->path, ":memory:") == 0;
 
@@ -832,8 +925,8 @@ static int open_connection(struct db *db, char *err, size_t errlen)
     if ((rc = db__schema_check(db->conn, db->path, &version, err, errlen)) < 0)
         return rc;
     /* Only now that the file is known to be ours (or empty) do we write. */
-    if (!memory && sqlite3_exec(db->conn, "PRAGMA journal_mode=WAL", NULL, NULL, NULL) !=
-                       SQLITE_OK) {
+    if (!memory &&
+        sqlite3_exec(db->conn, "PRAGMA journal_mode=WAL", NULL, NULL, NULL) != SQLITE_OK) {
         db__err(err, errlen, "cannot switch %s to WAL mode: %s", db->path,
                 sqlite3_errmsg(db->conn));
         return -EIO;
@@ -842,7 +935,8 @@ static int open_connection(struct db *db, char *err, size_t errlen)
      * checkpoints; a kill -9 loses nothing committed, a power cut at most the
      * last commits, never consistency. A larger page cache keeps the indexes'
      * hot pages in memory between batches. */
-    snprintf(sql, sizeof(sql), "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-%u",
+    snprintf(sql, sizeof(sql),
+             "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-%u; PRAGMA wal_autocheckpoint=8192",
              db->opt.cache_kib);
     sqlite3_exec(db->conn, sql, NULL, NULL, NULL);
     if (version < DB_SCHEMA_VERSION &&
@@ -855,8 +949,8 @@ static int open_connection(struct db *db, char *err, size_t errlen)
     if ((rc = close_leftovers(db, err, errlen)) < 0)
         return rc;
     for (int i = 0; i < STMT_COUNT; i++) {
-        rc = sqlite3_prepare_v3(db->conn, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
-                                &db->stmt[i], NULL);
+        rc = sqlite3_prepare_v3(db->conn, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &db->stmt[i],
+                                NULL);
         if (rc != SQLITE_OK) {
             db__err(err, errlen, "cannot prepare the store's statements on %s: %s", db->path,
                     sqlite3_errmsg(db->conn));
@@ -877,6 +971,7 @@ static void db_free(struct db *db)
     pthread_cond_destroy(&db->cv_done);
     pthread_cond_destroy(&db->cv_writer);
     pthread_mutex_destroy(&db->mu);
+    free(db->slots);
     free(db->batch);
     free(db->ring);
     free(db->path);
@@ -891,9 +986,10 @@ static int init_sync(struct db *db)
     if (pthread_condattr_init(&ca) != 0)
         return -ENOMEM;
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    int rc = pthread_cond_init(&db->cv_writer, &ca) == 0 && pthread_cond_init(&db->cv_done, &ca) == 0
-                 ? 0
-                 : -ENOMEM;
+    int rc =
+        pthread_cond_init(&db->cv_writer, &ca) == 0 && pthread_cond_init(&db->cv_done, &ca) == 0
+            ? 0
+            : -ENOMEM;
     pthread_condattr_destroy(&ca);
     return rc;
 }
@@ -905,9 +1001,11 @@ int db_open(struct db **out, const struct db_options *o, char *err, size_t errle
     int rc;
 
     if (o == NULL || o->path == NULL || o->path[0] == '\0' || o->queue_capacity == 0 ||
-        o->batch_max == 0 || o->flush_ms > 100 || o->queue_capacity > (1u << 30) ||
+        o->batch_max == 0 || o->batch_max > (1u << 20) || o->flush_ms > 100 ||
+        o->queue_capacity > (1u << 30) ||
         (o->retention_ms != 0 && (o->prune_step == 0 || o->prune_interval_ms == 0))) {
-        db__err(err, errlen, "invalid store options (need a path, a queue, a batch size, "
+        db__err(err, errlen,
+                "invalid store options (need a path, a queue, a batch size, "
                 "flush_ms <= 100, a prune step and interval when retention is set)");
         return -EINVAL;
     }
@@ -922,9 +1020,15 @@ int db_open(struct db **out, const struct db_options *o, char *err, size_t errle
     db->path = strdup(o->path);
     db->ring = calloc(cap, sizeof(*db->ring));
     db->batch = calloc(o->batch_max, sizeof(*db->batch));
-    if (db->path == NULL || db->ring == NULL || db->batch == NULL ||
+    uint64_t slots = 2;
+    while (slots < 2ULL * o->batch_max)
+        slots <<= 1;
+    db->slot_mask = (uint32_t)(slots - 1);
+    db->slots = calloc(slots, sizeof(*db->slots));
+    if (db->path == NULL || db->ring == NULL || db->batch == NULL || db->slots == NULL ||
         init_sync(db) < 0) {
         db__err(err, errlen, "out of memory for the store's queue");
+        free(db->slots);
         free(db->batch);
         free(db->ring);
         free(db->path);
@@ -1041,8 +1145,7 @@ enum db_status db_status_poll(struct db *db, char *msg, size_t msglen)
     pthread_mutex_lock(&db->mu);
     if (db->episodes_reported_begun < db->episodes_begun) {
         db->episodes_reported_begun = db->episodes_begun;
-        db__err(msg, msglen, "store failing, events are queued then dropped: %s",
-                db->last_error);
+        db__err(msg, msglen, "store failing, events are queued then dropped: %s", db->last_error);
         st = DB_STATUS_FAILING;
     } else if (db->episodes_reported_ended < db->episodes_ended) {
         db->episodes_reported_ended = db->episodes_ended;

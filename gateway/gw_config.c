@@ -18,6 +18,7 @@ struct pctx {
     char *err;
     size_t errlen;
     bool failed;
+    bool resolve; /* host names allowed (files and flags); not in gw_config_parse */
 };
 
 static int fail(struct pctx *p, const char *path, const char *fmt, ...)
@@ -96,8 +97,15 @@ static int sockaddr_from_ip(struct gw_sockaddr *out, const char *ip, uint16_t po
     return 0;
 }
 
+static int sockaddr_parse(struct gw_sockaddr *out, const char *s, bool resolve);
+
 /* Parses "IP:PORT", "[IPv6]:PORT" or "HOST:PORT". */
 int gw_sockaddr_parse(struct gw_sockaddr *out, const char *s)
+{
+    return sockaddr_parse(out, s, true);
+}
+
+static int sockaddr_parse(struct gw_sockaddr *out, const char *s, bool resolve)
 {
     char host[256];
     const char *colon, *portstr;
@@ -136,6 +144,8 @@ int gw_sockaddr_parse(struct gw_sockaddr *out, const char *s)
         return 0;
     if (s[0] == '[')
         return -EINVAL;
+    if (!resolve)
+        return -ENOENT;
 
     struct addrinfo hints, *res = NULL;
     memset(&hints, 0, sizeof(hints));
@@ -262,8 +272,10 @@ static struct gw_config *config_new_default(void)
     cfg->connect_timeout_ms = GW_DEFAULT_CONNECT_TIMEOUT_MS;
     cfg->drain_timeout_ms = GW_DEFAULT_DRAIN_TIMEOUT_MS;
     cfg->buffer_size = GW_DEFAULT_BUFFER;
+    cfg->splice_after = GW_DEFAULT_SPLICE_AFTER;
     cfg->log_level = GW_LOG_INFO;
     cfg->db_path = default_db_path();
+    cfg->db_path_default = true;
     if (!cfg->db_path) {
         free(cfg);
         return NULL;
@@ -600,7 +612,7 @@ static int parse_server(struct pctx *p, struct gw_server_conf *sc, json_t *v, co
         return fail(p, path, "must be \"HOST:PORT\" or an object");
     }
     pathf(kp, sizeof(kp), json_is_string(v) ? "%s" : "%s.address", path);
-    int rc = gw_sockaddr_parse(&sc->addr, addr);
+    int rc = sockaddr_parse(&sc->addr, addr, p->resolve);
     if (rc == -ENOENT)
         return fail(p, kp, "host of \"%s\" does not resolve", addr);
     if (rc)
@@ -832,7 +844,7 @@ static int parse_root(struct pctx *p, struct gw_config *cfg, json_t *root)
     static const char *const keys[] = {"listen", "nat", "backends", "routes", "timeouts",
                                        "limits", "db", "control", "user", "log_level", NULL};
     static const char *const tkeys[] = {"connect", "drain", NULL};
-    static const char *const lkeys[] = {"max_flows", "buffer", NULL};
+    static const char *const lkeys[] = {"max_flows", "buffer", "splice_after", NULL};
     json_t *v;
 
     if (!json_is_object(root))
@@ -871,7 +883,13 @@ static int parse_root(struct pctx *p, struct gw_config *cfg, json_t *root)
         if (get_int(p, v, "limits", "buffer", 1024, 64 * 1024 * 1024, &x))
             return -EINVAL;
         cfg->buffer_size = (size_t)x;
+        x = (long long)cfg->splice_after;
+        if (get_int(p, v, "limits", "splice_after", 0, INT64_MAX, &x))
+            return -EINVAL;
+        cfg->splice_after = (uint64_t)x;
     }
+    if (json_object_get(root, "db"))
+        cfg->db_path_default = false;
     if (get_owned_string(p, root, "", "db", &cfg->db_path, true) ||
         get_owned_string(p, root, "", "control", &cfg->control_path, true) ||
         get_owned_string(p, root, "", "user", &cfg->user, true))
@@ -1033,6 +1051,7 @@ static int apply_flags(struct pctx *p, struct gw_config *cfg, const struct gw_cl
         cfg->nat.mapping = (enum nat_mapping)v;
     }
     if (cli->db) {
+        cfg->db_path_default = false;
         free(cfg->db_path);
         cfg->db_path = strcmp(cli->db, "none") == 0 ? NULL : strdup(cli->db);
         if (strcmp(cli->db, "none") != 0 && !cfg->db_path)
@@ -1169,7 +1188,7 @@ static int validate(struct pctx *p, struct gw_config *cfg)
 static int load(const char *text, const char *file, const struct gw_cli *cli,
                 struct gw_config **out, char *err, size_t errlen)
 {
-    struct pctx p = {err, errlen, false};
+    struct pctx p = {err, errlen, false, text == NULL};
     struct gw_config *cfg = config_new_default();
     json_t *root = NULL;
     json_error_t jerr;
@@ -1302,7 +1321,7 @@ json_t *gw_config_to_json(const struct gw_config *cfg)
     root = json_pack(
         "{s:{s:i, s:o, s:i},"
         " s:{s:s, s:s, s:o, s:s, s:{s:o, s:o, s:o}, s:I, s:I, s:I, s:o, s:I, s:I},"
-        " s:o, s:o, s:{s:o, s:o}, s:{s:I, s:I}, s:s}",
+        " s:o, s:o, s:{s:o, s:o}, s:{s:I, s:I, s:I}, s:s}",
         "listen", "port", (int)cfg->port, "bind", binds, "backlog", cfg->backlog,
         "nat", "policy", nat_policy_name(cfg->nat.policy), "mapping",
         nat_mapping_name(cfg->nat.mapping), "ips", ips, "ports", ports, "timeouts", "udp",
@@ -1316,7 +1335,8 @@ json_t *gw_config_to_json(const struct gw_config *cfg)
         "backends", backends, "routes", routes, "timeouts", "connect",
         seconds_json(cfg->connect_timeout_ms), "drain", seconds_json(cfg->drain_timeout_ms),
         "limits", "max_flows", (json_int_t)cfg->max_flows, "buffer",
-        (json_int_t)cfg->buffer_size, "log_level", gw_log_level_name(cfg->log_level));
+        (json_int_t)cfg->buffer_size, "splice_after", (json_int_t)cfg->splice_after,
+        "log_level", gw_log_level_name(cfg->log_level));
     if (!root)
         return NULL;
     json_object_set_new(root, "db", cfg->db_path ? json_string(cfg->db_path) : json_null());

@@ -191,6 +191,11 @@ int ctl_client_start_job(struct ctl_client *c, const struct ctl_job_ops *ops, vo
     return 0;
 }
 
+bool ctl_client_subscribed(const struct ctl_client *c)
+{
+    return c->events != 0;
+}
+
 int ctl_client_subscribe(struct ctl_client *c, unsigned events)
 {
     struct gw_control *ctl = c->ctl;

@@ -112,6 +112,9 @@ struct ctl_job_ops {
 /* Starts a job for the client (one at a time). Returns 0 or -EBUSY. */
 int ctl_client_start_job(struct ctl_client *c, const struct ctl_job_ops *ops, void *state);
 
+/* True when the client subscribed to events. */
+bool ctl_client_subscribed(const struct ctl_client *c);
+
 /* Makes the client a subscriber of the event kinds `events` (CTL_EVK_* bits)
  * until it leaves. Returns 0 or -ENOMEM. */
 int ctl_client_subscribe(struct ctl_client *c, unsigned events);

@@ -50,6 +50,13 @@ static int open_bound(const struct gw_sockaddr *a, int type, int backlog)
     } else if (type == SOCK_DGRAM) {
         setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof(one));
     }
+    if (type == SOCK_DGRAM) {
+        /* Every client's datagrams queue on this one socket: give it room
+         * for bursts (FORCE passes net.core.rmem_max when root). */
+        int size = GW_UDP_RCVBUF;
+        if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof(size)) < 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
+    }
     if (bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0 ||
         (type == SOCK_STREAM && listen(fd, backlog) < 0)) {
         int e = -errno;

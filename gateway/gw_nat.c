@@ -18,7 +18,11 @@
 
 #define EXPIRE_TICK 0.25    /* seconds between expiry passes */
 #define DB_TICK 1.0         /* seconds between store polls */
-#define DB_UPDATE_EVERY 5000 /* ms between progress updates of busy sessions */
+/* ms between progress updates (state, last_seen, bytes) of the sessions that
+ * moved since the last pass. The data path itself submits only OPEN and
+ * CLOSE/EXPIRE: a short connection costs the store two records, and a live
+ * row is at most this late. */
+#define DB_UPDATE_EVERY 1000
 
 /* ---- subscribers -------------------------------------------------------- */
 
@@ -166,6 +170,30 @@ static void db_tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 }
 
 #ifdef GW_HAVE_DB
+/* mkdir -p of the folder holding `path` (the default store's folders may
+ * not exist yet: /var/lib/gw, ~/.local/state). Failures show at db_open. */
+static void make_parents(const char *path)
+{
+    char dir[512];
+    size_t n = strlen(path);
+
+    if (n >= sizeof(dir))
+        return;
+    memcpy(dir, path, n + 1);
+    char *slash = strrchr(dir, '/');
+    if (!slash || slash == dir)
+        return;
+    *slash = '\0';
+    for (char *p = dir + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        mkdir(dir, 0755);
+        *p = '/';
+    }
+    mkdir(dir, 0755);
+}
+
 static int store_open(struct gw_ctx *ctx)
 {
     struct db_options o;
@@ -174,8 +202,8 @@ static int store_open(struct gw_ctx *ctx)
 
     if (!path)
         return 0;
-    if (strcmp(path, "/var/lib/gw/gwd.db") == 0)
-        mkdir("/var/lib/gw", 0755); /* the default for root: make its folder */
+    if (ctx->cfg->db_path_default)
+        make_parents(path);
     db_options_default(&o);
     o.path = path;
     int rc = db_open(&ctx->db, &o, err, sizeof(err));

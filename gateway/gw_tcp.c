@@ -7,6 +7,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +53,12 @@ void gw_tcp_release(struct gw_flow *flow, bool rst)
         flow->u.tcp.fd[i] = -1;
         free(flow->u.tcp.pend[i]);
         flow->u.tcp.pend[i] = NULL;
+        if (flow->u.tcp.pipe[i]) {
+            close(flow->u.tcp.pipe[i]->rd);
+            close(flow->u.tcp.pipe[i]->wr);
+            free(flow->u.tcp.pipe[i]);
+            flow->u.tcp.pipe[i] = NULL;
+        }
     }
     ev_timer_stop(loop, &flow->u.tcp.timer);
 }
@@ -300,7 +307,6 @@ static void established(struct gw_flow *flow)
     ev_timer_stop(ctx->loop, &flow->u.tcp.timer);
     flow->state = GW_FLOW_RELAY;
     nat_session_set_state(ctx->nat, flow->sess, NAT_STATE_ESTABLISHED, gw_loop_ms(ctx->loop));
-    gw_nat_update(ctx, flow->sess);
     setsockopt(flow->u.tcp.fd[0], IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     setsockopt(flow->u.tcp.fd[1], IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (flow->server->backend && flow->server->backend->conf.proxy_protocol)
@@ -353,6 +359,14 @@ static void tcp_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* ---- relaying ------------------------------------------------------------ */
 
+/* Bytes wait to be written toward `side` (in the copy buffer or the pipe). */
+static bool has_pending(const struct gw_flow *flow, int side)
+{
+    const struct gw_pipe *gp = flow->u.tcp.pipe[side];
+
+    return flow->u.tcp.pend[side] || (gp && gp->len);
+}
+
 static void update_watchers(struct gw_flow *flow)
 {
     struct ev_loop *loop = flow->ctx->loop;
@@ -361,9 +375,9 @@ static void update_watchers(struct gw_flow *flow)
         int other = 1 - i;
         int want = 0;
         uint8_t eof = i == GW_SIDE_CLIENT ? GW_FLOW_F_EOF_CLIENT : GW_FLOW_F_EOF_BACKEND;
-        if (!(flow->flags & eof) && !flow->u.tcp.pend[other])
+        if (!(flow->flags & eof) && !has_pending(flow, other))
             want |= EV_READ;
-        if (flow->u.tcp.pend[i])
+        if (has_pending(flow, i))
             want |= EV_WRITE;
         ev_io *w = &flow->u.tcp.io[i];
         if (ev_is_active(w) && (w->events & (EV_READ | EV_WRITE)) == want)
@@ -410,13 +424,43 @@ static int write_failed(struct gw_flow *flow, int to, int e)
     return -1;
 }
 
-/* Writes pending bytes toward `side`. Returns 0, or -1 when the flow closed. */
+/* A read from `from` failed. Returns -1 (closed) or 0 (try again later). */
+static int read_failed(struct gw_flow *flow, int from, int e)
+{
+    if (e == EAGAIN || e == EINTR)
+        return 0;
+    gw_flow_close(flow, e == ECONNRESET ? side_reason(from, "rst") : "error");
+    return -1;
+}
+
+/* Writes what the pipe toward `side` holds. Returns 0, or -1 when closed. */
+static int flush_pipe(struct gw_flow *flow, int side)
+{
+    struct gw_pipe *gp = flow->u.tcp.pipe[side];
+
+    while (gp->len) {
+        ssize_t w = splice(gp->rd, NULL, flow->u.tcp.fd[side], NULL, gp->len,
+                           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (w < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                return 0;
+            return write_failed(flow, side, errno);
+        }
+        if (w == 0)
+            return 0;
+        gp->len -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Writes pending bytes toward `side`, then the FIN when it is due. Returns
+ * 0, or -1 when the flow closed. */
 static int flush_pending(struct gw_flow *flow, int side)
 {
     struct gw_buf *pb = flow->u.tcp.pend[side];
     uint8_t eof_other = side == GW_SIDE_CLIENT ? GW_FLOW_F_EOF_BACKEND : GW_FLOW_F_EOF_CLIENT;
 
-    while (pb->off < pb->len) {
+    while (pb && pb->off < pb->len) {
         ssize_t w = send(flow->u.tcp.fd[side], pb->data + pb->off, pb->len - pb->off, MSG_NOSIGNAL);
         if (w < 0) {
             if (errno == EAGAIN || errno == EINTR)
@@ -425,11 +469,84 @@ static int flush_pending(struct gw_flow *flow, int side)
         }
         pb->off += (size_t)w;
     }
-    free(pb);
-    flow->u.tcp.pend[side] = NULL;
-    if (flow->flags & eof_other)
+    if (pb) {
+        free(pb);
+        flow->u.tcp.pend[side] = NULL;
+    }
+    if (flow->u.tcp.pipe[side] && flush_pipe(flow, side) < 0)
+        return -1;
+    if (!has_pending(flow, side) && (flow->flags & eof_other))
         forward_fin(flow, side);
     return 0;
+}
+
+/* `from` sent its FIN: remember it, and pass it on once the bytes before it are out. */
+static void on_eof(struct gw_flow *flow, int from)
+{
+    struct gw_ctx *ctx = flow->ctx;
+    int to = 1 - from;
+    uint8_t eof = from == GW_SIDE_CLIENT ? GW_FLOW_F_EOF_CLIENT : GW_FLOW_F_EOF_BACKEND;
+
+    if (!(flow->flags & (GW_FLOW_F_EOF_CLIENT | GW_FLOW_F_EOF_BACKEND))) {
+        if (from == GW_SIDE_BACKEND)
+            flow->flags |= GW_FLOW_F_FIRST_FIN_BACKEND;
+        flow->state = GW_FLOW_HALF_CLOSED;
+        if (flow->sess)
+            nat_session_set_state(ctx->nat, flow->sess, NAT_STATE_CLOSING, gw_loop_ms(ctx->loop));
+    }
+    flow->flags |= eof;
+    if (!has_pending(flow, to))
+        forward_fin(flow, to);
+}
+
+/*
+ * A direction that has moved limits.splice_after bytes is a bulk transfer:
+ * from now on it goes socket -> pipe -> socket with splice(2), no copy
+ * through user space. Costs two descriptors for the flow's life; when none
+ * can be had the flow stays with copying.
+ */
+static void maybe_splice(struct gw_flow *flow, int to)
+{
+    uint64_t after = flow->ctx->cfg->splice_after;
+    int p[2];
+
+    if (!after || flow->u.tcp.pipe[to] || (flow->flags & GW_FLOW_F_NO_SPLICE) || !flow->sess)
+        return;
+    if ((to == GW_SIDE_BACKEND ? flow->sess->bytes_in : flow->sess->bytes_out) < after)
+        return;
+    struct gw_pipe *gp = malloc(sizeof(*gp));
+    if (!gp || pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0) {
+        free(gp);
+        flow->flags |= GW_FLOW_F_NO_SPLICE;
+        return;
+    }
+    fcntl(p[1], F_SETPIPE_SZ, GW_PIPE_SIZE); /* best effort */
+    int cap = fcntl(p[1], F_GETPIPE_SZ);
+    gp->rd = p[0];
+    gp->wr = p[1];
+    gp->len = 0;
+    gp->cap = cap > 0 ? (size_t)cap : 65536;
+    flow->u.tcp.pipe[to] = gp;
+    flow->ctx->counters.spliced++;
+}
+
+/* Bulk: moves bytes from `from` into the pipe and on to the other side. */
+static int relay_splice(struct gw_flow *flow, int from)
+{
+    int to = 1 - from;
+    struct gw_pipe *gp = flow->u.tcp.pipe[to];
+    ssize_t n = splice(flow->u.tcp.fd[from], NULL, gp->wr, NULL, gp->cap - gp->len,
+                       SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+
+    if (n < 0)
+        return read_failed(flow, from, errno);
+    if (n == 0) {
+        on_eof(flow, from);
+        return 0;
+    }
+    gp->len += (size_t)n;
+    account(flow, from, (size_t)n);
+    return flush_pipe(flow, to);
 }
 
 /* Reads from `from` and writes to the other side. Returns 0, or -1 when closed. */
@@ -437,34 +554,16 @@ static int relay_read(struct gw_flow *flow, int from)
 {
     struct gw_ctx *ctx = flow->ctx;
     int to = 1 - from;
+
+    maybe_splice(flow, to);
+    if (flow->u.tcp.pipe[to])
+        return relay_splice(flow, from);
     size_t cap = ctx->cfg->buffer_size < ctx->scratch_size ? ctx->cfg->buffer_size : ctx->scratch_size;
     ssize_t n = recv(flow->u.tcp.fd[from], ctx->scratch, cap, 0);
-
-    if (n < 0) {
-        if (errno == EAGAIN || errno == EINTR)
-            return 0;
-        if (errno == ECONNRESET) {
-            gw_flow_close(flow, side_reason(from, "rst"));
-            return -1;
-        }
-        gw_flow_close(flow, "error");
-        return -1;
-    }
+    if (n < 0)
+        return read_failed(flow, from, errno);
     if (n == 0) {
-        uint8_t eof = from == GW_SIDE_CLIENT ? GW_FLOW_F_EOF_CLIENT : GW_FLOW_F_EOF_BACKEND;
-        if (!(flow->flags & (GW_FLOW_F_EOF_CLIENT | GW_FLOW_F_EOF_BACKEND))) {
-            if (from == GW_SIDE_BACKEND)
-                flow->flags |= GW_FLOW_F_FIRST_FIN_BACKEND;
-            flow->state = GW_FLOW_HALF_CLOSED;
-            if (flow->sess) {
-                nat_session_set_state(ctx->nat, flow->sess, NAT_STATE_CLOSING,
-                                      gw_loop_ms(ctx->loop));
-                gw_nat_update(ctx, flow->sess);
-            }
-        }
-        flow->flags |= eof;
-        if (!flow->u.tcp.pend[to])
-            forward_fin(flow, to);
+        on_eof(flow, from);
         return 0;
     }
     account(flow, from, (size_t)n);
@@ -491,14 +590,14 @@ static int relay_read(struct gw_flow *flow, int from)
 
 static void relay_event(struct gw_flow *flow, int side, int revents)
 {
-    if ((revents & EV_WRITE) && flow->u.tcp.pend[side] && flush_pending(flow, side) < 0)
+    if ((revents & EV_WRITE) && has_pending(flow, side) && flush_pending(flow, side) < 0)
         return;
     uint8_t eof = side == GW_SIDE_CLIENT ? GW_FLOW_F_EOF_CLIENT : GW_FLOW_F_EOF_BACKEND;
-    if ((revents & EV_READ) && !(flow->flags & eof) && !flow->u.tcp.pend[1 - side] &&
+    if ((revents & EV_READ) && !(flow->flags & eof) && !has_pending(flow, 1 - side) &&
         relay_read(flow, side) < 0)
         return;
     if ((flow->flags & GW_FLOW_F_EOF_CLIENT) && (flow->flags & GW_FLOW_F_EOF_BACKEND) &&
-        !flow->u.tcp.pend[0] && !flow->u.tcp.pend[1]) {
+        !has_pending(flow, 0) && !has_pending(flow, 1)) {
         gw_flow_close(flow, (flow->flags & GW_FLOW_F_FIRST_FIN_BACKEND) ? "backend_fin"
                                                                         : "client_fin");
         return;

@@ -220,7 +220,6 @@ static void upstream_cb(struct ev_loop *loop, ev_io *w, int revents)
                 flow->flags |= GW_FLOW_F_ESTABLISHED;
                 nat_session_set_state(ctx->nat, flow->sess, NAT_STATE_ESTABLISHED,
                                       gw_loop_ms(ctx->loop));
-                gw_nat_update(ctx, flow->sess);
             }
             nat_session_touch(ctx->nat, flow->sess, gw_loop_ms(ctx->loop), 0, bytes);
         }

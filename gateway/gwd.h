@@ -33,11 +33,14 @@ struct gw_ctx;
 #define GW_MAX_BINDS 16         /* -b addresses */
 #define GW_DEFAULT_PORT 80
 #define GW_DEFAULT_BUFFER 65536 /* bytes a flow may hold pending per direction */
+#define GW_DEFAULT_SPLICE_AFTER (1024 * 1024)
+#define GW_PIPE_SIZE (256 * 1024) /* asked for a splice pipe; the kernel may give less */
 #define GW_DEFAULT_CONNECT_TIMEOUT_MS 5000
 #define GW_DEFAULT_DRAIN_TIMEOUT_MS 10000
 #define GW_DEFAULT_BACKLOG 1024
 #define GW_ACCEPT_BATCH 64      /* accepts per readable event */
 #define GW_UDP_BATCH 32         /* datagrams per recvmmsg */
+#define GW_UDP_RCVBUF (4 * 1024 * 1024) /* receive buffer of the UDP listening sockets */
 #define GW_BUSY_PORT_MS 60000   /* how long a port found busy (EADDRINUSE) stays out */
 #define GW_EXPIRE_BUDGET 4096   /* nat_expire work per tick */
 
@@ -112,9 +115,11 @@ struct gw_config {
     uint32_t connect_timeout_ms; /* default for pools that set none */
     uint32_t drain_timeout_ms;   /* SIGTERM: how long established flows may finish */
     size_t buffer_size;          /* per flow and direction */
+    uint64_t splice_after;       /* bytes a direction moves before it goes by splice; 0 = never */
     uint32_t max_flows;          /* live flows (TCP + UDP); 0 = no limit */
 
     char *db_path;      /* owned; NULL = none ("none"), ":memory:" or a file */
+    bool db_path_default; /* db_path is the default: its folders are made at start */
     char *control_path; /* owned; NULL = the default rule (gw_default_socket_path) */
     char *user;         /* owned; NULL = keep the current user */
     int log_level;      /* enum gw_log_level */
@@ -154,7 +159,8 @@ int gw_config_load(const struct gw_cli *cli, struct gw_config **out, char *err, 
 
 /*
  * Parses a JSON config text (no flags, no file) into *out, validated. For
- * tests and fuzzing. Same returns as gw_config_load.
+ * tests and fuzzing: server addresses must be IP literals there (no name
+ * lookups). Same returns as gw_config_load.
  */
 int gw_config_parse(const char *text, struct gw_config **out, char *err, size_t errlen);
 
@@ -422,6 +428,14 @@ struct gw_buf {
     char data[];
 };
 
+/* A pipe through which a bulk direction moves with splice(2), no copy to
+ * user space; made once a direction has moved limits.splice_after bytes. */
+struct gw_pipe {
+    int rd, wr;
+    size_t len; /* bytes in the pipe, not yet written out */
+    size_t cap; /* the pipe's capacity */
+};
+
 /*
  * One translated flow. TCP: two fds and two io watchers; a direction that
  * cannot write all it read keeps the rest in pend[] and stops reading its
@@ -446,7 +460,7 @@ struct gw_flow {
             ev_io io[2];
             ev_timer timer;         /* connect timeout */
             struct gw_buf *pend[2]; /* owned; bytes waiting to be written to side i */
-            uint64_t unreported_in, unreported_out; /* bytes not yet touched into sess */
+            struct gw_pipe *pipe[2]; /* owned; bulk: bytes toward side i go by splice */
         } tcp;
         struct {
             int fd;                 /* upstream socket */
@@ -465,6 +479,7 @@ struct gw_flow {
 #define GW_FLOW_F_SHUT_BACKEND 0x08 /* FIN forwarded to the backend */
 #define GW_FLOW_F_FIRST_FIN_BACKEND 0x10 /* the backend sent the first FIN */
 #define GW_FLOW_F_ESTABLISHED 0x20 /* UDP: a reply was seen */
+#define GW_FLOW_F_NO_SPLICE 0x40   /* TCP: a pipe could not be had, copy only */
 
 LIST_HEAD(gw_flow_list, gw_flow);
 
@@ -508,7 +523,8 @@ void gw_nat_stop(struct gw_ctx *ctx);
  */
 size_t gw_nat_flush(struct gw_ctx *ctx, const struct nat_filter *f);
 
-/* Records a live session's progress (state, bytes) in the store, if any. */
+/* Records a live session's progress (state, bytes) in the store now, if
+ * there is one (the periodic pass of gw_nat.c does it once a second). */
 void gw_nat_update(struct gw_ctx *ctx, const struct nat_session *s);
 
 /* Warns when the pool's ports overlap the kernel's ip_local_port_range. */
@@ -539,6 +555,7 @@ struct gw_counters {
     uint64_t accept_paused;         /* EMFILE/ENFILE pauses */
     uint64_t reloads, reload_failures;
     uint64_t closed_by_reason_rst;  /* flows ended by a reset */
+    uint64_t spliced;               /* TCP directions moved to splice(2) (bulk) */
 };
 
 /* Log rate limits of the data path (one message a second each). */

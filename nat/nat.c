@@ -144,9 +144,10 @@ static uint64_t splitmix(uint64_t *x)
     return z ^ (z >> 31);
 }
 
+/* A number in [0, n): the high 32 random bits scaled (no division). */
 static uint32_t rnd(struct nat_table *t, uint32_t n)
 {
-    return (uint32_t)(splitmix(&t->rng) % n);
+    return (uint32_t)(((splitmix(&t->rng) >> 32) * n) >> 32);
 }
 
 static uint64_t advance(struct nat_table *t, uint64_t now)
@@ -894,14 +895,12 @@ static enum nat_err pool_pick(struct nat_table *t, uint32_t ci, const struct nat
 /* Takes the session out of its mapping. Returns true when it was the
  * mapping's last session (the caller then releases the port). A session
  * moved by a repick off a shared mapping is a mapping of its own. */
-static bool map_leave(struct nat_table *t, struct nat_sess *s)
+static bool map_leave(struct nat_table *t, struct nat_sess *s, uint64_t hm)
 {
-    uint64_t hm;
     uint32_t head, p;
 
     if (t->cfg.mapping == NAT_MAPPING_APDM)
         return true;
-    hm = hash_mapping(t, &s->pub.key);
     head = nh_find(&t->by_mapping, hm, eq_mapping, t, &s->pub.key);
     if (head == s->self) {
         if (s->map_next == NIL) {
@@ -1140,12 +1139,18 @@ enum nat_err nat_session_open(struct nat_table *t, const struct nat_key *key, ui
         return NAT_ERR_INVAL;
     }
     hin = hash_inside(t, key);
+    hc = hash_client(t, &key->client.addr);
+    nh_prefetch(&t->by_inside, hin); /* start the cache misses at once */
+    nh_prefetch(&t->by_client, hc);
+    if (t->cfg.mapping != NAT_MAPPING_APDM) {
+        hm = hash_mapping(t, key);
+        nh_prefetch(&t->by_mapping, hm);
+    }
     if (nh_find(&t->by_inside, hin, eq_inside, t, key) != NH_NONE)
         return refuse(t, NAT_ERR_EXISTS, key, backend, now);
     pool_maintain(t, now);
     if (t->cfg.max_sessions != 0 && t->st.live >= t->cfg.max_sessions)
         return refuse(t, NAT_ERR_TABLE_FULL, key, backend, now);
-    hc = hash_client(t, &key->client.addr);
     ci = client_find_h(t, &key->client.addr, hc);
     if (t->cfg.per_client_limit != 0 && ci != NIL &&
         t->clients[ci].sessions >= t->cfg.per_client_limit)
@@ -1158,10 +1163,8 @@ enum nat_err nat_session_open(struct nat_table *t, const struct nat_key *key, ui
             return refuse(t, NAT_ERR_NOMEM, key, backend, now);
         new_client = true;
     }
-    if (t->cfg.mapping != NAT_MAPPING_APDM) {
-        hm = hash_mapping(t, key);
+    if (t->cfg.mapping != NAT_MAPPING_APDM)
         head = nh_find(&t->by_mapping, hm, eq_mapping, t, key);
-    }
     if (head != NIL) {
         pk.ip = sess(t, head)->pub.ip_index;
         pk.off = sess(t, head)->pub.ext.port - t->cfg.port_lo;
@@ -1177,16 +1180,19 @@ enum nat_err nat_session_open(struct nat_table *t, const struct nat_key *key, ui
 
     slot = slab_take(t);
     s = sess(t, slot);
-    s->pub = (struct nat_session){
-        .id = t->next_id++,
-        .key = *key,
-        .ext = {.addr = t->cfg.ips[pk.ip], .port = (uint16_t)(t->cfg.port_lo + pk.off)},
-        .opened_at = now,
-        .last_seen = now,
-        .backend = backend,
-        .state = NAT_STATE_NEW,
-        .ip_index = (uint8_t)pk.ip,
-    };
+    /* field by field: a compound literal would zero the struct first */
+    s->pub.id = t->next_id++;
+    s->pub.key = *key;
+    s->pub.ext.addr = t->cfg.ips[pk.ip];
+    s->pub.ext.port = (uint16_t)(t->cfg.port_lo + pk.off);
+    s->pub.opened_at = now;
+    s->pub.last_seen = now;
+    s->pub.bytes_in = 0;
+    s->pub.bytes_out = 0;
+    s->pub.udata = NULL;
+    s->pub.backend = backend;
+    s->pub.state = NAT_STATE_NEW;
+    s->pub.ip_index = (uint8_t)pk.ip;
     s->map_next = NIL;
     nh_insert(&t->by_inside, hin, slot);
     outside_insert(t, s);
@@ -1225,7 +1231,14 @@ struct nat_session *nat_lookup_outside(const struct nat_table *t, uint8_t proto,
     return slot == NH_NONE ? NULL : &sess(t, slot)->pub;
 }
 
-#define LOOKUP_BATCH 16
+/*
+ * Batched lookups, software-pipelined: while lookup i compares its
+ * candidate, lookup i + LOOKAHEAD has its session line prefetched and lookup
+ * i + 2 * LOOKAHEAD its bucket, so up to 2 * LOOKAHEAD cache misses are in
+ * flight instead of one.
+ */
+#define LOOKAHEAD 8
+#define RING 32 /* > 2 * LOOKAHEAD, a power of two */
 
 /* The session first line a candidate lookup compares. */
 static inline void prefetch_slot(const struct nat_table *t, uint32_t slot)
@@ -1237,28 +1250,29 @@ static inline void prefetch_slot(const struct nat_table *t, uint32_t slot)
 size_t nat_lookup_inside_many(const struct nat_table *t, const struct nat_key *keys, size_t n,
                               struct nat_session **out)
 {
-    uint64_t h[LOOKUP_BATCH];
-    uint32_t cand[LOOKUP_BATCH];
+    const struct nat_hash *hx = &t->by_inside;
+    uint64_t h[RING];
+    uint32_t cand[RING];
     size_t found = 0;
 
-    for (size_t base = 0; base < n; base += LOOKUP_BATCH) {
-        size_t m = n - base < LOOKUP_BATCH ? n - base : LOOKUP_BATCH;
-        const struct nat_key *k = keys + base;
-
-        for (size_t i = 0; i < m; i++) {
-            h[i] = hash_inside(t, &k[i]);
-            nh_prefetch(&t->by_inside, h[i]);
+    for (size_t i = 0; i < n + 2 * LOOKAHEAD; i++) {
+        if (i < n) {
+            h[i % RING] = hash_inside(t, &keys[i]);
+            nh_prefetch(hx, h[i % RING]);
         }
-        for (size_t i = 0; i < m; i++) {
-            cand[i] = nh_candidate(&t->by_inside, h[i]);
-            prefetch_slot(t, cand[i]);
-        }
-        for (size_t i = 0; i < m; i++) {
-            uint32_t slot = cand[i];
+        if (i >= LOOKAHEAD && i - LOOKAHEAD < n) {
+            size_t j = i - LOOKAHEAD;
 
-            if (slot == NH_NONE ? t->by_inside.old != NULL : !eq_inside(t, slot, &k[i]))
-                slot = nh_find(&t->by_inside, h[i], eq_inside, t, &k[i]);
-            out[base + i] = slot == NH_NONE ? NULL : &sess(t, slot)->pub;
+            cand[j % RING] = nh_candidate(hx, h[j % RING]);
+            prefetch_slot(t, cand[j % RING]);
+        }
+        if (i >= 2 * LOOKAHEAD) {
+            size_t j = i - 2 * LOOKAHEAD;
+            uint32_t slot = cand[j % RING];
+
+            if (slot == NH_NONE ? hx->old != NULL : !eq_inside(t, slot, &keys[j]))
+                slot = nh_find(hx, h[j % RING], eq_inside, t, &keys[j]);
+            out[j] = slot == NH_NONE ? NULL : &sess(t, slot)->pub;
             found += slot != NH_NONE;
         }
     }
@@ -1268,29 +1282,31 @@ size_t nat_lookup_inside_many(const struct nat_table *t, const struct nat_key *k
 size_t nat_lookup_outside_many(const struct nat_table *t, const struct nat_outside_key *keys,
                                size_t n, struct nat_session **out)
 {
-    uint64_t h[LOOKUP_BATCH];
-    uint32_t cand[LOOKUP_BATCH];
+    const struct nat_hash *hx = &t->by_outside;
+    uint64_t h[RING];
+    uint32_t cand[RING];
     size_t found = 0;
 
-    for (size_t base = 0; base < n; base += LOOKUP_BATCH) {
-        size_t m = n - base < LOOKUP_BATCH ? n - base : LOOKUP_BATCH;
-        const struct nat_outside_key *k = keys + base;
-
-        for (size_t i = 0; i < m; i++) {
-            h[i] = hash_outside(t, k[i].proto, &k[i].ext, &k[i].dst);
-            nh_prefetch(&t->by_outside, h[i]);
+    for (size_t i = 0; i < n + 2 * LOOKAHEAD; i++) {
+        if (i < n) {
+            h[i % RING] = hash_outside(t, keys[i].proto, &keys[i].ext, &keys[i].dst);
+            nh_prefetch(hx, h[i % RING]);
         }
-        for (size_t i = 0; i < m; i++) {
-            cand[i] = nh_candidate(&t->by_outside, h[i]);
-            prefetch_slot(t, cand[i]);
-        }
-        for (size_t i = 0; i < m; i++) {
-            struct outside_key ok = {.proto = k[i].proto, .ext = &k[i].ext, .dst = &k[i].dst};
-            uint32_t slot = cand[i];
+        if (i >= LOOKAHEAD && i - LOOKAHEAD < n) {
+            size_t j = i - LOOKAHEAD;
 
-            if (slot == NH_NONE ? t->by_outside.old != NULL : !eq_outside(t, slot, &ok))
-                slot = nh_find(&t->by_outside, h[i], eq_outside, t, &ok);
-            out[base + i] = slot == NH_NONE ? NULL : &sess(t, slot)->pub;
+            cand[j % RING] = nh_candidate(hx, h[j % RING]);
+            prefetch_slot(t, cand[j % RING]);
+        }
+        if (i >= 2 * LOOKAHEAD) {
+            size_t j = i - 2 * LOOKAHEAD;
+            struct outside_key ok = {.proto = keys[j].proto, .ext = &keys[j].ext,
+                                     .dst = &keys[j].dst};
+            uint32_t slot = cand[j % RING];
+
+            if (slot == NH_NONE ? hx->old != NULL : !eq_outside(t, slot, &ok))
+                slot = nh_find(hx, h[j % RING], eq_outside, t, &ok);
+            out[j] = slot == NH_NONE ? NULL : &sess(t, slot)->pub;
             found += slot != NH_NONE;
         }
     }
@@ -1353,7 +1369,7 @@ enum nat_err nat_session_repick(struct nat_table *t, struct nat_session *s, uint
     /* take the new port before the old one goes, so its set stays alive */
     port_take(t, pk.set, pk.ip, pk.off);
     old_set = set_find(t, &s->key);
-    last = map_leave(t, is);
+    last = map_leave(t, is, hash_mapping(t, &s->key));
     if (last)
         port_release(t, old_set, old_ip, old_off, now);
     outside_delete(t, is);
@@ -1377,12 +1393,23 @@ static void session_end(struct nat_table *t, struct nat_sess *is, uint64_t now,
 {
     struct nat_session copy = is->pub;
     unsigned pi = proto_index(copy.key.proto);
-    uint64_t hc = hash_client(t, &copy.key.client.addr);
+    uint64_t hc = hash_client(t, &copy.key.client.addr), hin = hash_inside(t, &copy.key);
+    uint64_t hout = hash_outside(t, copy.key.proto, &copy.ext, &copy.key.dst), hm = 0;
     uint32_t ci;
 
-    nh_delete(&t->by_inside, hash_inside(t, &copy.key), is->self);
-    outside_delete(t, is);
-    if (map_leave(t, is))
+    /* start every cache miss this takes at once */
+    nh_prefetch(&t->by_inside, hin);
+    nh_prefetch(&t->by_outside, hout);
+    nh_prefetch(&t->by_client, hc);
+    if (t->cfg.mapping != NAT_MAPPING_APDM) {
+        hm = hash_mapping(t, &copy.key);
+        nh_prefetch(&t->by_mapping, hm);
+    }
+    if (is->lru_next != NIL)
+        __builtin_prefetch(sess(t, is->lru_next));
+    nh_delete(&t->by_inside, hin, is->self);
+    nh_delete(&t->by_outside, hout, is->self);
+    if (map_leave(t, is, hm))
         port_release(t, set_find(t, &copy.key), copy.ip_index, copy.ext.port - t->cfg.port_lo,
                      now);
     lru_unlink(t, is);

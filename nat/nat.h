@@ -6,7 +6,11 @@
  *
  * Time is an opaque count of milliseconds chosen by the caller: gwd passes
  * wall-clock milliseconds since the Unix epoch (what it logs), gwsim passes
- * virtual milliseconds. The engine only adds and compares them.
+ * virtual milliseconds. The engine only adds and compares them, and never
+ * goes back: a `now` earlier than the latest one seen counts as the latest.
+ *
+ * docs/nat.md describes the behaviour (policies, mappings, timeouts, reuse
+ * delay, quotas, events, limits) with its RFC references.
  */
 #ifndef GW_NAT_H
 #define GW_NAT_H
@@ -110,7 +114,8 @@ struct nat_session {
     uint64_t last_seen;       /* ms, refreshed by nat_session_touch */
     uint64_t bytes_in;        /* client -> backend */
     uint64_t bytes_out;       /* backend -> client */
-    void *udata;              /* borrowed: the caller's flow object, or NULL */
+    void *udata;              /* borrowed: the caller's flow object, or NULL (the one
+                                 field the caller sets directly) */
     uint32_t backend;         /* caller's tag for the backend pool/server */
     uint8_t state;            /* enum nat_state */
     uint8_t ip_index;         /* index of ext.addr in nat_config.ips */
@@ -246,7 +251,9 @@ const struct nat_config *nat_table_config(const struct nat_table *t);
 /*
  * Changes what can change under live sessions: timeouts, per_client_limit,
  * reuse_delay_ms, max_sessions. Other fields of `cfg` must equal the current
- * ones, or NAT_ERR_INVAL is returned and nothing changes.
+ * ones, or NAT_ERR_INVAL is returned and nothing changes (first_id and seed
+ * are ignored: they only matter when a table is made). Lower limits refuse
+ * new flows; they never evict.
  */
 enum nat_err nat_table_reconfigure(struct nat_table *t, const struct nat_config *cfg);
 
@@ -299,7 +306,9 @@ size_t nat_lookup_outside_many(const struct nat_table *t, const struct nat_outsi
 void nat_session_touch(struct nat_table *t, struct nat_session *s, uint64_t now,
                        uint64_t bytes_in, uint64_t bytes_out);
 
-/* Moves the session to `st` (re-arming its timer for the new state's timeout). */
+/* Moves the session to `st` (re-arming its timer for the new state's timeout;
+ * a state change counts as activity: last_seen = now). NAT_STATE_CLOSED and
+ * unknown states are ignored: close with nat_session_close. */
 void nat_session_set_state(struct nat_table *t, struct nat_session *s, enum nat_state st,
                            uint64_t now);
 
@@ -307,8 +316,9 @@ void nat_session_set_state(struct nat_table *t, struct nat_session *s, enum nat_
  * The caller could not use the external port it was given (bind failed with
  * EADDRINUSE: another socket on the host holds it). Marks that port unusable
  * for `busy_ms` and gives the session another one, like a fresh open would.
- * Returns NAT_OK (s->ext changed), or the reason no other port could be had
- * (the session is then left as it was; the caller closes it).
+ * Returns NAT_OK (s->ext changed, REPICK emitted), or the reason no other
+ * port could be had (the session is then left as it was; the caller closes
+ * it). Counted in nat_stats.repicks either way.
  */
 enum nat_err nat_session_repick(struct nat_table *t, struct nat_session *s, uint64_t now,
                                 uint32_t busy_ms);
@@ -364,8 +374,8 @@ size_t nat_foreach(const struct nat_table *t, const struct nat_filter *f, uint64
 
 /*
  * Closes every live session that passes `f` with `reason`, emitting CLOSE for
- * each (the callback learns which flows to tear down via s.udata). Returns
- * how many were closed.
+ * each in id order (the callback learns which flows to tear down via
+ * s.udata). Returns how many were closed.
  */
 size_t nat_flush(struct nat_table *t, const struct nat_filter *f, uint64_t now,
                  const char *reason);
@@ -380,9 +390,10 @@ struct nat_stats {
     uint64_t repicks;                 /* nat_session_repick calls (EADDRINUSE) */
     uint64_t live;                    /* live sessions */
     uint64_t live_by[2][NAT_STATE_COUNT]; /* [0] tcp, [1] udp; by state */
-    uint64_t ports_total;             /* ips x ports */
-    uint64_t ports_in_use;            /* external ports held by at least one session */
-    uint64_t ports_cooling;           /* released, waiting out reuse_delay_ms */
+    uint64_t ports_total;             /* ips x ports (per protocol: tcp and udp each have it) */
+    uint64_t ports_in_use;            /* (proto, ip, port) held by at least one session */
+    uint64_t ports_cooling;           /* released, waiting out reuse_delay_ms (adm/apdm:
+                                         per destination; counted out lazily) */
     uint64_t blocks_in_use;           /* NAT_POLICY_BLOCK only */
     uint64_t bytes_in, bytes_out;     /* of closed and live sessions */
     size_t memory_bytes;              /* what the table holds from the heap */

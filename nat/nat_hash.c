@@ -164,7 +164,8 @@ int nh_reserve(struct nat_hash *h)
 
 void nh_insert(struct nat_hash *h, uint64_t hash, uint32_t slot)
 {
-    migrate(h, NH_MIGRATE_STEP);
+    if (h->old != NULL)
+        migrate(h, NH_MIGRATE_STEP);
     place(h->cur, h->cur_mask, slot + 1, (uint32_t)hash);
     h->cur_count++;
 }
@@ -214,7 +215,8 @@ int nh_delete(struct nat_hash *h, uint64_t hash, uint32_t slot)
     } else {
         rc = -1;
     }
-    migrate(h, NH_MIGRATE_STEP);
+    if (h->old != NULL)
+        migrate(h, NH_MIGRATE_STEP);
     return rc;
 }
 

@@ -166,6 +166,7 @@ struct flow {
     double t_req;
     bool checked;          /* NAT check done */
     int err;
+    size_t live_idx;       /* position in ctx->live */
 };
 
 struct cl_ctx {
@@ -428,11 +429,9 @@ static void flow_finish(struct flow *f, enum sim_flow_result r)
             break;
         }
     }
-    for (size_t i = 0; i < ctx->n_live; i++) {
-        if (ctx->live[i] == f) {
-            ctx->live[i] = ctx->live[--ctx->n_live];
-            break;
-        }
+    if (f->live_idx < ctx->n_live && ctx->live[f->live_idx] == f) {
+        ctx->live[f->live_idx] = ctx->live[--ctx->n_live];
+        ctx->live[f->live_idx]->live_idx = f->live_idx;
     }
     free(f->expect);
     free(f);
@@ -802,6 +801,7 @@ static void flow_start(struct cl_ctx *ctx, uint64_t index)
         ctx->live = nl;
         ctx->cap_live = nc;
     }
+    f->live_idx = ctx->n_live;
     ctx->live[ctx->n_live++] = f;
     {
         bool added;
@@ -1252,7 +1252,7 @@ static int add_src(struct sim_clients_opts *o, const char *item, size_t want)
 
 static int cbad(const char *opt, const char *val, const char *why)
 {
-    fprintf(stderr, "gwsim clients: %s: '%s': %s\n", opt, val, why);
+    fprintf(stderr, "gwsim clients: %s%s: '%s': %s\n", opt[0] == '-' ? "" : "--", opt, val, why);
     return 2;
 }
 

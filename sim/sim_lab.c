@@ -314,6 +314,8 @@ static int clients_start(struct lab_env *e, struct sim_proc *p, const char *cons
     argv[n++] = e->sock;
     argv[n++] = "--json";
     argv[n++] = "--quiet";
+    argv[n++] = "--io-timeout"; /* generous: the lab also runs under sanitizers */
+    argv[n++] = "20s";
     for (int i = 0; extra[i] != NULL && n < 38; i++)
         argv[n++] = (char *)(uintptr_t)extra[i];
     argv[n] = NULL;
@@ -599,10 +601,10 @@ static int lab_pool_exhaustion(struct lab_env *e)
                                          range(e, 400, 10, ports, sizeof(ports)), NULL}) < 0)
         return -1;
     say(e, "done", "gwd's NAT pool is 10 ports (%s) on 127.0.0.1; 15 clients connect through "
-                   "it and hold their flows 2 s",
+                   "it and hold their flows 3 s",
         ports);
     if (clients_start(e, &cp, (const char *const[]){"--clients", "15", "--ips", "15", "--hold",
-                                                    "2s", NULL}) < 0)
+                                                    "3s", NULL}) < 0)
         return -1;
     wait_live(e, 10, 5000);
     json_decref(snapshot(e, "tcp", 4));
@@ -652,10 +654,10 @@ static int eim_apdm_run(struct lab_env *e, const char *mapping, unsigned off, lo
                                          NULL}) < 0)
         return -1;
     say(e, "done", "%s: gwd with the 10-port pool %s, pool 'web' = 2 servers (round robin); 30 "
-                   "clients hold their flows 2 s",
+                   "clients hold their flows 3 s",
         mapping, ports);
     if (clients_start(e, &cp, (const char *const[]){"--clients", "30", "--ips", "30", "--hold",
-                                                    "2s", "--concurrency", "30", NULL}) < 0)
+                                                    "3s", "--concurrency", "30", NULL}) < 0)
         return -1;
     wait_live(e, 10, 5000);
     usleep(300000);

@@ -22,6 +22,7 @@ struct cli {
     struct sim_model_config c;
     const char *csv_path, *clients_csv_path, *svg_path, *trace_path;
     bool json, quiet;
+    bool interval_set;
     double load; /* Erlangs; 0 = use the rate */
     FILE *csv;
     struct sim_model_sample *samples; /* owned, for the SVG */
@@ -63,7 +64,7 @@ static void usage(FILE *f)
         "                        linger (TCP waits the transitory timeout, UDP the udp timeout)\n"
         "Output:\n"
         "  --seed S              random seed (default 1)\n"
-        "  --interval T          time between samples (default 1s)\n"
+        "  --interval T          time between samples (default: 1s, or the expected run / 1000)\n"
         "  --csv FILE            time series as CSV ('-' = stdout)\n"
         "  --clients-csv FILE    per-client ports and refusals as CSV\n"
         "  --svg FILE            the chart, a standalone SVG\n"
@@ -101,7 +102,7 @@ static void on_sample(void *arg, const struct sim_model_sample *s)
 
 static int bad(const char *opt, const char *val, const char *why)
 {
-    fprintf(stderr, "gwsim model: %s: '%s': %s\n", opt, val, why);
+    fprintf(stderr, "gwsim model: %s%s: '%s': %s\n", opt[0] == '-' ? "" : "--", opt, val, why);
     return 2;
 }
 
@@ -239,8 +240,10 @@ static int parse_args(struct cli *cli, int argc, char **argv)
                 return bad(name, optarg, "at most 49 days");
             if (ch == O_DURATION)
                 c->duration_ms = d;
-            else if (ch == O_INTERVAL)
+            else if (ch == O_INTERVAL) {
                 c->sample_ms = d;
+                cli->interval_set = true;
+            }
             else if (ch == O_REUSE)
                 c->nat.reuse_delay_ms = (uint32_t)d;
             else
@@ -307,6 +310,12 @@ static int parse_args(struct cli *cli, int argc, char **argv)
     }
     if (cli->load > 0)
         c->rate = cli->load * 1000.0 / c->hold.mean_ms;
+    if (!cli->interval_set && c->arrival != SIM_ARRIVAL_TRACE) {
+        /* about 1000 samples over the expected run, at least one a second */
+        double span = c->duration_ms > 0 ? c->duration_ms : 1000.0 * (double)c->max_flows / c->rate;
+        if (span / 1000.0 > c->sample_ms)
+            c->sample_ms = span / 1000.0;
+    }
     if (ratio > 0) {
         uint64_t ports = (uint64_t)c->nat.port_hi - c->nat.port_lo + 1;
         if (ratio > ports) {
@@ -366,13 +375,16 @@ static void summary_text(FILE *out, const struct cli *cli, const struct sim_mode
 {
     const struct sim_model_config *c = &cli->c;
 
-    fprintf(out, "gwsim model: %s/%s, pool %u ip x %u ports = %llu, %s arrivals, hold %s mean %.3gs\n",
-           nat_policy_name(c->nat.policy), nat_mapping_name(c->nat.mapping), c->nat.n_ips,
-           c->nat.port_hi - c->nat.port_lo + 1, (unsigned long long)r->ports_total,
-           c->arrival == SIM_ARRIVAL_POISSON ? "poisson"
-           : c->arrival == SIM_ARRIVAL_BURST ? "burst"
-                                             : "trace",
-           sim_dist_name(c->hold.kind), c->hold.mean_ms / 1000.0);
+    fprintf(out, "gwsim model: %s/%s, pool %u ip x %u ports = %llu, %s arrivals, ",
+            nat_policy_name(c->nat.policy), nat_mapping_name(c->nat.mapping), c->nat.n_ips,
+            c->nat.port_hi - c->nat.port_lo + 1, (unsigned long long)r->ports_total,
+            c->arrival == SIM_ARRIVAL_POISSON ? "poisson"
+            : c->arrival == SIM_ARRIVAL_BURST ? "burst"
+                                              : "trace");
+    if (c->arrival == SIM_ARRIVAL_TRACE)
+        fprintf(out, "durations from the trace\n");
+    else
+        fprintf(out, "hold %s mean %.3gs\n", sim_dist_name(c->hold.kind), c->hold.mean_ms / 1000.0);
     fprintf(out, "  arrivals      %llu (%llu clients, %.1f virtual s)\n",
            (unsigned long long)r->arrivals, (unsigned long long)r->clients, r->end_ms / 1000.0);
     fprintf(out, "  opened        %llu   closed %llu   expired %llu\n", (unsigned long long)r->opened,

@@ -13,8 +13,18 @@
 #                             [--proxies "none haproxy nginx gwd [gwd-nodb]"]
 #                             [--tests "connrate keepalive bulk udp idle"]
 #                             [--rounds R] [--perf] [--keep]
+#                             [--quiet-wait S] [--quiet-pct P] [--nice N]
+#                             [--syscalls]
 #   --build DIR  build tree holding bench/gateway/bench_* and gateway/gwd
 #                (default /tmp/b-bench; configure it with -DCMAKE_BUILD_TYPE=Release)
+#   --quiet-wait S, --quiet-pct P: before each measurement wait up to S s
+#                (default 10) for the machine to be at most P% busy (default
+#                30) -- the machine is shared; the busy figure is logged
+#   --nice N     run proxy, backend and load at nice N (e.g. -10 on a busy
+#                shared machine, root only; the same for every proxy)
+#   --syscalls   run each proxy under `strace -c -f` and print system calls
+#                per unit of work instead of CPU (strace slows the proxy: the
+#                counts are exact, the CPU figures of such a run are not)
 #   gwd-nodb     gwd with --db none: what the SQLite store costs (diagnostic)
 #   --perf       also record `perf record -e cpu-clock -g` of gwd per test
 #                (profiles left in the temp dir, which is then kept)
@@ -30,6 +40,10 @@ flows=9000
 proxies="none haproxy nginx gwd"
 tests="connrate keepalive bulk udp idle"
 rounds=3
+quiet_wait=10
+quiet_pct=30
+nice=0
+sysc=0
 perf=0
 keep=0
 while [ $# -gt 0 ]; do
@@ -40,9 +54,13 @@ while [ $# -gt 0 ]; do
     --proxies) proxies=$2; shift ;;
     --tests) tests=$2; shift ;;
     --rounds) rounds=$2; shift ;;
+    --quiet-wait) quiet_wait=$2; shift ;;
+    --quiet-pct) quiet_pct=$2; shift ;;
+    --nice) nice=$2; shift ;;
     --perf) perf=1; keep=1 ;;
+    --syscalls) sysc=1 ;;
     --keep) keep=1 ;;
-    *) sed -n '2,24p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,/^# Every process/p' "$0" >&2; exit 2 ;;
     esac
     shift
 done
@@ -58,8 +76,8 @@ esac
 
 tmp=$(mktemp -d /tmp/gw-bench.XXXXXX)
 pids=()
-LOAD_CPU="taskset -c 0"
-PROXY_CPU="taskset -c 1"
+LOAD_CPU="nice -n $nice taskset -c 0"
+PROXY_CPU="nice -n $nice taskset -c 1"
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 kill_pid() { # kill_pid PID: TERM, wait up to 3 s, then KILL
@@ -125,6 +143,25 @@ mem_kb() { # mem_kb PID...: "private_kB rss_kB" summed (smaps_rollup)
     echo "$priv $rss"
 }
 hz=$(getconf CLK_TCK)
+
+busy_pct() { # busy_pct: % of all CPUs busy over 0.5 s (from /proc/stat)
+    local a b
+    a=$(awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6}' /proc/stat)
+    sleep 0.5
+    b=$(awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6}' /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN{split(a,x," "); split(b,y," "); t=y[1]-x[1]; i=y[2]-x[2];
+        printf "%d", (t > 0) ? 100 * (t - i) / t : 0}'
+}
+# The machine is shared: before each measurement wait (bounded by --quiet-wait
+# seconds) for a moment when the other processes leave both cores mostly idle.
+wait_quiet() {
+    local i b
+    for i in $(seq $((quiet_wait * 2))); do
+        b=$(busy_pct)
+        [ "$b" -le "$quiet_pct" ] && { QUIET="busy ${b}%"; return 0; }
+    done
+    QUIET="busy ${b:-?}% (no quiet moment in ${quiet_wait}s)"
+}
 
 # Backend: one echo port, one sink port, one UDP echo port, on core 0.
 BE=$(pick_port) && SINK=$(pick_port) && UBE=$(pick_port) || { echo "run.sh: no free port" >&2; exit 1; }
@@ -216,6 +253,7 @@ run_one() { # run_one TEST PROXY ROUND
     local m0 m1 lpid perfpid=0
     [ "$t" = bulk ] && tport=$SINK
     [ "$t" = udp ] && [ "$px" = haproxy ] && return 0 # HAProxy 2.6 has no UDP proxy
+    [ "$t" = idle ] && [ "$r" != 1 ] && return 0      # memory does not vary: once
     port=$(pick_port) || return 1
     start_proxy "$px" "$port" "$tport" || { printf '%s\t%s\t%s\tFAILED\n' "$t" "$px" "$r" >>"$res"; return 0; }
     if [ "$px" = none ]; then
@@ -232,6 +270,16 @@ run_one() { # run_one TEST PROXY ROUND
         pids+=($perfpid)
         sleep 0.2
     fi
+    local stpid=0
+    if [ "$sysc" = 1 ] && [ -n "$tree" ]; then
+        # shellcheck disable=SC2046
+        strace -c -f -o "$tmp/strace-$t-$px-$r.txt" $(printf -- '-p %s ' $tree) 2>/dev/null &
+        stpid=$!
+        pids+=($stpid)
+        sleep 0.5
+    fi
+    QUIET="strace"
+    [ "$sysc" = 1 ] || wait_quiet
     # shellcheck disable=SC2086
     c0=$(cpu_ticks $tree)
     case $t in
@@ -253,6 +301,11 @@ run_one() { # run_one TEST PROXY ROUND
         wait "$lpid" 2>/dev/null
         ;;
     esac
+    if [ "$stpid" != 0 ]; then
+        sleep 1 # let write-behind work land inside the count
+        kill -INT "$stpid" 2>/dev/null
+        wait "$stpid" 2>/dev/null
+    fi
     # Let work the proxy does behind the load (gwd's SQLite write-behind) finish
     # and count it: wait until its CPU time stops moving (bounded 10 s).
     # shellcheck disable=SC2086
@@ -288,10 +341,11 @@ run_one() { # run_one TEST PROXY ROUND
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$px" "$r" "$ops" "$rate" "$p50" "$p99" \
             "$err" "$cpu_us" "$per" "$gbps" >>"$res"
     fi
-    echo "run.sh: $t $px round $r (load $(cut -d" " -f1 /proc/loadavg)): $(grep -v "^RESULT" "$out" | head -1)" >&2
+    echo "run.sh: $t $px round $r ($QUIET before): $(grep -v "^RESULT" "$out" | head -1)" >&2
 }
 
 echo "run.sh: $(date -u +%FT%TZ) $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+echo "run.sh: nice $nice, quiet-pct $quiet_pct, quiet-wait ${quiet_wait}s, ${secs}s x $rounds rounds" >&2
 echo "run.sh: haproxy $(haproxy -v | sed -n '1s/HAProxy version \([^ ]*\).*/\1/p'), $(nginx -v 2>&1 | sed 's/.*: //'), gwd ${gwd_bin}" >&2
 for r in $(seq "$rounds"); do
     for t in $tests; do
@@ -300,6 +354,27 @@ for r in $(seq "$rounds"); do
         done
     done
 done
+
+if [ "$sysc" = 1 ]; then
+    echo
+    echo "## system calls per unit of work (strace -c -f; connrate: per connection, keepalive:"
+    echo "## per request, bulk: per MiB, udp: per datagram crossing, idle: per flow opened)"
+    while IFS=$'\t' read -r t px r ops rest; do
+        f=$tmp/strace-$t-$px-$r.txt
+        [ -s "$f" ] && [ "$ops" != FAILED ] || continue
+        [ "$t" = udp ] && ops=$(kv dgrams "$tmp/$t-$px-$r.out")
+        [ "$t" = bulk ] && ops=$(awk -v b="$ops" 'BEGIN{printf "%.0f", b / 1048576}')
+        awk -v t="$t" -v px="$px" -v n="$ops" '
+            $1 ~ /^[0-9.]+$/ && $NF != "total" { c[$NF] = (NF >= 6 ? $4 : $4); tot += $4 }
+            END {
+                if (n <= 0) exit
+                line = sprintf("%-9s %-8s total %6.2f:", t, px, tot / n)
+                for (k in c) if (c[k] / n >= 0.05) line = line sprintf(" %s %.2f", k, c[k] / n)
+                print line
+            }' "$f"
+    done <"$res"
+    exit 0
+fi
 
 # Report: one table per test, best round per proxy (lowest CPU per op; for
 # bulk highest Gbit/s; for idle lowest bytes per flow), the ratio to the

@@ -388,6 +388,13 @@ Test(ctl_daemon, subscribe_to_some_events_only)
     r = ctl_call_raw(sub, "{\"cmd\":\"subscribe\",\"args\":{\"events\":[\"close\"]}}");
     cr_assert(json_is_true(json_object_get(r, "ok")));
     json_decref(r);
+    /* a streamed reply is refused on a subscribed connection; a one-line one is fine */
+    r = ctl_call_raw(sub, "{\"cmd\":\"show nat\"}");
+    cr_assert_str_eq(ctl_error_code(r), "busy");
+    json_decref(r);
+    r = ctl_call_raw(sub, "{\"cmd\":\"version\"}");
+    cr_assert(json_is_true(json_object_get(r, "ok")));
+    json_decref(r);
     udp_flows(&fd, 1, "127.0.0.6");
     json_decref(call("{\"cmd\":\"flush nat\"}"));
     line = ctl_read_line(sub, 5000, 1 << 20);

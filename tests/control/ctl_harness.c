@@ -134,7 +134,7 @@ static void print_log(const char *path)
 int ctl_gwd_spawn(struct ctl_gwd *g, const char *sock, const char *const *args,
                   const char *const *env)
 {
-    const char *argv[64];
+    const char *argv[160];
     int n = 0;
 
     if (!g->dir[0]) {
@@ -158,7 +158,7 @@ int ctl_gwd_spawn(struct ctl_gwd *g, const char *sock, const char *const *args,
     }
     argv[n++] = "--db";
     argv[n++] = g->db;
-    for (int i = 0; args && args[i] && n < 62; i++)
+    for (int i = 0; args && args[i] && n < 158; i++)
         argv[n++] = args[i];
     argv[n] = NULL;
     g->pid = fork();

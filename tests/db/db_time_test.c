@@ -10,8 +10,7 @@ Test(db_time, formats_fixed_width_utc_ms)
     char buf[DB_TIME_STRLEN];
     cr_assert_str_eq(db_time_format(0, buf), "1970-01-01T00:00:00.000Z");
     cr_assert_str_eq(db_time_format(1795795200000ULL, buf), "2026-11-27T16:00:00.000Z");
-    cr_assert_str_eq(db_time_format(1795795200000ULL + 5485123, buf),
-                     "2026-11-27T17:31:25.123Z");
+    cr_assert_str_eq(db_time_format(1795795200000ULL + 5485123, buf), "2026-11-27T17:31:25.123Z");
     cr_assert_str_eq(db_time_format(951782400000ULL, buf), "2000-02-29T00:00:00.000Z");
     cr_assert_str_eq(db_time_format(UINT64_MAX, buf), "9999-12-31T23:59:59.999Z");
     cr_assert_eq(strlen(db_time_format(1, buf)), DB_TIME_STRLEN - 1);
@@ -36,10 +35,18 @@ Test(db_time, parses_the_accepted_forms)
 
 Test(db_time, rejects_bad_input_and_leaves_output)
 {
-    const char *bad[] = {"",           "2026-13-01",          "2026-02-30",
-                         "2026-11-27T24:00:00", "2026-11-27T17:61:00", "2026-11-27X",
-                         "2026-11-27T17:31:25.", "12:00:00",           "-5",
-                         "2026-11-27T17:31:25Zjunk", "1e9",            "2026-1-1"};
+    const char *bad[] = {"",
+                         "2026-13-01",
+                         "2026-02-30",
+                         "2026-11-27T24:00:00",
+                         "2026-11-27T17:61:00",
+                         "2026-11-27X",
+                         "2026-11-27T17:31:25.",
+                         "12:00:00",
+                         "-5",
+                         "2026-11-27T17:31:25Zjunk",
+                         "1e9",
+                         "2026-1-1"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         uint64_t ms = 42;
         cr_assert_eq(db_time_parse(bad[i], &ms), -EINVAL, "accepted \"%s\"", bad[i]);

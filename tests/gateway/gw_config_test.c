@@ -237,3 +237,45 @@ Test(gw_config, addresses)
     gw_sockaddr_from_endpoint(&back, &ep);
     cr_assert_str_eq(gw_sockaddr_format(&back, buf, sizeof(buf)), "10.1.2.3:4567");
 }
+
+/* Every prefix of a valid config and every one-byte corruption of it is
+ * either refused with a message or accepted; nothing crashes or leaks. */
+Test(gw_config, partial_and_corrupted_input)
+{
+    const char *good =
+        "{\"listen\":{\"port\":8080,\"bind\":[\"127.0.0.1\"]},\"nat\":{\"ports\":\"20000-20999\","
+        "\"timeouts\":{\"udp\":30}},\"backends\":[{\"name\":\"web\",\"proto\":\"tcp\",\"servers\":"
+        "[{\"address\":\"127.0.0.1:8080\",\"weight\":2}],\"health\":{\"interval\":1}}],"
+        "\"routes\":[{\"proto\":\"tcp\",\"backend\":\"web\"}],\"limits\":{\"buffer\":4096}}";
+    size_t len = strlen(good);
+    char buf[1024];
+    struct gw_config *cfg;
+    int accepted = 0;
+
+    for (size_t n = 0; n < len; n++) {
+        memcpy(buf, good, n);
+        buf[n] = '\0';
+        cfg = NULL;
+        cr_assert_lt(gw_config_parse(buf, &cfg, err, sizeof(err)), 0, "prefix %zu accepted", n);
+        cr_assert_null(cfg);
+        cr_assert_neq(err[0], '\0');
+    }
+    static const char junk[] = "{}[]\",:0-9a\\ \x01\xff";
+    for (size_t i = 0; i < len; i++) {
+        for (size_t j = 0; j < sizeof(junk) - 1; j++) {
+            memcpy(buf, good, len + 1);
+            buf[i] = junk[j];
+            cfg = NULL;
+            if (gw_config_parse(buf, &cfg, err, sizeof(err)) == 0) {
+                accepted++;
+                gw_config_free(cfg);
+            } else {
+                cr_assert_neq(err[0], '\0');
+            }
+        }
+    }
+    cr_assert_gt(accepted, 0); /* e.g. a digit changed in a port */
+    cfg = NULL;
+    cr_assert_eq(gw_config_parse(good, &cfg, err, sizeof(err)), 0, "%s", err);
+    gw_config_free(cfg);
+}

@@ -110,9 +110,12 @@ Test(gw_faults, server_dies_mid_stream)
         cr_assert(r == 0 || errno == ECONNRESET, "client %d: %s", i, strerror(errno));
         close(fds[i]);
     }
-    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions WHERE closed_at IS NULL",
-                            0, 5000),
-                 0);
+    /* Wait for the closes to be written (the store is written behind). */
+    cr_assert_eq(gwt_db_int(gwd.db,
+                            "SELECT count(*) FROM nat_sessions WHERE closed_at IS NOT NULL", 10,
+                            5000),
+                 10);
+    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions", -1, 0), 10);
     cr_assert_eq(gwt_db_int(gwd.db,
                             "SELECT count(*) FROM nat_sessions WHERE close_reason IN "
                             "('backend_fin','backend_rst')",

@@ -197,6 +197,7 @@ int gwd_start(struct gwd *g, const struct gwt_dir *d, const char *const *args, l
     for (size_t i = 0; args && args[i] && n < 62; i++)
         argv[n++] = args[i];
     argv[n] = NULL;
+    unlink(g->log); /* a previous run's "ready" line must not be read as this one's */
     g->pid = spawn(argv, g->log, nofile);
     if (g->pid < 0)
         return -1;

@@ -46,7 +46,9 @@ PROJECT=gwtest$$
 COMPOSE_FILE=$SRC/deploy/docker-compose.yml
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gw-docker-$$.XXXXXX")
 export DOCKER_HOST=unix://$RUN/docker.sock
-export COMPOSE_DOCKER_CLI_BUILD=0 DOCKER_BUILDKIT=0 COMPOSE_INTERACTIVE_NO_CLI=1
+# Classic builder (no buildx needed). `run` and `exec` go through the docker CLI: with
+# COMPOSE_INTERACTIVE_NO_CLI=1 compose 1.29 loses the output of short-lived containers.
+export COMPOSE_DOCKER_CLI_BUILD=0 DOCKER_BUILDKIT=0
 export GW_IMAGE=gw:latest
 FAILS=0
 DOCKERD_PID=
@@ -144,8 +146,10 @@ fi
 
 mkdir -p "$RUN"
 log "starting dockerd: data-root $DATA_ROOT, socket $RUN/docker.sock, bridge $BRIDGE ($subnet.0/24)"
+# Own containerd namespaces too: dockerd uses a system containerd when one runs.
 dockerd --data-root "$DATA_ROOT" --exec-root "$RUN/exec" --host "$DOCKER_HOST" \
     --pidfile "$RUN/docker.pid" --bridge "$BRIDGE" --iptables=true --ip-masq=true \
+    --containerd-namespace gw-docker-test --containerd-plugins-namespace gw-docker-test-plugins \
     >"$WORK/dockerd.log" 2>&1 &
 DOCKERD_PID=$!
 up=0

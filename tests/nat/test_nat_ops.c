@@ -25,15 +25,15 @@ Test(nat_ops, timeouts_per_protocol_and_state)
     struct nat_session *se = open_ok(t, &ke, 0), *sc = open_ok(t, &kc, 0);
     uint64_t id_u = su->id, id_n = sn->id, id_e = se->id, id_c = sc->id;
 
-    nat_session_set_state(t, se, NAT_STATE_ESTABLISHED, 0);
-    nat_session_set_state(t, sc, NAT_STATE_ESTABLISHED, 0);
-    nat_session_set_state(t, sc, NAT_STATE_CLOSING, 1000); /* re-armed: transitory from 1000 */
     /* UDP established uses the udp timeout too */
     nat_session_set_state(t, su, NAT_STATE_ESTABLISHED, 0);
+    nat_session_set_state(t, se, NAT_STATE_ESTABLISHED, 0);
+    nat_session_set_state(t, sc, NAT_STATE_ESTABLISHED, 0);
     cr_assert_eq(nat_next_expiry(t), 300);
     cr_assert_eq(nat_expire(t, 299, 0), 0);
     cr_assert_eq(nat_expire(t, 300, 0), 1);
     cr_assert_eq(r.ev[(r.n - 1) % REC_MAX].s.id, id_u);
+    nat_session_set_state(t, sc, NAT_STATE_CLOSING, 1000); /* re-armed: transitory from 1000 */
     cr_assert_eq(nat_next_expiry(t), 2000);
     cr_assert_eq(nat_expire(t, 2000, 0), 1);
     cr_assert_eq(r.ev[(r.n - 1) % REC_MAX].s.id, id_n);
@@ -58,7 +58,7 @@ Test(nat_ops, touch_refreshes)
 
     for (uint64_t now = 100; now <= 10000; now += 250) {
         nat_session_touch(t, s, now, 1, 2);
-        cr_assert_eq(nat_expire(t, now + 299, 0), 0);
+        cr_assert_eq(nat_expire(t, now + 249, 0), 0);
     }
     cr_assert_eq(s->last_seen, 9850);
     cr_assert_eq(s->bytes_in, 40);
@@ -114,7 +114,7 @@ Test(nat_ops, reuse_delay_reconfigured)
     t = mk(&c, NULL);
     s = open_ok(t, &k1, 0);
     nat_session_close(t, s, 10, "backend_rst");
-    cr_assert_eq(nat_session_open(t, &k2, 0, 60000, &x), NAT_ERR_POOL_EXHAUSTED);
+    cr_assert_eq(nat_session_open(t, &k2, 0, 20000, &x), NAT_ERR_POOL_EXHAUSTED);
     c.reuse_delay_ms = 30000;
     cr_assert_eq(nat_table_reconfigure(t, &c), NAT_OK);
     cr_assert_eq(nat_session_open(t, &k2, 0, 30009, &x), NAT_ERR_POOL_EXHAUSTED);
@@ -487,7 +487,12 @@ Test(nat_ops, flush_and_events)
 
         cr_assert_eq(nat_session_open(t, &k, i % 2, 100 + i, &s), NAT_OK);
         s->udata = &dummy;
-        nat_session_touch(t, s, 200, 10, 1);
+    }
+    for (uint16_t i = 0; i < 10; i++) {
+        struct nat_key k = KEY(i < 4 ? NAT_PROTO_UDP : NAT_PROTO_TCP, "10.0.0.1",
+                               (uint16_t)(1 + i), "192.0.2.1", 80);
+
+        nat_session_touch(t, nat_lookup_inside(t, &k), 200, 10, 1);
     }
     cr_assert_eq(r.by_type[NAT_EV_OPEN], 10);
     cr_assert_eq(cb_seen_live, 10, "OPEN comes after the insert");

@@ -19,15 +19,28 @@
 #include "sim/sim_proc.h"
 #include "sim/sim_util.h"
 
-static struct sim_proc start_backend(unsigned *tcp, unsigned *udp, char *a1, char *a2, char *a3,
-                                     char *a4)
+/* Processes of the running test, stopped by the .fini fixture even when an
+ * assertion failed half-way (by PID, only those still running). */
+static struct sim_proc procs[2];
+static int n_procs;
+
+static void teardown(void)
+{
+    for (int i = 0; i < n_procs; i++)
+        if (procs[i].pid > 0)
+            sim_proc_stop(&procs[i], 3000);
+    n_procs = 0;
+}
+
+static struct sim_proc *start_backend(unsigned *tcp, unsigned *udp, char *a1, char *a2, char *a3,
+                                      char *a4)
 {
     char *argv[] = {GWSIM_PATH, "backend", "--name", "t1", a1, a2, a3, a4, NULL};
-    struct sim_proc p;
+    struct sim_proc *p = &procs[n_procs++];
 
-    cr_assert_eq(sim_proc_start(&p, argv, NULL), 0);
-    cr_assert_eq(sim_proc_wait_line(&p, "listening", 5000), 0, "backend did not get ready");
-    cr_assert_eq(sim_parse_listening(p.ready, tcp, udp), 0, "%s", p.ready);
+    cr_assert_eq(sim_proc_start(p, argv, NULL), 0);
+    cr_assert_eq(sim_proc_wait_line(p, "listening", 5000), 0, "backend did not get ready");
+    cr_assert_eq(sim_parse_listening(p->ready, tcp, udp), 0, "%s", p->ready);
     return p;
 }
 
@@ -78,10 +91,10 @@ static size_t read_line(int fd, char *buf, size_t cap)
     return got;
 }
 
-Test(sim_backend, hello_and_echo)
+Test(sim_backend, hello_and_echo, .fini = teardown)
 {
     unsigned tcp, udp;
-    struct sim_proc p = start_backend(&tcp, &udp, NULL, NULL, NULL, NULL);
+    struct sim_proc *p = start_backend(&tcp, &udp, NULL, NULL, NULL, NULL);
     struct sockaddr_in local;
     char want[128], line[128], data[100000], back[100000];
     int fd = tcp_connect(tcp, &local);
@@ -101,14 +114,14 @@ Test(sim_backend, hello_and_echo)
     shutdown(fd, SHUT_WR);
     cr_assert_eq(recv(fd, back, 1, 0), 0);
     close(fd);
-    cr_assert_eq(sim_proc_stop(&p, 3000), 0, "SIGTERM exits 0");
+    cr_assert_eq(sim_proc_stop(p, 3000), 0, "SIGTERM exits 0");
 }
 
-Test(sim_backend, data_first_then_hello)
+Test(sim_backend, data_first_then_hello, .fini = teardown)
 {
     /* A client that speaks first still gets the hello line before its echo. */
     unsigned tcp, udp;
-    struct sim_proc p = start_backend(&tcp, &udp, "--tcp", NULL, NULL, NULL);
+    struct sim_proc *p = start_backend(&tcp, &udp, "--tcp", NULL, NULL, NULL);
     struct sockaddr_in local;
     char want[160], got[160];
     int fd = tcp_connect(tcp, &local);
@@ -123,13 +136,13 @@ Test(sim_backend, data_first_then_hello)
     cr_assert_eq(read_n(fd, got, (size_t)n), (size_t)n);
     cr_assert_arr_eq(got, want, (size_t)n);
     close(fd);
-    sim_proc_stop(&p, 3000);
+    sim_proc_stop(p, 3000);
 }
 
-Test(sim_backend, http_keep_alive)
+Test(sim_backend, http_keep_alive, .fini = teardown)
 {
     unsigned tcp, udp;
-    struct sim_proc p = start_backend(&tcp, &udp, NULL, NULL, NULL, NULL);
+    struct sim_proc *p = start_backend(&tcp, &udp, NULL, NULL, NULL, NULL);
     struct sockaddr_in local;
     int fd = tcp_connect(tcp, &local);
     const char *req = "GET /a?b=\"c\" HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -166,13 +179,13 @@ Test(sim_backend, http_keep_alive)
         cr_assert_eq(n, 3, "three answers on one connection");
     }
     close(fd);
-    sim_proc_stop(&p, 3000);
+    sim_proc_stop(p, 3000);
 }
 
-Test(sim_backend, http_bad_request)
+Test(sim_backend, http_bad_request, .fini = teardown)
 {
     unsigned tcp, udp;
-    struct sim_proc p = start_backend(&tcp, &udp, NULL, NULL, NULL, NULL);
+    struct sim_proc *p = start_backend(&tcp, &udp, NULL, NULL, NULL, NULL);
     int fd = tcp_connect(tcp, NULL);
     char buf[1024];
     size_t n;
@@ -182,13 +195,13 @@ Test(sim_backend, http_bad_request)
     buf[n] = '\0';
     cr_assert(strncmp(buf, "HTTP/1.1 400", 12) == 0, "%s", buf);
     close(fd);
-    sim_proc_stop(&p, 3000);
+    sim_proc_stop(p, 3000);
 }
 
-Test(sim_backend, udp_reply_format)
+Test(sim_backend, udp_reply_format, .fini = teardown)
 {
     unsigned tcp, udp;
-    struct sim_proc p = start_backend(&tcp, &udp, "--udp", NULL, NULL, NULL);
+    struct sim_proc *p = start_backend(&tcp, &udp, "--udp", NULL, NULL, NULL);
     struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)udp)}, local;
     socklen_t sl = sizeof(local);
     int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -213,31 +226,31 @@ Test(sim_backend, udp_reply_format)
         cr_assert_arr_eq(buf, want, (size_t)n);
     }
     close(fd);
-    sim_proc_stop(&p, 3000);
+    sim_proc_stop(p, 3000);
 }
 
-Test(sim_backend, tcp_and_udp_by_two_processes)
+Test(sim_backend, tcp_and_udp_by_two_processes, .fini = teardown)
 {
     unsigned t1, u1, t2, u2;
     char port[16];
-    struct sim_proc a = start_backend(&t1, &u1, "--tcp", NULL, NULL, NULL);
-    struct sim_proc b;
+    struct sim_proc *a = start_backend(&t1, &u1, "--tcp", NULL, NULL, NULL);
+    struct sim_proc *b = &procs[n_procs++];
     char *argv[] = {GWSIM_PATH, "backend", "--name", "t2", "--udp", "--port", port, NULL};
 
     snprintf(port, sizeof(port), "%u", t1);
-    cr_assert_eq(sim_proc_start(&b, argv, NULL), 0);
-    cr_assert_eq(sim_proc_wait_line(&b, "listening", 5000), 0);
-    cr_assert_eq(sim_parse_listening(b.ready, &t2, &u2), 0);
+    cr_assert_eq(sim_proc_start(b, argv, NULL), 0);
+    cr_assert_eq(sim_proc_wait_line(b, "listening", 5000), 0);
+    cr_assert_eq(sim_parse_listening(b->ready, &t2, &u2), 0);
     cr_assert_eq(u2, t1, "UDP on the TCP process's port number");
     cr_assert_eq(t2, 0);
-    sim_proc_stop(&b, 3000);
-    sim_proc_stop(&a, 3000);
+    cr_assert_eq(sim_proc_stop(b, 3000), 0);
+    cr_assert_eq(sim_proc_stop(a, 3000), 0);
 }
 
-Test(sim_backend, close_after)
+Test(sim_backend, close_after, .fini = teardown)
 {
     unsigned tcp, udp;
-    struct sim_proc p = start_backend(&tcp, &udp, "--close-after", "10", NULL, NULL);
+    struct sim_proc *p = start_backend(&tcp, &udp, "--close-after", "10", NULL, NULL);
     int fd = tcp_connect(tcp, NULL);
     char line[128], buf[64];
 
@@ -246,13 +259,13 @@ Test(sim_backend, close_after)
     cr_assert_eq(read_n(fd, buf, sizeof(buf)), 10, "echo stops at 10 bytes, then EOF");
     cr_assert_arr_eq(buf, "0123456789", 10);
     close(fd);
-    sim_proc_stop(&p, 3000);
+    sim_proc_stop(p, 3000);
 }
 
-Test(sim_backend, reset_after_and_max_conns)
+Test(sim_backend, reset_after_and_max_conns, .fini = teardown)
 {
     unsigned tcp, udp;
-    struct sim_proc p = start_backend(&tcp, &udp, "--reset-after", "4", "--max-conns", "1");
+    struct sim_proc *p = start_backend(&tcp, &udp, "--reset-after", "4", "--max-conns", "1");
     int fd = tcp_connect(tcp, NULL), fd2;
     char line[128], buf[64];
     ssize_t r;
@@ -268,13 +281,13 @@ Test(sim_backend, reset_after_and_max_conns)
     r = recv(fd, buf, sizeof(buf), 0);
     cr_assert(r < 0 && errno == ECONNRESET, "reset after 4 bytes (r=%zd)", r);
     close(fd);
-    sim_proc_stop(&p, 3000);
+    sim_proc_stop(p, 3000);
 }
 
-Test(sim_backend, delay)
+Test(sim_backend, delay, .fini = teardown)
 {
     unsigned tcp, udp;
-    struct sim_proc p = start_backend(&tcp, &udp, "--delay-ms", "200", NULL, NULL);
+    struct sim_proc *p = start_backend(&tcp, &udp, "--delay-ms", "200", NULL, NULL);
     int fd = tcp_connect(tcp, NULL);
     char line[128];
     struct pollfd pf = {.fd = fd, .events = POLLIN};
@@ -284,10 +297,10 @@ Test(sim_backend, delay)
     read_line(fd, line, sizeof(line));
     cr_assert(strncmp(line, "gwsim-backend t1", 16) == 0);
     close(fd);
-    sim_proc_stop(&p, 3000);
+    sim_proc_stop(p, 3000);
 }
 
-Test(sim_backend, usage_errors)
+Test(sim_backend, usage_errors, .fini = teardown)
 {
     char *bad[][3] = {
         {"--port", "70000", NULL}, {"--bind", "localhost", NULL}, {"--name", "a b", NULL},

@@ -1,0 +1,183 @@
+/*
+ * sim_cli_test.c - the gwsim command line as a user meets it: every
+ * sub-command's --help, bad options and values (exit 2 with a message naming
+ * the option), `gwsim model` end to end (JSON summary, CSV, SVG, a trace file
+ * good and bad).
+ */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "sim/sim_proc.h"
+
+/* Runs gwsim with args (stderr into errbuf); returns the exit code, *out = stdout. */
+static int run(char **args, char **out, char *errbuf, size_t errlen)
+{
+    char *argv[32];
+    char errpath[] = "/tmp/sim_cli_test.XXXXXX";
+    int n = 0, st, fd = mkstemp(errpath);
+    struct sim_proc p;
+    FILE *f;
+
+    cr_assert_geq(fd, 0);
+    close(fd);
+    argv[n++] = GWSIM_PATH;
+    for (int i = 0; args[i] != NULL; i++)
+        argv[n++] = args[i];
+    argv[n] = NULL;
+    cr_assert_eq(sim_proc_start(&p, argv, errpath), 0);
+    st = sim_proc_collect(&p, out, 8 << 20, 60000);
+    f = fopen(errpath, "r");
+    errbuf[0] = '\0';
+    if (f != NULL) {
+        size_t k = fread(errbuf, 1, errlen - 1, f);
+        errbuf[k] = '\0';
+        fclose(f);
+    }
+    unlink(errpath);
+    cr_assert(WIFEXITED(st), "status %d", st);
+    return WEXITSTATUS(st);
+}
+
+static void expect_exit(int want, const char *needle, char **args)
+{
+    char *out, err[4096];
+    int rc = run(args, &out, err, sizeof(err));
+
+    cr_assert_eq(rc, want, "gwsim %s %s -> %d (%s)", args[0], args[1] ? args[1] : "", rc, err);
+    if (needle != NULL)
+        cr_assert(strstr(err, needle) != NULL, "stderr lacks '%s': %s", needle, err);
+    free(out);
+}
+
+Test(sim_cli, top_level)
+{
+    expect_exit(2, "usage", (char *[]){NULL});
+    expect_exit(2, "unknown command", (char *[]){"bogus", NULL});
+    expect_exit(0, NULL, (char *[]){"--version", NULL});
+    expect_exit(0, NULL, (char *[]){"--help", NULL});
+    expect_exit(0, NULL, (char *[]){"backend", "--help", NULL});
+    expect_exit(0, NULL, (char *[]){"clients", "--help", NULL});
+    expect_exit(0, NULL, (char *[]){"model", "--help", NULL});
+    expect_exit(0, NULL, (char *[]){"lab", "--help", NULL});
+}
+
+Test(sim_cli, model_bad_options)
+{
+    expect_exit(2, "--hold", (char *[]){"model", "--hold", "gauss:1s", NULL});
+    expect_exit(2, "--hold", (char *[]){"model", "--hold", "exp:-1", NULL});
+    expect_exit(2, "--nat-ports", (char *[]){"model", "--nat-ports", "10-5", NULL});
+    expect_exit(2, "--nat-policy", (char *[]){"model", "--nat-policy", "lifo", NULL});
+    expect_exit(2, "--nat-mapping", (char *[]){"model", "--nat-mapping", "full-cone", NULL});
+    expect_exit(2, "--udp-share", (char *[]){"model", "--udp-share", "2", NULL});
+    expect_exit(2, "--rate", (char *[]){"model", "--rate", "0", NULL});
+    expect_exit(2, "--arrival", (char *[]){"model", "--arrival", "burst:0", NULL});
+    expect_exit(2, "--arrival", (char *[]){"model", "--arrival", "uniform", NULL});
+    expect_exit(2, "--duration", (char *[]){"model", "--duration", "soon", NULL});
+    expect_exit(2, "--sharing-ratio", (char *[]){"model", "--nat-ports", "1000-1099",
+                                                 "--sharing-ratio", "101", NULL});
+    expect_exit(2, "flows", (char *[]){"model", "--flows", "0", NULL});
+    expect_exit(2, NULL, (char *[]){"model", "--no-such-option", NULL});
+    expect_exit(2, "unexpected", (char *[]){"model", "extra", NULL});
+    expect_exit(1, "cannot read", (char *[]){"model", "--arrival", "trace:/nonexistent/t", NULL});
+}
+
+Test(sim_cli, model_runs)
+{
+    char *out, err[4096];
+    json_t *j;
+    json_error_t je;
+
+    cr_assert_eq(run((char *[]){"model", "--nat-ports", "26000-26009", "--load", "8", "--hold",
+                                "exp:1s", "--flows", "5000", "--json", NULL},
+                     &out, err, sizeof(err)),
+                 0, "%s", err);
+    j = json_loads(out, 0, &je);
+    cr_assert_not_null(j, "%s", out);
+    cr_assert_eq(json_integer_value(json_object_get(j, "arrivals")), 5000);
+    cr_assert_eq(json_integer_value(json_object_get(j, "servers")), 10);
+    cr_assert(json_real_value(json_object_get(j, "erlang_b")) > 0.12);
+    cr_assert(json_is_null(json_object_get(j, "erlang_b_not_applicable")));
+    json_decref(j);
+    free(out);
+
+    cr_assert_eq(run((char *[]){"model", "--flows", "2000", "--csv", "-", "--interval", "1s",
+                                NULL},
+                     &out, err, sizeof(err)),
+                 0);
+    cr_assert(strncmp(out, "time_s,arrivals,opened,refused,refused_interval,active,",
+                      strlen("time_s,arrivals,opened,refused,refused_interval,active,")) == 0,
+              "%.80s", out);
+    cr_assert(strstr(err, "P(refuse)") != NULL, "the summary goes to stderr with --csv -");
+    free(out);
+}
+
+Test(sim_cli, model_svg)
+{
+    char path[] = "/tmp/sim_cli_svg.XXXXXX";
+    char *out, err[4096], buf[256];
+    int fd = mkstemp(path);
+    FILE *f;
+    long size;
+
+    cr_assert_geq(fd, 0);
+    close(fd);
+    cr_assert_eq(run((char *[]){"model", "--nat-ports", "26000-26049", "--load", "60", "--flows",
+                                "20000", "--svg", path, NULL},
+                     &out, err, sizeof(err)),
+                 0, "%s", err);
+    free(out);
+    f = fopen(path, "r");
+    cr_assert_not_null(f);
+    cr_assert_not_null(fgets(buf, sizeof(buf), f));
+    cr_assert(strncmp(buf, "<?xml", 5) == 0);
+    fseek(f, -7, SEEK_END);
+    size = (long)fread(buf, 1, 7, f);
+    buf[size] = '\0';
+    cr_assert_str_eq(buf, "</svg>\n");
+    fclose(f);
+    unlink(path);
+}
+
+Test(sim_cli, model_trace)
+{
+    char path[] = "/tmp/sim_cli_trace.XXXXXX";
+    char *out, err[4096];
+    int fd = mkstemp(path);
+    const char good[] = "time,client,proto,destination,duration\n"
+                        "0,1,tcp,198.51.100.1:443,5\n"
+                        "0.5,2,udp,198.51.100.1:53,1\n"
+                        "1,10.0.0.1,tcp,198.51.100.2:80,2\n";
+    const char bad[] = "0,1,tcp,198.51.100.1:443,5\n1,1,icmp,198.51.100.1:443,5\n";
+    json_t *j;
+    json_error_t je;
+
+    cr_assert_eq(write(fd, good, sizeof(good) - 1), (ssize_t)sizeof(good) - 1);
+    close(fd);
+    {
+        char arg[64];
+        snprintf(arg, sizeof(arg), "trace:%s", path);
+        cr_assert_eq(run((char *[]){"model", "--arrival", arg, "--json", NULL}, &out, err,
+                         sizeof(err)),
+                     0, "%s", err);
+        j = json_loads(out, 0, &je);
+        cr_assert_not_null(j);
+        cr_assert_eq(json_integer_value(json_object_get(j, "arrivals")), 3);
+        cr_assert_eq(json_integer_value(json_object_get(j, "opened")), 3);
+        cr_assert_eq(json_integer_value(json_object_get(j, "clients")), 3);
+        json_decref(j);
+        free(out);
+
+        fd = open(path, O_WRONLY | O_TRUNC);
+        cr_assert_eq(write(fd, bad, sizeof(bad) - 1), (ssize_t)sizeof(bad) - 1);
+        close(fd);
+        expect_exit(2, "line 2: proto: 'icmp'", (char *[]){"model", "--arrival", arg, NULL});
+    }
+    unlink(path);
+}
