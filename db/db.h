@@ -70,7 +70,7 @@ struct db_options {
     const char *path;           /* borrowed: a file, or ":memory:" (no readers then) */
     uint32_t queue_capacity;    /* records the queue holds; rounded up to a power of 2 */
     uint32_t flush_ms;          /* how long the writer lets a batch gather (<= 100) */
-    uint32_t batch_max;         /* records per transaction at most */
+    uint32_t batch_max;         /* records per transaction at most (fewer when slow) */
     uint64_t retention_ms;      /* prune events and closed sessions older than this; 0 = keep */
     uint32_t prune_interval_ms; /* how often a pruning pass starts */
     uint32_t prune_step;        /* rows deleted per pruning transaction */
@@ -84,7 +84,7 @@ struct db_options {
 
 /*
  * Fills *o with the defaults: path NULL (caller sets it), queue 32768
- * records (about 6.5 MiB), flush 10 ms, batch 4096, retention 7 days, prune
+ * records (about 6.5 MiB), flush 10 ms, batch up to 16384, retention 7 days, prune
  * every 10 s in steps of 2000 rows, retry 200 ms, close timeout 5 s, busy
  * timeout 100 ms, a 32 MiB page cache.
  */
@@ -169,6 +169,7 @@ struct db_stats {
     uint64_t episodes;        /* times the store went from writing to failing */
     uint64_t pruned_events;   /* nat_events rows removed by retention */
     uint64_t pruned_sessions; /* nat_sessions rows removed by retention */
+    uint32_t max_txn_ms;      /* longest write transaction so far (commit included) */
     uint32_t queue_depth;     /* records waiting now */
     uint32_t queue_capacity;
     bool degraded;               /* the store is failing to write right now */

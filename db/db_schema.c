@@ -305,7 +305,7 @@ static const char *const migrations[DB_SCHEMA_VERSION] = {
     " close_reason TEXT,"
     " bytes_in INTEGER NOT NULL DEFAULT 0,"
     " bytes_out INTEGER NOT NULL DEFAULT 0);"
-    "CREATE INDEX nat_sessions_nat ON nat_sessions(nat_ip, nat_port, opened_at);"
+    "CREATE INDEX nat_sessions_port ON nat_sessions(nat_port);"
     "CREATE INDEX nat_sessions_opened ON nat_sessions(opened_at);"
     "CREATE INDEX nat_sessions_closed ON nat_sessions(closed_at) WHERE closed_at IS NOT NULL;"
     "CREATE INDEX nat_sessions_live ON nat_sessions(id) WHERE closed_at IS NULL;"

@@ -116,6 +116,7 @@ struct db {
     /* Writer-thread state. */
     struct db_rec *batch; /* owned, batch_max records */
     uint32_t batch_n;
+    uint32_t batch_cap;    /* records per transaction now (adapt_batch), <= batch_max */
     struct db_slot *slots; /* owned, open addressing over session ids */
     uint32_t slot_mask;
     uint32_t slot_gen;
@@ -145,6 +146,7 @@ struct db {
     uint64_t dropped_in_last_episode;
     uint64_t written, skipped, batches, errors, lost_at_close;
     uint64_t pruned_events, pruned_sessions;
+    uint32_t max_txn_ms;
     char last_error[DB_ERR_MAX];
 };
 
@@ -153,7 +155,7 @@ void db_options_default(struct db_options *o)
     memset(o, 0, sizeof(*o));
     o->queue_capacity = 32768;
     o->flush_ms = 10;
-    o->batch_max = 4096;
+    o->batch_max = 16384;
     o->retention_ms = 7ULL * 24 * 3600 * 1000;
     o->prune_interval_ms = 10000;
     o->prune_step = 2000;
@@ -632,6 +634,46 @@ static uint64_t mono_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+static uint64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/*
+ * Sizes the next batch so that one transaction takes about TXN_TARGET_US:
+ * large batches write each hot index page once for many records (the
+ * port-keyed index dirties pages all over the tree), but under load a commit
+ * must come at least every 100 ms. Shrinks in proportion when a transaction
+ * took too long, doubles when a full one was quick.
+ */
+#define TXN_TARGET_US 60000
+#define BATCH_MIN 256
+
+static void adapt_batch(struct db *db, uint32_t n, uint64_t took_us)
+{
+    uint64_t cap = db->batch_cap;
+    if (took_us > TXN_TARGET_US) {
+        cap = (uint64_t)n * TXN_TARGET_US / took_us;
+    } else if (n == db->batch_cap && took_us < TXN_TARGET_US / 2) {
+        cap *= 2;
+    }
+    if (cap > db->opt.batch_max)
+        cap = db->opt.batch_max;
+    if (cap < BATCH_MIN)
+        cap = BATCH_MIN < db->opt.batch_max ? BATCH_MIN : db->opt.batch_max;
+    db->batch_cap = (uint32_t)cap;
+}
+
+static void note_txn_time(struct db *db, uint64_t took_us)
+{
+    pthread_mutex_lock(&db->mu);
+    if (took_us / 1000 > db->max_txn_ms)
+        db->max_txn_ms = (uint32_t)(took_us / 1000);
+    pthread_mutex_unlock(&db->mu);
+}
+
 /* Runs a pending db_writer_exec request. Called with mu held. */
 static void run_exec_locked(struct db *db)
 {
@@ -718,13 +760,14 @@ static void *writer_main(void *arg)
             close_deadline = mono_ms() + db->opt.close_timeout_ms;
 
         if (db->batch_n == 0) {
-            db->batch_n = ring_drain(db, db->opt.batch_max);
+            db->batch_n = ring_drain(db, db->batch_cap);
             db->batch_end = atomic_load_explicit(&db->deq_pos, memory_order_relaxed);
             coalesce(db);
         }
         if (db->batch_n > 0) {
             uint64_t skipped = 0;
             uint32_t n = db->batch_n;
+            uint64_t began = mono_us();
             int rc = write_batch(db, &skipped);
             if (rc != SQLITE_OK) {
                 note_failure(db, rc, "cannot write to");
@@ -737,7 +780,11 @@ static void *writer_main(void *arg)
             }
             db->batch_n = 0;
             note_success(db, n, skipped, db->batch_end);
-            if (n == db->opt.batch_max)
+            bool full = n == db->batch_cap;
+            uint64_t took = mono_us() - began;
+            adapt_batch(db, n, took);
+            note_txn_time(db, took);
+            if (full)
                 continue; /* more is waiting: no pause under load */
         }
         /* Here no failed batch is pending (that path retried above). */
@@ -936,7 +983,7 @@ static int open_connection(struct db *db, char *err, size_t errlen)
      * last commits, never consistency. A larger page cache keeps the indexes'
      * hot pages in memory between batches. */
     snprintf(sql, sizeof(sql),
-             "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-%u; PRAGMA wal_autocheckpoint=8192",
+             "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-%u; PRAGMA wal_autocheckpoint=2000",
              db->opt.cache_kib);
     sqlite3_exec(db->conn, sql, NULL, NULL, NULL);
     if (version < DB_SCHEMA_VERSION &&
@@ -1017,6 +1064,7 @@ int db_open(struct db **out, const struct db_options *o, char *err, size_t errle
     db->opt = *o;
     db->opt.path = NULL;
     db->mask = cap - 1;
+    db->batch_cap = o->batch_max < 1024 ? o->batch_max : 1024; /* grows when quick */
     db->path = strdup(o->path);
     db->ring = calloc(cap, sizeof(*db->ring));
     db->batch = calloc(o->batch_max, sizeof(*db->batch));
@@ -1131,6 +1179,7 @@ void db_get_stats(struct db *db, struct db_stats *out)
     out->episodes = db->episodes_begun;
     out->pruned_events = db->pruned_events;
     out->pruned_sessions = db->pruned_sessions;
+    out->max_txn_ms = db->max_txn_ms;
     /* Records in the writer's failed batch still count as waiting. */
     out->queue_depth = (uint32_t)(enq - db->committed_pos);
     out->queue_capacity = (uint32_t)(db->mask + 1);

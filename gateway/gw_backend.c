@@ -315,8 +315,9 @@ static struct gw_server *find_server(struct gw_backend *b, const struct gw_serve
     struct gw_server *s;
 
     TAILQ_FOREACH(s, &b->servers, link)
-        if (s->conf.addr.len == sc->addr.len && memcmp(&s->conf.addr.ss, &sc->addr.ss, sc->addr.len) == 0)
-            return s;
+    if (s->conf.addr.len == sc->addr.len &&
+        memcmp(&s->conf.addr.ss, &sc->addr.ss, sc->addr.len) == 0)
+        return s;
     return NULL;
 }
 
@@ -340,7 +341,8 @@ int gw_backends_apply(struct gw_ctx *ctx)
         TAILQ_INSERT_TAIL(&fresh, b, link);
     }
     /* Nothing can fail from here: swap carried-over servers in. */
-    TAILQ_FOREACH(b, &fresh, link) {
+    TAILQ_FOREACH(b, &fresh, link)
+    {
         ob = gw_backend_find(ctx, b->name);
         if (!ob || ob->proto != b->proto)
             continue;
@@ -371,16 +373,18 @@ int gw_backends_apply(struct gw_ctx *ctx)
             }
             check_stop(os);
             ev_timer_stop(ctx->loop, &os->check_timer);
-            gw_log(GW_LOG_INFO, "backend %s server %s: removed by reload, %u flows left",
-                   ob->name, os->conf.name, os->conns);
+            gw_log(GW_LOG_INFO, "backend %s server %s: removed by reload, %u flows left", ob->name,
+                   os->conf.name, os->conns);
             os->backend = NULL;
             TAILQ_INSERT_TAIL(&ctx->retired, os, link);
         }
         free(ob);
     }
     TAILQ_CONCAT(&ctx->backends, &fresh, link);
-    TAILQ_FOREACH(b, &ctx->backends, link) {
-        TAILQ_FOREACH(s, &b->servers, link) {
+    TAILQ_FOREACH(b, &ctx->backends, link)
+    {
+        TAILQ_FOREACH(s, &b->servers, link)
+        {
             if (!b->conf.health.enabled && s->health == GW_HEALTH_DOWN) {
                 const char *old = gw_server_state_name(s);
                 s->health = GW_HEALTH_UP;
@@ -419,8 +423,8 @@ struct gw_backend *gw_backend_find(struct gw_ctx *ctx, const char *name)
     struct gw_backend *b;
 
     TAILQ_FOREACH(b, &ctx->backends, link)
-        if (strcmp(b->name, name) == 0)
-            return b;
+    if (strcmp(b->name, name) == 0)
+        return b;
     return NULL;
 }
 
@@ -450,7 +454,8 @@ struct gw_server *gw_backend_pick(struct gw_backend *b, const struct nat_addr *c
 
     switch (b->conf.balance) {
     case GW_BALANCE_ROUNDROBIN:
-        TAILQ_FOREACH(s, &b->servers, link) {
+        TAILQ_FOREACH(s, &b->servers, link)
+        {
             if (!eligible(s, skip))
                 continue;
             s->smooth_current += (int)s->conf.weight;
@@ -466,13 +471,14 @@ struct gw_server *gw_backend_pick(struct gw_backend *b, const struct nat_addr *c
         /* Two passes from a rotating start so that ties spread. */
         for (int pass = 0; pass < 2; pass++) {
             i = 0;
-            TAILQ_FOREACH(s, &b->servers, link) {
+            TAILQ_FOREACH(s, &b->servers, link)
+            {
                 bool in = pass == 0 ? i >= start : i < start;
                 i++;
                 if (!in || !eligible(s, skip))
                     continue;
-                if (!best || (uint64_t)s->conns * best->conf.weight <
-                                 (uint64_t)best->conns * s->conf.weight)
+                if (!best ||
+                    (uint64_t)s->conns * best->conf.weight < (uint64_t)best->conns * s->conf.weight)
                     best = s;
             }
         }
@@ -480,12 +486,13 @@ struct gw_server *gw_backend_pick(struct gw_backend *b, const struct nat_addr *c
     }
     case GW_BALANCE_SOURCE: {
         TAILQ_FOREACH(s, &b->servers, link)
-            if (eligible(s, skip))
-                total += (int)s->conf.weight;
+        if (eligible(s, skip))
+            total += (int)s->conf.weight;
         if (total == 0)
             break;
         int at = (int)(addr_hash(client) % (uint32_t)total);
-        TAILQ_FOREACH(s, &b->servers, link) {
+        TAILQ_FOREACH(s, &b->servers, link)
+        {
             if (!eligible(s, skip))
                 continue;
             at -= (int)s->conf.weight;
@@ -544,7 +551,8 @@ static int set_admin(struct gw_ctx *ctx, const char *spec, enum gw_server_admin 
     b = gw_backend_find(ctx, name);
     if (!b)
         return -ENOENT;
-    TAILQ_FOREACH(s, &b->servers, link) {
+    TAILQ_FOREACH(s, &b->servers, link)
+    {
         if (sname && *sname && strcmp(s->conf.name, sname) != 0)
             continue;
         const char *old = gw_server_state_name(s);
@@ -587,14 +595,15 @@ json_t *gw_backend_to_json(const struct gw_backend *b)
     const struct gw_server *s;
     char addr[80], ts[32];
 
-    TAILQ_FOREACH(s, &b->servers, link) {
+    TAILQ_FOREACH(s, &b->servers, link)
+    {
         json_t *o = json_pack(
-            "{s:s, s:s, s:i, s:I, s:s, s:s, s:s, s:I, s:I, s:I}", "name", s->conf.name,
-            "address", gw_sockaddr_format(&s->conf.addr, addr, sizeof(addr)), "weight",
-            (int)s->conf.weight, "max_conns", (json_int_t)s->conf.max_conns, "state",
-            gw_server_state_name(s), "health", gw_server_health_name(s->health), "admin",
-            gw_server_admin_name(s->admin), "conns", (json_int_t)s->conns, "total_conns",
-            (json_int_t)s->total_conns, "connect_failures", (json_int_t)s->connect_failures);
+            "{s:s, s:s, s:i, s:I, s:s, s:s, s:s, s:I, s:I, s:I}", "name", s->conf.name, "address",
+            gw_sockaddr_format(&s->conf.addr, addr, sizeof(addr)), "weight", (int)s->conf.weight,
+            "max_conns", (json_int_t)s->conf.max_conns, "state", gw_server_state_name(s), "health",
+            gw_server_health_name(s->health), "admin", gw_server_admin_name(s->admin), "conns",
+            (json_int_t)s->conns, "total_conns", (json_int_t)s->total_conns, "connect_failures",
+            (json_int_t)s->connect_failures);
         if (!o)
             continue;
         json_object_set_new(o, "last_check",
@@ -608,6 +617,6 @@ json_t *gw_backend_to_json(const struct gw_backend *b)
     }
     return json_pack("{s:s, s:s, s:s, s:b, s:I, s:o}", "name", b->name, "proto",
                      nat_proto_name(b->proto), "balance", gw_balance_name(b->conf.balance),
-                     "health_checks", b->conf.health.enabled, "no_server",
-                     (json_int_t)b->no_server, "servers", servers);
+                     "health_checks", b->conf.health.enabled, "no_server", (json_int_t)b->no_server,
+                     "servers", servers);
 }

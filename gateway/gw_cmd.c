@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "db/db.h"
 #include "gateway/gw_control.h"
@@ -32,6 +33,33 @@
  */
 #define NAT_STEP_ROWS 256
 #define NAT_STEP_SCAN 1024
+/* A step also ends once its rows took this long (checked every 16 sessions;
+ * counted from the first row, so the scan that finds them is always used). */
+#define NAT_STEP_NS 500000
+
+/* Monotonic nanoseconds, for the step time limit. */
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Counts one visit against the step's budget; true when the step must end.
+ * *deadline 0 is set on the first visit. */
+static bool step_spent(unsigned *budget, unsigned *visits, uint64_t *deadline)
+{
+    if (*deadline == 0)
+        *deadline = mono_ns() + NAT_STEP_NS;
+    if (--*budget == 0)
+        return true;
+    if ((++*visits & 15) == 0 && mono_ns() > *deadline) {
+        *budget = 0;
+        return true;
+    }
+    return false;
+}
 
 /* ---- helpers -------------------------------------------------------------- */
 
@@ -213,10 +241,12 @@ static json_t *stats_health(struct gw_ctx *ctx)
     struct gw_backend *b;
     struct gw_server *s;
 
-    TAILQ_FOREACH(b, &ctx->backends, link) {
+    TAILQ_FOREACH(b, &ctx->backends, link)
+    {
         json_t *o = json_object();
         uint64_t up = 0, total = 0, conns = 0;
-        TAILQ_FOREACH(s, &b->servers, link) {
+        TAILQ_FOREACH(s, &b->servers, link)
+        {
             total++;
             conns += s->conns;
             if (s->health == GW_HEALTH_UP && s->admin == GW_ADMIN_ENABLED)
@@ -250,7 +280,8 @@ static void cmd_show_stats(struct ctl_client *c, const struct ctl_request *req)
     json_object_set_new(r, "time", json_string(ctl_time_format(now, t)));
     json_object_set_new(r, "started_at", json_string(ctl_time_format(ctx->start_ms, t)));
     json_object_set_new(r, "port", jint(ctx->port));
-    json_object_set_new(r, "uptime_s", jint(now > ctx->start_ms ? (now - ctx->start_ms) / 1000 : 0));
+    json_object_set_new(r, "uptime_s",
+                        jint(now > ctx->start_ms ? (now - ctx->start_ms) / 1000 : 0));
     json_object_set_new(r, "flows", stats_flows(&ns));
     json_object_set_new(r, "mappings", stats_mappings(ctx, &ns));
     json_object_set_new(r, "pool", stats_pool(ctx, &ns));
@@ -277,7 +308,7 @@ static void cmd_show_backends(struct ctl_client *c, const struct ctl_request *re
         return;
     }
     TAILQ_FOREACH(b, &ctx->backends, link)
-        json_array_append_new(a, gw_backend_to_json(b));
+    json_array_append_new(a, gw_backend_to_json(b));
     json_object_set_new(r, "backends", a);
     ctl_client_reply(c, req->id, r);
 }
@@ -362,21 +393,22 @@ static void cmd_subscribe(struct ctl_client *c, const struct ctl_request *req)
 /* ---- show nat ------------------------------------------------------------- */
 
 struct nat_job {
-    struct gw_ctx *ctx;       /* borrowed */
-    json_t *id;               /* owned */
+    struct gw_ctx *ctx; /* borrowed */
+    json_t *id;         /* owned */
     struct ctl_nat_query q;
-    uint64_t cursor;          /* id of the last session the walk saw */
-    uint64_t matched;         /* sessions that passed the filter */
-    uint64_t emitted;         /* rows written */
+    uint64_t cursor;  /* id of the last session the walk saw */
+    uint64_t matched; /* sessions that passed the filter */
+    uint64_t emitted; /* rows written */
     bool head_sent;
-    bool walked;              /* the walk reached the end of the table */
+    bool walked; /* the walk reached the end of the table */
     /* sorted listings */
     struct nat_session *keep; /* owned; the best offset+limit rows, a heap while walking */
     size_t n_keep, max_keep;
-    size_t next_out;          /* after sorting: next index of keep to write */
+    size_t next_out; /* after sorting: next index of keep to write */
     /* per step */
-    struct ctl_client *c;     /* borrowed, during a step */
-    unsigned budget;
+    struct ctl_client *c; /* borrowed, during a step */
+    unsigned budget, visits;
+    uint64_t deadline; /* mono_ns() when the step must end */
     int err;
 };
 
@@ -521,7 +553,7 @@ static int nat_job_visit(void *arg, const struct nat_session *s)
         if (ctl_client_pending(j->c) >= CTL_OUT_HIGH)
             j->budget = 1;
     }
-    return --j->budget == 0;
+    return step_spent(&j->budget, &j->visits, &j->deadline);
 }
 
 /* True when q's filter lets every session through. */
@@ -563,6 +595,7 @@ static int nat_job_step(struct ctl_client *c, void *state)
     if (!j->walked) {
         bool emitting = !job_sorted(j) && j->emitted < j->q.limit;
         j->budget = emitting ? NAT_STEP_ROWS : NAT_STEP_SCAN;
+        j->deadline = 0;
         nat_foreach(j->ctx->nat, &j->q.filter, j->cursor, nat_job_visit, j);
         if (j->err)
             return j->err;
@@ -653,14 +686,15 @@ struct client_count {
 };
 
 struct clients_job {
-    struct gw_ctx *ctx;       /* borrowed */
-    json_t *id;               /* owned */
+    struct gw_ctx *ctx; /* borrowed */
+    json_t *id;         /* owned */
     struct ctl_clients_args a;
     struct client_count *tab; /* owned; open addressing, size a power of 2 */
     size_t size, n;
     uint64_t cursor, sessions;
     bool truncated;
-    unsigned budget;
+    unsigned budget, visits;
+    uint64_t deadline;
 };
 
 static size_t addr_hash(const struct nat_addr *a)
@@ -710,7 +744,7 @@ static int clients_visit(void *arg, const struct nat_session *s)
     if (!e->used) {
         if (j->n >= CLIENTS_TRACK_MAX || j->n * 2 >= j->size) {
             j->truncated = true;
-            return --j->budget == 0;
+            return step_spent(&j->budget, &j->visits, &j->deadline);
         }
         e->used = true;
         e->ip = s->key.client.addr;
@@ -719,7 +753,7 @@ static int clients_visit(void *arg, const struct nat_session *s)
     e->sessions++;
     e->bytes_in += s->bytes_in;
     e->bytes_out += s->bytes_out;
-    return --j->budget == 0;
+    return step_spent(&j->budget, &j->visits, &j->deadline);
 }
 
 static int clients_cmp(const void *pa, const void *pb, void *arg)
@@ -744,6 +778,7 @@ static int clients_job_step(struct ctl_client *c, void *state)
     if (!j->tab && clients_grow(j) < 0)
         return -ENOMEM;
     j->budget = NAT_STEP_SCAN;
+    j->deadline = 0;
     nat_foreach(j->ctx->nat, NULL, j->cursor, clients_visit, j);
     if (j->budget == 0)
         return 0;

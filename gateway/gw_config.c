@@ -41,7 +41,8 @@ static int fail(struct pctx *p, const char *path, const char *fmt, ...)
     return -EINVAL;
 }
 
-static void pathf(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void pathf(char *buf, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* snprintf for JSON paths: a path cut short is still a useful message. */
 static void pathf(char *buf, size_t len, const char *fmt, ...)
@@ -301,7 +302,8 @@ static int check_keys(struct pctx *p, json_t *obj, const char *path, const char 
     const char *key;
     json_t *v;
 
-    json_object_foreach(obj, key, v) {
+    json_object_foreach(obj, key, v)
+    {
         bool ok = false;
         for (size_t i = 0; allowed[i]; i++)
             if (strcmp(key, allowed[i]) == 0)
@@ -340,8 +342,8 @@ static int get_int(struct pctx *p, json_t *obj, const char *path, const char *ke
 }
 
 /* A duration in seconds (integer or real, >= 0, <= max_s) into ms. */
-static int get_seconds(struct pctx *p, json_t *obj, const char *path, const char *key,
-                       double max_s, uint32_t *out_ms)
+static int get_seconds(struct pctx *p, json_t *obj, const char *path, const char *key, double max_s,
+                       uint32_t *out_ms)
 {
     json_t *v = json_object_get(obj, key);
     char kp[256];
@@ -390,7 +392,8 @@ static int get_owned_string(struct pctx *p, json_t *obj, const char *path, const
         return 0;
     }
     if (!json_is_string(v) || json_string_length(v) == 0)
-        return fail(p, kp, null_ok ? "must be a non-empty string or null" : "must be a non-empty string");
+        return fail(p, kp,
+                    null_ok ? "must be a non-empty string or null" : "must be a non-empty string");
     char *s = strdup(json_string_value(v));
     if (!s)
         return fail(p, kp, "out of memory");
@@ -453,7 +456,8 @@ static int parse_listen(struct pctx *p, struct gw_config *cfg, json_t *o)
         if (!json_is_array(b) || json_array_size(b) == 0 || json_array_size(b) > GW_MAX_BINDS)
             return fail(p, "listen.bind", "must be an array of 1 to %d addresses", GW_MAX_BINDS);
         cfg->n_binds = 0;
-        json_array_foreach(b, i, v) {
+        json_array_foreach(b, i, v)
+        {
             char kp[64];
             pathf(kp, sizeof(kp), "listen.bind[%zu]", i);
             if (!json_is_string(v) || sockaddr_from_ip(&cfg->binds[i], json_string_value(v), 0))
@@ -473,7 +477,8 @@ static int parse_nat_ips(struct pctx *p, struct gw_config *cfg, json_t *a)
     if (!json_is_array(a) || json_array_size(a) == 0 || json_array_size(a) > NAT_MAX_IPS)
         return fail(p, "nat.ips", "must be an array of 1 to %d addresses", NAT_MAX_IPS);
     cfg->nat.n_ips = 0;
-    json_array_foreach(a, i, v) {
+    json_array_foreach(a, i, v)
+    {
         char kp[64];
         pathf(kp, sizeof(kp), "nat.ips[%zu]", i);
         if (!json_is_string(v) || nat_addr_parse(&cfg->nat.ips[i], json_string_value(v)))
@@ -486,9 +491,10 @@ static int parse_nat_ips(struct pctx *p, struct gw_config *cfg, json_t *a)
 
 static int parse_nat(struct pctx *p, struct gw_config *cfg, json_t *o)
 {
-    static const char *const keys[] = {"policy", "mapping", "ips", "ports", "timeouts",
-                                       "per_client_limit", "block_size", "max_blocks_per_client",
-                                       "reuse_delay", "max_sessions", "seed", NULL};
+    static const char *const keys[] = {
+        "policy",      "mapping",          "ips",        "ports",
+        "timeouts",    "per_client_limit", "block_size", "max_blocks_per_client",
+        "reuse_delay", "max_sessions",     "seed",       NULL};
     static const char *const tkeys[] = {"udp", "tcp_established", "tcp_transitory", NULL};
     struct nat_config *n = &cfg->nat;
     const char *s = NULL;
@@ -503,7 +509,8 @@ static int parse_nat(struct pctx *p, struct gw_config *cfg, json_t *o)
     if (s) {
         int v = nat_policy_parse(s);
         if (v < 0)
-            return fail(p, "nat.policy", "unknown policy \"%s\" (sequential, random, preserve, block)", s);
+            return fail(p, "nat.policy",
+                        "unknown policy \"%s\" (sequential, random, preserve, block)", s);
         n->policy = (enum nat_policy)v;
     }
     s = NULL;
@@ -632,8 +639,8 @@ static int parse_server(struct pctx *p, struct gw_server_conf *sc, json_t *v, co
 
 static int parse_health(struct pctx *p, struct gw_health_conf *h, json_t *o, const char *path)
 {
-    static const char *const keys[] = {"enabled", "interval", "timeout", "rise", "fall",
-                                       "send", "expect", NULL};
+    static const char *const keys[] = {"enabled", "interval", "timeout", "rise",
+                                       "fall",    "send",     "expect",  NULL};
     char kp[256];
     long long x;
 
@@ -695,11 +702,11 @@ static int parse_health(struct pctx *p, struct gw_health_conf *h, json_t *o, con
     return 0;
 }
 
-static int parse_backend(struct pctx *p, struct gw_config *cfg, struct gw_backend_conf *b, json_t *o,
-                         const char *path)
+static int parse_backend(struct pctx *p, struct gw_config *cfg, struct gw_backend_conf *b,
+                         json_t *o, const char *path)
 {
-    static const char *const keys[] = {"name", "proto", "balance", "servers", "health",
-                                       "proxy_protocol", "connect_timeout", NULL};
+    static const char *const keys[] = {"name",   "proto",          "balance",         "servers",
+                                       "health", "proxy_protocol", "connect_timeout", NULL};
     const char *name = NULL, *proto = NULL, *bal = NULL;
     char kp[256];
 
@@ -764,7 +771,8 @@ static int parse_backend(struct pctx *p, struct gw_config *cfg, struct gw_backen
         return fail(p, kp, "out of memory");
     size_t i;
     json_t *v;
-    json_array_foreach(srv, i, v) {
+    json_array_foreach(srv, i, v)
+    {
         char sp[256];
         pathf(sp, sizeof(sp), "%s[%zu]", kp, i);
         if (parse_server(p, &b->servers[i], v, sp))
@@ -788,7 +796,8 @@ static int parse_backends(struct pctx *p, struct gw_config *cfg, json_t *a)
     cfg->backends = calloc(json_array_size(a) + 1, sizeof(*cfg->backends));
     if (!cfg->backends)
         return fail(p, "backends", "out of memory");
-    json_array_foreach(a, i, v) {
+    json_array_foreach(a, i, v)
+    {
         char path[64];
         pathf(path, sizeof(path), "backends[%zu]", i);
         cfg->n_backends++;
@@ -812,7 +821,8 @@ static int parse_routes(struct pctx *p, struct gw_config *cfg, json_t *a)
     cfg->routes = calloc(json_array_size(a) + 1, sizeof(*cfg->routes));
     if (!cfg->routes)
         return fail(p, "routes", "out of memory");
-    json_array_foreach(a, i, v) {
+    json_array_foreach(a, i, v)
+    {
         char path[64], kp[96];
         const char *proto = NULL, *backend = NULL;
         struct gw_route_conf *r = &cfg->routes[i];
@@ -841,8 +851,9 @@ static int parse_routes(struct pctx *p, struct gw_config *cfg, json_t *a)
 
 static int parse_root(struct pctx *p, struct gw_config *cfg, json_t *root)
 {
-    static const char *const keys[] = {"listen", "nat", "backends", "routes", "timeouts",
-                                       "limits", "db", "control", "user", "log_level", NULL};
+    static const char *const keys[] = {"listen",   "nat",       "backends", "routes",
+                                       "timeouts", "limits",    "db",       "control",
+                                       "user",     "log_level", NULL};
     static const char *const tkeys[] = {"connect", "drain", NULL};
     static const char *const lkeys[] = {"max_flows", "buffer", "splice_after", NULL};
     json_t *v;
@@ -1032,14 +1043,14 @@ static int apply_flags(struct pctx *p, struct gw_config *cfg, const struct gw_cl
         }
         cfg->nat_ips_set = true;
     }
-    if (cli->nat_ports &&
-        parse_port_range(cli->nat_ports, &cfg->nat.port_lo, &cfg->nat.port_hi))
+    if (cli->nat_ports && parse_port_range(cli->nat_ports, &cfg->nat.port_lo, &cfg->nat.port_hi))
         return fail(p, "--nat-ports", "\"%s\" is not LO-HI with 1 <= LO <= HI <= 65535",
                     cli->nat_ports);
     if (cli->nat_policy) {
         int v = nat_policy_parse(cli->nat_policy);
         if (v < 0)
-            return fail(p, "--nat-policy", "unknown policy \"%s\" (sequential, random, preserve, block)",
+            return fail(p, "--nat-policy",
+                        "unknown policy \"%s\" (sequential, random, preserve, block)",
                         cli->nat_policy);
         cfg->nat.policy = (enum nat_policy)v;
     }
@@ -1106,8 +1117,9 @@ static int route_source(const struct gw_sockaddr *dst, struct nat_addr *out)
 static int validate(struct pctx *p, struct gw_config *cfg)
 {
     if (cfg->n_backends == 0)
-        return fail(p, "backends", "no backend: give --tcp-backend/--udp-backend or a "
-                                   "\"backends\" list");
+        return fail(p, "backends",
+                    "no backend: give --tcp-backend/--udp-backend or a "
+                    "\"backends\" list");
     for (size_t i = 0; i < cfg->n_backends; i++) {
         char path[64];
         pathf(path, sizeof(path), "backends[%zu].servers", i);
@@ -1167,8 +1179,10 @@ static int validate(struct pctx *p, struct gw_config *cfg)
         cfg->nat.n_ips = 1;
         if (far) {
             if (route_source(&far->addr, &cfg->nat.ips[0]))
-                return fail(p, "nat.ips", "no route to backend %s to take a source address "
-                                          "from; set nat.ips or --nat-ip", far->name);
+                return fail(p, "nat.ips",
+                            "no route to backend %s to take a source address "
+                            "from; set nat.ips or --nat-ip",
+                            far->name);
         } else {
             nat_addr_parse(&cfg->nat.ips[0], v6 ? "::1" : "127.0.0.1");
         }
@@ -1203,8 +1217,8 @@ static int load(const char *text, const char *file, const struct gw_cli *cli,
         root = text ? json_loads(text, JSON_REJECT_DUPLICATES, &jerr)
                     : json_load_file(file, JSON_REJECT_DUPLICATES, &jerr);
         if (!root) {
-            snprintf(err, errlen, "%s:%d:%d: %s", file ? file : "(config)", jerr.line,
-                     jerr.column, jerr.text);
+            snprintf(err, errlen, "%s:%d:%d: %s", file ? file : "(config)", jerr.line, jerr.column,
+                     jerr.text);
             gw_config_free(cfg);
             return -EINVAL;
         }
@@ -1278,14 +1292,13 @@ static json_t *backend_conf_json(const struct gw_backend_conf *b)
         const struct gw_server_conf *s = &b->servers[i];
         json_array_append_new(servers,
                               json_pack("{s:s, s:s, s:i, s:I}", "name", s->name, "address",
-                                        gw_sockaddr_format(&s->addr, addr, sizeof(addr)),
-                                        "weight", (int)s->weight, "max_conns",
-                                        (json_int_t)s->max_conns));
+                                        gw_sockaddr_format(&s->addr, addr, sizeof(addr)), "weight",
+                                        (int)s->weight, "max_conns", (json_int_t)s->max_conns));
     }
     json_t *h = json_pack("{s:b, s:o, s:o, s:i, s:i}", "enabled", b->health.enabled, "interval",
                           seconds_json(b->health.interval_ms), "timeout",
-                          seconds_json(b->health.timeout_ms), "rise", (int)b->health.rise,
-                          "fall", (int)b->health.fall);
+                          seconds_json(b->health.timeout_ms), "rise", (int)b->health.rise, "fall",
+                          (int)b->health.fall);
     if (h && b->health.send)
         json_object_set_new(h, "send", json_stringn(b->health.send, b->health.send_len));
     if (h && b->health.expect)
@@ -1322,20 +1335,18 @@ json_t *gw_config_to_json(const struct gw_config *cfg)
         "{s:{s:i, s:o, s:i},"
         " s:{s:s, s:s, s:o, s:s, s:{s:o, s:o, s:o}, s:I, s:I, s:I, s:o, s:I, s:I},"
         " s:o, s:o, s:{s:o, s:o}, s:{s:I, s:I, s:I}, s:s}",
-        "listen", "port", (int)cfg->port, "bind", binds, "backlog", cfg->backlog,
-        "nat", "policy", nat_policy_name(cfg->nat.policy), "mapping",
-        nat_mapping_name(cfg->nat.mapping), "ips", ips, "ports", ports, "timeouts", "udp",
-        seconds_json(t[NAT_TIMEOUT_UDP]), "tcp_established",
+        "listen", "port", (int)cfg->port, "bind", binds, "backlog", cfg->backlog, "nat", "policy",
+        nat_policy_name(cfg->nat.policy), "mapping", nat_mapping_name(cfg->nat.mapping), "ips", ips,
+        "ports", ports, "timeouts", "udp", seconds_json(t[NAT_TIMEOUT_UDP]), "tcp_established",
         seconds_json(t[NAT_TIMEOUT_TCP_ESTABLISHED]), "tcp_transitory",
         seconds_json(t[NAT_TIMEOUT_TCP_TRANSITORY]), "per_client_limit",
         (json_int_t)cfg->nat.per_client_limit, "block_size", (json_int_t)cfg->nat.block_size,
         "max_blocks_per_client", (json_int_t)cfg->nat.max_blocks_per_client, "reuse_delay",
-        seconds_json(cfg->nat.reuse_delay_ms), "max_sessions",
-        (json_int_t)cfg->nat.max_sessions, "seed", (json_int_t)cfg->nat.seed,
-        "backends", backends, "routes", routes, "timeouts", "connect",
-        seconds_json(cfg->connect_timeout_ms), "drain", seconds_json(cfg->drain_timeout_ms),
-        "limits", "max_flows", (json_int_t)cfg->max_flows, "buffer",
-        (json_int_t)cfg->buffer_size, "splice_after", (json_int_t)cfg->splice_after,
+        seconds_json(cfg->nat.reuse_delay_ms), "max_sessions", (json_int_t)cfg->nat.max_sessions,
+        "seed", (json_int_t)cfg->nat.seed, "backends", backends, "routes", routes, "timeouts",
+        "connect", seconds_json(cfg->connect_timeout_ms), "drain",
+        seconds_json(cfg->drain_timeout_ms), "limits", "max_flows", (json_int_t)cfg->max_flows,
+        "buffer", (json_int_t)cfg->buffer_size, "splice_after", (json_int_t)cfg->splice_after,
         "log_level", gw_log_level_name(cfg->log_level));
     if (!root)
         return NULL;

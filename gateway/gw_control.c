@@ -35,25 +35,26 @@ struct ctl_client {
     struct gw_control *ctl; /* borrowed */
     int fd;
     ev_io rio, wio;
-    ev_timer timer;         /* idle / stall check */
+    ev_timer timer; /* idle / stall check */
     struct ctl_linebuf in;
-    char *out;              /* owned; pending output is out[out_off..out_len) */
+    char *out; /* owned; pending output is out[out_off..out_len) */
     size_t out_off, out_len, out_cap;
     const struct ctl_job_ops *job_ops;
-    void *job;              /* owned through job_ops->done */
-    unsigned events;        /* subscribed kinds; 0 = not a subscriber */
-    bool eof;               /* the client shut its side: finish replies, then close */
-    bool closing;           /* no more requests: flush the output, then close */
-    bool dead;              /* close at the next callback (output overflow) */
+    void *job;               /* owned through job_ops->done */
+    unsigned events;         /* subscribed kinds; 0 = not a subscriber */
+    bool eof;                /* the client shut its side: finish replies, then close */
+    bool closing;            /* no more requests: flush the output, then close */
+    bool dead;               /* close at the next callback (output overflow) */
     ev_tstamp last_progress; /* last byte read or written */
     LIST_ENTRY(ctl_client) link;
 };
 
 struct gw_control {
-    struct gw_ctx *ctx;     /* borrowed */
+    struct gw_ctx *ctx; /* borrowed */
     struct gw_control_opts opts;
     int fd;
     ev_io io;
+    ev_timer accept_retry; /* accepting paused after EMFILE/ENFILE */
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     dev_t dev;
     ino_t ino;
@@ -106,8 +107,10 @@ int ctl_client_write(struct ctl_client *c, const char *data, size_t len)
         return -ENOBUFS;
     if (pending + len > c->ctl->opts.out_max) {
         c->ctl->st.cut_overflow++;
-        gw_log(GW_LOG_WARN, "control: client fd %d does not read its replies (%zu bytes "
-               "pending): disconnected", c->fd, pending);
+        gw_log(GW_LOG_WARN,
+               "control: client fd %d does not read its replies (%zu bytes "
+               "pending): disconnected",
+               c->fd, pending);
         client_kill(c);
         return -ENOBUFS;
     }
@@ -154,8 +157,7 @@ int ctl_client_reply(struct ctl_client *c, const json_t *id, json_t *result)
     return rc;
 }
 
-int ctl_client_fail(struct ctl_client *c, const json_t *id, enum ctl_err code, const char *fmt,
-                    ...)
+int ctl_client_fail(struct ctl_client *c, const json_t *id, enum ctl_err code, const char *fmt, ...)
 {
     char msg[512];
     size_t len;
@@ -443,9 +445,15 @@ static void control_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
     for (int i = 0; i < CTL_ACCEPT_BATCH; i++) {
         int fd = accept4(ctl->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
-                errno != ECONNABORTED)
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* the socket stays readable: pause rather than spin */
+                gw_log(GW_LOG_WARN, "control: accept: %s: pausing for 1 s", strerror(errno));
+                ev_io_stop(loop, &ctl->io);
+                ev_timer_start(loop, &ctl->accept_retry);
+            } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
+                       errno != ECONNABORTED) {
                 gw_log(GW_LOG_WARN, "control: accept: %s", strerror(errno));
+            }
             return;
         }
         if (ctl->n_clients >= ctl->opts.max_clients) {
@@ -472,6 +480,14 @@ static void control_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         if (ctl->opts.idle_ms)
             ev_timer_start(loop, &c->timer);
     }
+}
+
+static void control_accept_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct gw_control *ctl = w->data;
+
+    (void)revents;
+    ev_io_start(loop, &ctl->io);
 }
 
 /* ---- events to subscribers ------------------------------------------------ */
@@ -570,7 +586,8 @@ static void control_on_event(void *arg, const struct gw_event *ev)
     }
     if (n < 0)
         return;
-    LIST_FOREACH(c, &ctl->clients, link) {
+    LIST_FOREACH(c, &ctl->clients, link)
+    {
         if ((c->events & kind) && !c->dead) {
             if (ctl_client_write(c, line, (size_t)n) == 0)
                 ctl->st.events_sent++;
@@ -591,8 +608,10 @@ static int control_claim_path(const char *path)
     if (lstat(path, &st) < 0)
         return errno == ENOENT ? 0 : -errno;
     if (!S_ISSOCK(st.st_mode)) {
-        gw_log(GW_LOG_ERROR, "control: %s exists and is not a socket: not touching it "
-               "(remove it or choose another --control path)", path);
+        gw_log(GW_LOG_ERROR,
+               "control: %s exists and is not a socket: not touching it "
+               "(remove it or choose another --control path)",
+               path);
         return -EEXIST;
     }
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -604,8 +623,10 @@ static int control_claim_path(const char *path)
     rc = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
     if (rc == 0) {
         close(fd);
-        gw_log(GW_LOG_ERROR, "control: %s is in use by a running process (another gwd?): "
-               "not stealing it; stop that one or choose another --control path", path);
+        gw_log(GW_LOG_ERROR,
+               "control: %s is in use by a running process (another gwd?): "
+               "not stealing it; stop that one or choose another --control path",
+               path);
         return -EADDRINUSE;
     }
     rc = errno;
@@ -679,13 +700,13 @@ int gw_control_start_opts(struct gw_ctx *ctx, const char *path, const struct gw_
         path = gw_default_socket_path(def, sizeof(def));
         if (!path) {
             gw_log(GW_LOG_ERROR, "control: the default socket path is too long "
-                   "(check GW_SOCKET and XDG_RUNTIME_DIR)");
+                                 "(check GW_SOCKET and XDG_RUNTIME_DIR)");
             return -ENAMETOOLONG;
         }
     }
     if (strlen(path) >= sizeof(def)) {
-        gw_log(GW_LOG_ERROR, "control: socket path too long (max %zu bytes): %s",
-               sizeof(def) - 1, path);
+        gw_log(GW_LOG_ERROR, "control: socket path too long (max %zu bytes): %s", sizeof(def) - 1,
+               path);
         return -ENAMETOOLONG;
     }
     ctl = calloc(1, sizeof(*ctl));
@@ -709,6 +730,8 @@ int gw_control_start_opts(struct gw_ctx *ctx, const char *path, const struct gw_
     }
     ev_io_init(&ctl->io, control_accept_cb, ctl->fd, EV_READ);
     ctl->io.data = ctl;
+    ev_timer_init(&ctl->accept_retry, control_accept_retry_cb, 1.0, 0.0);
+    ctl->accept_retry.data = ctl;
     ev_io_start(ctx->loop, &ctl->io);
     ctx->control = ctl;
     gw_log(GW_LOG_INFO, "control: listening on %s (mode %04o)", ctl->path,
@@ -784,6 +807,7 @@ void gw_control_stop(struct gw_ctx *ctx)
     while (!LIST_EMPTY(&ctl->clients))
         client_close(LIST_FIRST(&ctl->clients), "shutdown");
     ev_io_stop(ctx->loop, &ctl->io);
+    ev_timer_stop(ctx->loop, &ctl->accept_retry);
     close(ctl->fd);
     /* remove the file only if it is still ours */
     if (stat(ctl->path, &st) == 0 && st.st_dev == ctl->dev && st.st_ino == ctl->ino)
@@ -818,7 +842,8 @@ void gw_control_stats_json(const struct gw_ctx *ctx, json_t *obj)
         return;
     }
     for (int i = 1; i < CTL_ERR_COUNT; i++)
-        json_object_set_new(errs, ctl_err_name((enum ctl_err)i), json_integer((json_int_t)st.errors[i]));
+        json_object_set_new(errs, ctl_err_name((enum ctl_err)i),
+                            json_integer((json_int_t)st.errors[i]));
     json_object_set_new(c, "clients", json_integer((json_int_t)st.clients));
     json_object_set_new(c, "subscribers", json_integer((json_int_t)st.subscribers));
     json_object_set_new(c, "accepted", json_integer((json_int_t)st.accepted));

@@ -29,13 +29,13 @@ struct ctl_client;
 
 /* What the socket file and its clients are allowed. */
 struct gw_control_opts {
-    mode_t mode;            /* socket file mode, default 0660 */
-    uid_t owner;            /* (uid_t)-1 = leave as created */
-    gid_t group;            /* (gid_t)-1 = leave as created */
-    unsigned max_clients;   /* connected at once; more get "busy" and are closed */
-    uint32_t idle_ms;       /* a client silent this long (and not subscribed) is closed;
-                               a client whose pending output does not move this long too */
-    size_t out_max;         /* pending output per client before it is disconnected */
+    mode_t mode;          /* socket file mode, default 0660 */
+    uid_t owner;          /* (uid_t)-1 = leave as created */
+    gid_t group;          /* (gid_t)-1 = leave as created */
+    unsigned max_clients; /* connected at once; more get "busy" and are closed */
+    uint32_t idle_ms;     /* a client silent this long (and not subscribed) is closed;
+                             a client whose pending output does not move this long too */
+    size_t out_max;       /* pending output per client before it is disconnected */
 };
 
 /* Fills *o with the defaults above. */
@@ -60,16 +60,16 @@ int gw_control_start_opts(struct gw_ctx *ctx, const char *path, const struct gw_
 
 /* Counters of the control server (for show stats). */
 struct gw_control_stats {
-    uint64_t accepted;        /* connections accepted */
-    uint64_t clients;         /* connected now */
-    uint64_t subscribers;     /* subscribed now */
-    uint64_t requests;        /* lines parsed */
+    uint64_t accepted;              /* connections accepted */
+    uint64_t clients;               /* connected now */
+    uint64_t subscribers;           /* subscribed now */
+    uint64_t requests;              /* lines parsed */
     uint64_t errors[CTL_ERR_COUNT]; /* error replies, by code */
-    uint64_t refused_busy;    /* turned away at max_clients */
-    uint64_t cut_overflow;    /* disconnected: output over out_max */
-    uint64_t cut_idle;        /* disconnected: idle or stalled */
-    uint64_t cut_line;        /* disconnected: line over CTL_MAX_LINE */
-    uint64_t events_sent;     /* event lines queued to subscribers */
+    uint64_t refused_busy;          /* turned away at max_clients */
+    uint64_t cut_overflow;          /* disconnected: output over out_max */
+    uint64_t cut_idle;              /* disconnected: idle or stalled */
+    uint64_t cut_line;              /* disconnected: line over CTL_MAX_LINE */
+    uint64_t events_sent;           /* event lines queued to subscribers */
 };
 
 /* Fills *out (zeroes when the control server is not running). */
@@ -91,8 +91,8 @@ int ctl_client_write(struct ctl_client *c, const char *data, size_t len);
 int ctl_client_reply(struct ctl_client *c, const json_t *id, json_t *result);
 
 /* Replies with an error (counted by code). Returns as ctl_client_write. */
-int ctl_client_fail(struct ctl_client *c, const json_t *id, enum ctl_err code, const char *fmt,
-                    ...) __attribute__((format(printf, 4, 5)));
+int ctl_client_fail(struct ctl_client *c, const json_t *id, enum ctl_err code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* Bytes queued and not yet written to the client. */
 size_t ctl_client_pending(const struct ctl_client *c);

@@ -223,10 +223,9 @@ static enum ctl_err parse_nat_arg(struct ctl_error *err, const char *key, json_t
             if ((rc = arg_uint(err, key, v, 1, 65535, &u)) != CTL_OK)
                 return rc;
             f->nat_port_lo = f->nat_port_hi = (uint16_t)u;
-        } else if (!json_is_string(v) ||
-                   strlen(json_string_value(v)) != json_string_length(v) ||
-                   ctl_port_range_parse(json_string_value(v), &f->nat_port_lo,
-                                        &f->nat_port_hi) < 0) {
+        } else if (!json_is_string(v) || strlen(json_string_value(v)) != json_string_length(v) ||
+                   ctl_port_range_parse(json_string_value(v), &f->nat_port_lo, &f->nat_port_hi) <
+                       0) {
             return fail(err, CTL_ERR_BAD_ARGUMENT,
                         "argument 'nat_port' must be a port or a range \"LO-HI\" in 1-65535");
         }
@@ -266,7 +265,8 @@ static enum ctl_err parse_nat_args(struct ctl_error *err, json_t *args, struct c
     nat_filter_init(&q->filter);
     q->sort = CTL_SORT_ID;
     q->limit = CTL_LIMIT_DEFAULT;
-    json_object_foreach(args, key, v) {
+    json_object_foreach(args, key, v)
+    {
         if ((rc = parse_nat_arg(err, key, v, q, paged)) != CTL_OK)
             return rc;
     }
@@ -291,7 +291,8 @@ static enum ctl_err parse_backend_args(struct ctl_error *err, json_t *args,
     char *slash;
 
     memset(b, 0, sizeof(*b));
-    json_object_foreach(args, key, v) {
+    json_object_foreach(args, key, v)
+    {
         if (strcmp(key, "name") == 0)
             rc = arg_name(err, key, v, b->name);
         else if (strcmp(key, "server") == 0)
@@ -321,14 +322,16 @@ static enum ctl_err parse_events(struct ctl_error *err, json_t *args, unsigned *
     size_t i;
 
     *events = CTL_EVK_ALL;
-    json_object_foreach(args, key, v) {
+    json_object_foreach(args, key, v)
+    {
         if (strcmp(key, "events") != 0)
             return fail(err, CTL_ERR_BAD_ARGUMENT, "unknown argument '%s'", key);
         if (!json_is_array(v) || json_array_size(v) == 0)
             return fail(err, CTL_ERR_BAD_ARGUMENT,
                         "argument 'events' must be a non-empty array of event names");
         *events = 0;
-        json_array_foreach(v, i, e) {
+        json_array_foreach(v, i, e)
+        {
             unsigned bit = 0;
             for (unsigned k = 0; k < sizeof(evk_names) / sizeof(evk_names[0]); k++)
                 if (json_is_string(e) && strcmp(json_string_value(e), evk_names[k]) == 0)
@@ -353,7 +356,8 @@ static enum ctl_err parse_clients_args(struct ctl_error *err, json_t *args,
 
     a->limit = 10;
     a->by_bytes = false;
-    json_object_foreach(args, key, v) {
+    json_object_foreach(args, key, v)
+    {
         if (strcmp(key, "limit") == 0) {
             if ((rc = arg_uint(err, key, v, 1, CTL_CLIENTS_MAX, &u)) != CTL_OK)
                 return rc;
@@ -416,8 +420,7 @@ enum ctl_err ctl_request_parse(struct ctl_request *req, const char *line, size_t
     err->message[0] = '\0';
     root = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
-        return fail(err, CTL_ERR_BAD_JSON, "not JSON: %s at column %d", jerr.text,
-                    jerr.column);
+        return fail(err, CTL_ERR_BAD_JSON, "not JSON: %s at column %d", jerr.text, jerr.column);
     if (!json_is_object(root)) {
         rc = fail(err, CTL_ERR_BAD_REQUEST, "a request is a JSON object");
         goto out;
@@ -431,10 +434,11 @@ enum ctl_err ctl_request_parse(struct ctl_request *req, const char *line, size_t
         }
         req->id = json_incref(id);
     }
-    json_object_foreach(root, key, v) {
+    json_object_foreach(root, key, v)
+    {
         if (strcmp(key, "id") != 0 && strcmp(key, "cmd") != 0 && strcmp(key, "args") != 0) {
-            rc = fail(err, CTL_ERR_BAD_REQUEST,
-                      "unknown field in request (allowed: id, cmd, args)");
+            rc =
+                fail(err, CTL_ERR_BAD_REQUEST, "unknown field in request (allowed: id, cmd, args)");
             goto out;
         }
     }
@@ -667,8 +671,7 @@ int ctl_time_parse(const char *s, uint64_t *ms)
         *ms = (uint64_t)v * 1000;
         return 0;
     }
-    if (digits(&p, 4, &y) || *p++ != '-' || digits(&p, 2, &mo) || *p++ != '-' ||
-        digits(&p, 2, &d))
+    if (digits(&p, 4, &y) || *p++ != '-' || digits(&p, 2, &mo) || *p++ != '-' || digits(&p, 2, &d))
         return -1;
     if (*p == 'T' || *p == ' ') {
         p++;

@@ -83,15 +83,15 @@ int ctl_cmd_parse(const char *name);
 /* show nat sort keys: ascending by the named field, then by id. */
 enum ctl_sort {
     CTL_SORT_ID = 0,
-    CTL_SORT_CLIENT,    /* client ip, client port */
-    CTL_SORT_NAT,       /* nat ip, nat port */
-    CTL_SORT_BACKEND,   /* backend tag */
+    CTL_SORT_CLIENT,  /* client ip, client port */
+    CTL_SORT_NAT,     /* nat ip, nat port */
+    CTL_SORT_BACKEND, /* backend tag */
     CTL_SORT_STATE,
     CTL_SORT_OPENED_AT, /* oldest first */
     CTL_SORT_LAST_SEEN, /* most idle first */
     CTL_SORT_BYTES_IN,
     CTL_SORT_BYTES_OUT,
-    CTL_SORT_BYTES,     /* bytes_in + bytes_out */
+    CTL_SORT_BYTES, /* bytes_in + bytes_out */
     CTL_SORT_COUNT
 };
 
@@ -111,25 +111,25 @@ enum ctl_event_kind {
 
 /* The arguments of show nat and flush nat. */
 struct ctl_nat_query {
-    struct nat_filter filter;     /* filter.backend is left for the daemon to resolve */
-    char backend[CTL_NAME_MAX];   /* backend name filter; "" = any */
+    struct nat_filter filter;   /* filter.backend is left for the daemon to resolve */
+    char backend[CTL_NAME_MAX]; /* backend name filter; "" = any */
     enum ctl_sort sort;
-    bool desc;                    /* sort "-key": descending */
-    uint32_t limit;               /* show nat: page size */
-    uint64_t offset;              /* show nat: rows skipped */
-    uint64_t after_id;            /* show nat, sort id only: rows with id > after_id */
+    bool desc;         /* sort "-key": descending */
+    uint32_t limit;    /* show nat: page size */
+    uint64_t offset;   /* show nat: rows skipped */
+    uint64_t after_id; /* show nat, sort id only: rows with id > after_id */
 };
 
 /* backend drain|enable|disable: {"name":"NAME[/SERVER]","server":"SERVER"}. */
 struct ctl_backend_args {
     char name[CTL_NAME_MAX];
-    char server[CTL_NAME_MAX];    /* "" = every server of the backend */
+    char server[CTL_NAME_MAX]; /* "" = every server of the backend */
 };
 
 /* show clients: the top `limit` client IPs by live sessions (or bytes). */
 struct ctl_clients_args {
-    uint32_t limit;  /* 1..CTL_CLIENTS_MAX, default 10 */
-    bool by_bytes;   /* sort "bytes" (in + out) instead of "sessions" */
+    uint32_t limit; /* 1..CTL_CLIENTS_MAX, default 10 */
+    bool by_bytes;  /* sort "bytes" (in + out) instead of "sessions" */
 };
 
 #define CTL_CLIENTS_MAX 1000

@@ -206,7 +206,8 @@ void gw_listen_pause(struct gw_ctx *ctx)
     ctx->accept_paused = true;
     ctx->counters.accept_paused++;
     if (gw_log_allow(&ctx->rl.accept, gw_loop_ms(ctx->loop), &held))
-        gw_log(GW_LOG_WARN, "out of file descriptors: accepting paused for 100 ms (%lu live "
+        gw_log(GW_LOG_WARN,
+               "out of file descriptors: accepting paused for 100 ms (%lu live "
                "flows, %lu more pauses not logged)",
                (unsigned long)gw_flows_live(ctx), (unsigned long)held);
     for (size_t i = 0; i < ctx->n_listeners; i++)

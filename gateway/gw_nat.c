@@ -16,8 +16,8 @@
 #include "db/db.h"
 #endif
 
-#define EXPIRE_TICK 0.25    /* seconds between expiry passes */
-#define DB_TICK 1.0         /* seconds between store polls */
+#define EXPIRE_TICK 0.25 /* seconds between expiry passes */
+#define DB_TICK 1.0      /* seconds between store polls */
 /* ms between progress updates (state, last_seen, bytes) of the sessions that
  * moved since the last pass. The data path itself submits only OPEN and
  * CLOSE/EXPIRE: a short connection costs the store two records, and a live
@@ -44,7 +44,8 @@ void gw_unsubscribe(struct gw_ctx *ctx, gw_event_fn fn, void *arg)
 {
     struct gw_subscriber *s;
 
-    LIST_FOREACH(s, &ctx->subscribers, link) {
+    LIST_FOREACH(s, &ctx->subscribers, link)
+    {
         if (s->fn == fn && s->arg == arg) {
             LIST_REMOVE(s, link);
             free(s);

@@ -126,8 +126,7 @@ static int start_connect(struct gw_flow *flow, struct gw_server *srv, struct gw_
         struct gw_sockaddr ext;
         gw_sockaddr_from_endpoint(&ext, &sess->ext);
         if (ext.ss.ss_family != srv->conf.addr.ss.ss_family) {
-            gw_log(GW_LOG_ERROR, "nat ip and server %s are of different families",
-                   srv->conf.name);
+            gw_log(GW_LOG_ERROR, "nat ip and server %s are of different families", srv->conf.name);
             attempt_failed(flow, "error");
             return -EAFNOSUPPORT;
         }
@@ -150,8 +149,8 @@ static int start_connect(struct gw_flow *flow, struct gw_server *srv, struct gw_
             }
             uint64_t held;
             if (gw_log_allow(&ctx->rl.sockets, now, &held))
-                gw_log(GW_LOG_WARN, "bind to nat port %u: %s (%lu more not logged)",
-                       sess->ext.port, strerror(e), (unsigned long)held);
+                gw_log(GW_LOG_WARN, "bind to nat port %u: %s (%lu more not logged)", sess->ext.port,
+                       strerror(e), (unsigned long)held);
             attempt_failed(flow, "error");
             return -e;
         }
@@ -217,10 +216,11 @@ static int try_servers(struct gw_flow *flow, struct gw_backend *b, struct gw_ser
         uint64_t held;
         ctx->counters.refused_no_server++;
         if (gw_log_allow(&ctx->rl.refused, gw_loop_ms(ctx->loop), &held))
-            gw_log(GW_LOG_INFO, "tcp %s:%u refused: no server up in backend %s (%lu more "
+            gw_log(GW_LOG_INFO,
+                   "tcp %s:%u refused: no server up in backend %s (%lu more "
                    "refusals not logged)",
-                   nat_addr_format(&flow->client.addr, ip), flow->client.port,
-                   b ? b->name : "-", (unsigned long)held);
+                   nat_addr_format(&flow->client.addr, ip), flow->client.port, b ? b->name : "-",
+                   (unsigned long)held);
         last_reason = "refused";
     }
     gw_flow_close(flow, last_reason);
@@ -249,8 +249,12 @@ static void proxy_header(struct gw_flow *flow, int version)
     if (version == 1) {
         char cs[INET6_ADDRSTRLEN], ls[INET6_ADDRSTRLEN];
         if (v4 || v6) {
-            inet_ntop(client.ss.ss_family, v4 ? (const void *)&c4->sin_addr : (const void *)&c6->sin6_addr, cs, sizeof(cs));
-            inet_ntop(local.ss_family, v4 ? (const void *)&l4->sin_addr : (const void *)&l6->sin6_addr, ls, sizeof(ls));
+            inet_ntop(client.ss.ss_family,
+                      v4 ? (const void *)&c4->sin_addr : (const void *)&c6->sin6_addr, cs,
+                      sizeof(cs));
+            inet_ntop(local.ss_family,
+                      v4 ? (const void *)&l4->sin_addr : (const void *)&l6->sin6_addr, ls,
+                      sizeof(ls));
             n = (size_t)snprintf(buf, sizeof(buf), "PROXY %s %s %s %u %u\r\n", v4 ? "TCP4" : "TCP6",
                                  cs, ls, ntohs(v4 ? c4->sin_port : c6->sin6_port),
                                  ntohs(v4 ? l4->sin_port : l6->sin6_port));
@@ -538,6 +542,15 @@ static int relay_splice(struct gw_flow *flow, int from)
     ssize_t n = splice(flow->u.tcp.fd[from], NULL, gp->wr, NULL, gp->cap - gp->len,
                        SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 
+    if (n < 0 && (errno == EINVAL || errno == ENOSYS) && gp->len == 0) {
+        /* This socket pair cannot splice: copy instead, for good. */
+        close(gp->rd);
+        close(gp->wr);
+        free(gp);
+        flow->u.tcp.pipe[to] = NULL;
+        flow->flags |= GW_FLOW_F_NO_SPLICE;
+        return 0;
+    }
     if (n < 0)
         return read_failed(flow, from, errno);
     if (n == 0) {
@@ -558,7 +571,8 @@ static int relay_read(struct gw_flow *flow, int from)
     maybe_splice(flow, to);
     if (flow->u.tcp.pipe[to])
         return relay_splice(flow, from);
-    size_t cap = ctx->cfg->buffer_size < ctx->scratch_size ? ctx->cfg->buffer_size : ctx->scratch_size;
+    size_t cap =
+        ctx->cfg->buffer_size < ctx->scratch_size ? ctx->cfg->buffer_size : ctx->scratch_size;
     ssize_t n = recv(flow->u.tcp.fd[from], ctx->scratch, cap, 0);
     if (n < 0)
         return read_failed(flow, from, errno);
@@ -598,8 +612,8 @@ static void relay_event(struct gw_flow *flow, int side, int revents)
         return;
     if ((flow->flags & GW_FLOW_F_EOF_CLIENT) && (flow->flags & GW_FLOW_F_EOF_BACKEND) &&
         !has_pending(flow, 0) && !has_pending(flow, 1)) {
-        gw_flow_close(flow, (flow->flags & GW_FLOW_F_FIRST_FIN_BACKEND) ? "backend_fin"
-                                                                        : "client_fin");
+        gw_flow_close(flow,
+                      (flow->flags & GW_FLOW_F_FIRST_FIN_BACKEND) ? "backend_fin" : "client_fin");
         return;
     }
     update_watchers(flow);

@@ -16,7 +16,7 @@
 #include "gwd.h"
 
 #define UDP_MAX_DATAGRAM 65536
-#define UDP_ROUNDS 4         /* recvmmsg batches per wakeup at most */
+#define UDP_ROUNDS 4 /* recvmmsg batches per wakeup at most */
 #define UDP_PORT_TRIES 16
 
 struct gw_udp_batch {
@@ -259,7 +259,8 @@ static void local_from_cmsg(struct gw_flow *flow, struct msghdr *m, const struct
 
 /* Socket bound to the session's external endpoint and connected to srv; repicks
  * busy ports. Returns the fd, -ENOSPC (no port: refused) or -errno. */
-static int upstream_socket(struct gw_ctx *ctx, struct nat_session *sess, const struct gw_server *srv)
+static int upstream_socket(struct gw_ctx *ctx, struct nat_session *sess,
+                           const struct gw_server *srv)
 {
     for (int tries = 0;; tries++) {
         struct gw_sockaddr ext;
@@ -341,7 +342,8 @@ static struct gw_flow *flow_new(struct gw_listener *l, const struct nat_endpoint
         if (fd != -ENOSPC && gw_log_allow(&ctx->rl.sockets, gw_loop_ms(ctx->loop), &held))
             gw_log(GW_LOG_WARN, "udp upstream socket to %s: %s (%lu more not logged)",
                    srv->conf.name, strerror(-fd), (unsigned long)held);
-        nat_session_close(ctx->nat, sess, gw_loop_ms(ctx->loop), fd == -ENOSPC ? "refused" : "error");
+        nat_session_close(ctx->nat, sess, gw_loop_ms(ctx->loop),
+                          fd == -ENOSPC ? "refused" : "error");
         free(flow);
         return NULL;
     }

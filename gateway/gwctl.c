@@ -60,25 +60,45 @@ struct opts {
 
 /* An option: its name, whether it takes a value, where it goes. */
 enum opt_id {
-    O_SOCKET, O_DB, O_JSON, O_HELP, O_TIMEOUT, O_PROTO, O_CLIENT, O_NAT_IP, O_PORT, O_BACKEND,
-    O_STATE, O_SORT, O_EVENT, O_AT, O_SINCE, O_UNTIL, O_ALL, O_LIMIT, O_OFFSET, O_COUNT,
-    O_INTERVAL, O_TOP, O_COUNT_
+    O_SOCKET,
+    O_DB,
+    O_JSON,
+    O_HELP,
+    O_TIMEOUT,
+    O_PROTO,
+    O_CLIENT,
+    O_NAT_IP,
+    O_PORT,
+    O_BACKEND,
+    O_STATE,
+    O_SORT,
+    O_EVENT,
+    O_AT,
+    O_SINCE,
+    O_UNTIL,
+    O_ALL,
+    O_LIMIT,
+    O_OFFSET,
+    O_COUNT,
+    O_INTERVAL,
+    O_TOP,
+    O_COUNT_
 };
 
 static const struct {
     const char *name;
     bool value;
 } optdefs[O_COUNT_] = {
-    [O_SOCKET] = {"--socket", true}, [O_DB] = {"--db", true},
-    [O_JSON] = {"--json", false},    [O_HELP] = {"--help", false},
-    [O_TIMEOUT] = {"--timeout", true}, [O_PROTO] = {"--proto", true},
-    [O_CLIENT] = {"--client", true}, [O_NAT_IP] = {"--nat-ip", true},
-    [O_PORT] = {"--port", true},     [O_BACKEND] = {"--backend", true},
-    [O_STATE] = {"--state", true},   [O_SORT] = {"--sort", true},
-    [O_EVENT] = {"--event", true},   [O_AT] = {"--at", true},
-    [O_SINCE] = {"--since", true},   [O_UNTIL] = {"--until", true},
-    [O_ALL] = {"--all", false},      [O_LIMIT] = {"--limit", true},
-    [O_OFFSET] = {"--offset", true}, [O_COUNT] = {"--count", true},
+    [O_SOCKET] = {"--socket", true},     [O_DB] = {"--db", true},
+    [O_JSON] = {"--json", false},        [O_HELP] = {"--help", false},
+    [O_TIMEOUT] = {"--timeout", true},   [O_PROTO] = {"--proto", true},
+    [O_CLIENT] = {"--client", true},     [O_NAT_IP] = {"--nat-ip", true},
+    [O_PORT] = {"--port", true},         [O_BACKEND] = {"--backend", true},
+    [O_STATE] = {"--state", true},       [O_SORT] = {"--sort", true},
+    [O_EVENT] = {"--event", true},       [O_AT] = {"--at", true},
+    [O_SINCE] = {"--since", true},       [O_UNTIL] = {"--until", true},
+    [O_ALL] = {"--all", false},          [O_LIMIT] = {"--limit", true},
+    [O_OFFSET] = {"--offset", true},     [O_COUNT] = {"--count", true},
     [O_INTERVAL] = {"--interval", true}, [O_TOP] = {"--top", true},
 };
 
@@ -152,10 +172,18 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         }
         o->used |= 1ull << id;
         switch (id) {
-        case O_SOCKET: o->socket = val; break;
-        case O_DB: o->db = val; break;
-        case O_JSON: o->json = true; break;
-        case O_HELP: o->help = true; break;
+        case O_SOCKET:
+            o->socket = val;
+            break;
+        case O_DB:
+            o->db = val;
+            break;
+        case O_JSON:
+            o->json = true;
+            break;
+        case O_HELP:
+            o->help = true;
+            break;
         case O_TIMEOUT: {
             long v;
             if (parse_long(name, val, 1, 3600, &v))
@@ -163,18 +191,42 @@ static int parse_opts(int argc, char **argv, struct opts *o)
             o->timeout_ms = (int)v * 1000;
             break;
         }
-        case O_PROTO: o->proto = val; break;
-        case O_CLIENT: o->client = val; break;
-        case O_NAT_IP: o->nat_ip = val; break;
-        case O_PORT: o->port = val; break;
-        case O_BACKEND: o->backend = val; break;
-        case O_STATE: o->state = val; break;
-        case O_SORT: o->sort = val; break;
-        case O_EVENT: o->event = val; break;
-        case O_AT: o->at = val; break;
-        case O_SINCE: o->since = val; break;
-        case O_UNTIL: o->until = val; break;
-        case O_ALL: o->all = true; break;
+        case O_PROTO:
+            o->proto = val;
+            break;
+        case O_CLIENT:
+            o->client = val;
+            break;
+        case O_NAT_IP:
+            o->nat_ip = val;
+            break;
+        case O_PORT:
+            o->port = val;
+            break;
+        case O_BACKEND:
+            o->backend = val;
+            break;
+        case O_STATE:
+            o->state = val;
+            break;
+        case O_SORT:
+            o->sort = val;
+            break;
+        case O_EVENT:
+            o->event = val;
+            break;
+        case O_AT:
+            o->at = val;
+            break;
+        case O_SINCE:
+            o->since = val;
+            break;
+        case O_UNTIL:
+            o->until = val;
+            break;
+        case O_ALL:
+            o->all = true;
+            break;
         case O_LIMIT:
             if (parse_long(name, val, 1, CTL_LIMIT_MAX, &o->limit))
                 return EXIT_USAGE;
@@ -208,8 +260,8 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 /* Refuses options the command does not take. `allowed` is a mask of opt_id bits. */
 static int check_allowed(const struct opts *o, const char *cmd, unsigned long long allowed)
 {
-    allowed |= 1ull << O_SOCKET | 1ull << O_JSON | 1ull << O_HELP | 1ull << O_TIMEOUT |
-               1ull << O_DB;
+    allowed |=
+        1ull << O_SOCKET | 1ull << O_JSON | 1ull << O_HELP | 1ull << O_TIMEOUT | 1ull << O_DB;
     for (int k = 0; k < O_COUNT_; k++)
         if ((o->used & (1ull << k)) && !(allowed & (1ull << k)))
             return usage_error("'%s' takes no option %s", cmd, optdefs[k].name);
@@ -268,42 +320,37 @@ static const struct {
      "usage: gwctl show stats [--json]\n"
      "Uptime, flows by protocol and state, mappings opened/closed/expired/refused by\n"
      "reason, pool use per external IP, traffic, store queue and health, backends.\n"},
-    {"show backends",
-     "usage: gwctl show backends [--json]\n"
-     "One row per server: pool, protocol, balance, name, address, state, weight,\n"
-     "live flows, total flows, connect failures.\n"},
+    {"show backends", "usage: gwctl show backends [--json]\n"
+                      "One row per server: pool, protocol, balance, name, address, state, weight,\n"
+                      "live flows, total flows, connect failures.\n"},
     {"show config", "usage: gwctl show config\nPrints the configuration in force as JSON.\n"},
     {"flush nat",
      "usage: gwctl flush nat [--proto P] [--client IP|CIDR] [--nat-ip IP] [--port N|LO-HI]\n"
      "                       [--backend NAME] [--state S]\n"
      "Closes every live flow that matches (all of them without filters) and prints\n"
      "how many.\n"},
-    {"backend",
-     "usage: gwctl backend drain|enable|disable NAME[/SERVER]\n"
-     "drain: no new flows, live ones stay, checks go on; disable: the same with\n"
-     "checks stopped; enable: back in service. NAME alone acts on every server of\n"
-     "the pool; a server is named by its name (HOST:PORT by default).\n"},
-    {"watch",
-     "usage: gwctl watch [--interval S] [--count N] [--top N]\n"
-     "A live view refreshed every S seconds (default 1): flows, flows/s, refusals,\n"
-     "pool use, traffic, the top N clients by live sessions. On a terminal the\n"
-     "screen is redrawn; otherwise one block per refresh. --count stops after N.\n"},
+    {"backend", "usage: gwctl backend drain|enable|disable NAME[/SERVER]\n"
+                "drain: no new flows, live ones stay, checks go on; disable: the same with\n"
+                "checks stopped; enable: back in service. NAME alone acts on every server of\n"
+                "the pool; a server is named by its name (HOST:PORT by default).\n"},
+    {"watch", "usage: gwctl watch [--interval S] [--count N] [--top N]\n"
+              "A live view refreshed every S seconds (default 1): flows, flows/s, refusals,\n"
+              "pool use, traffic, the top N clients by live sessions. On a terminal the\n"
+              "screen is redrawn; otherwise one block per refresh. --count stops after N.\n"},
     {"events",
      "usage: gwctl events [--event open,close,expire,refuse,health] [--count N] [--json]\n"
      "Follows gwd's events, one line each (JSON lines with --json), until\n"
      "interrupted or N events were printed.\n"},
     {"version", "usage: gwctl version\nPrints gwctl's version and gwd's version and protocol.\n"},
-    {"log",
-     "usage: gwctl --db FILE log [filters] [--event E] [--since TIME] [--until TIME]\n"
-     "                          [--limit N]\n"
-     "Prints the translation log (open, close, expire, refuse) from the store, oldest\n"
-     "first. TIME: 2026-11-27T16:31:25.123Z, '2026-11-27 16:31', 2026-11-27, or\n"
-     "seconds since the epoch.\n"},
-    {"whois",
-     "usage: gwctl --db FILE whois IP:PORT [--proto tcp|udp] [--at TIME]\n"
-     "Who held the NAT endpoint IP:PORT at TIME (default now), from the store's\n"
-     "translation log: the client, its session and when it held it. Exit 1 when\n"
-     "nobody did.\n"},
+    {"log", "usage: gwctl --db FILE log [filters] [--event E] [--since TIME] [--until TIME]\n"
+            "                          [--limit N]\n"
+            "Prints the translation log (open, close, expire, refuse) from the store, oldest\n"
+            "first. TIME: 2026-11-27T16:31:25.123Z, '2026-11-27 16:31', 2026-11-27, or\n"
+            "seconds since the epoch.\n"},
+    {"whois", "usage: gwctl --db FILE whois IP:PORT [--proto tcp|udp] [--at TIME]\n"
+              "Who held the NAT endpoint IP:PORT at TIME (default now), from the store's\n"
+              "translation log: the client, its session and when it held it. Exit 1 when\n"
+              "nobody did.\n"},
 };
 
 static int print_help(const struct opts *o)
@@ -605,10 +652,11 @@ static int cmd_show_nat(struct conn *c, const struct opts *o)
         if (o->limit > 0)
             json_object_set_new(args, "limit", json_integer(o->limit));
         else if (!o->json && sorted)
-            json_object_set_new(args, "limit",
-                                json_integer(o->offset > CTL_SORT_WINDOW_MAX - GWCTL_PAGE
-                                                 ? GWCTL_PAGE
-                                                 : CTL_SORT_WINDOW_MAX - (o->offset > 0 ? o->offset : 0)));
+            json_object_set_new(
+                args, "limit",
+                json_integer(o->offset > CTL_SORT_WINDOW_MAX - GWCTL_PAGE
+                                 ? GWCTL_PAGE
+                                 : CTL_SORT_WINDOW_MAX - (o->offset > 0 ? o->offset : 0)));
         else if (!o->json)
             json_object_set_new(args, "limit", json_integer(GWCTL_PAGE));
         if (o->offset >= 0)
@@ -623,7 +671,8 @@ static int cmd_show_nat(struct conn *c, const struct opts *o)
             size_t i;
             now = now_ms();
             ctl_nat_table_init(&t);
-            json_array_foreach(json_object_get(res, "sessions"), i, s) {
+            json_array_foreach(json_object_get(res, "sessions"), i, s)
+            {
                 struct ctl_session_view v;
                 if (ctl_session_view_from_json(&v, s) == 0 && ctl_nat_table_add(&t, &v, now) == 0)
                     shown++;
@@ -655,7 +704,8 @@ static int cmd_show_nat(struct conn *c, const struct opts *o)
         if (first)
             total = (uint64_t)json_integer_value(json_object_get(res, "total"));
         arr = json_object_get(res, "sessions");
-        json_array_foreach(arr, i, s) {
+        json_array_foreach(arr, i, s)
+        {
             struct ctl_session_view v;
             json_t *id = json_object_get(s, "id");
             if (json_is_integer(id))
@@ -770,8 +820,8 @@ static uint64_t refused_sum(const json_t *st)
     json_t *v;
     uint64_t sum = 0;
 
-    json_object_foreach((json_t *)(uintptr_t)r, k, v)
-        sum += json_is_integer(v) ? (uint64_t)json_integer_value(v) : 0;
+    json_object_foreach((json_t *)(uintptr_t)r, k, v) sum +=
+        json_is_integer(v) ? (uint64_t)json_integer_value(v) : 0;
     return sum;
 }
 
@@ -793,25 +843,28 @@ static int cmd_watch(struct conn *c, const struct opts *o)
         if (!st)
             break;
         if (o->top > 0)
-            top = conn_call(c, "show clients", json_pack("{s:I}", "limit", (json_int_t)o->top),
-                            &rc);
+            top =
+                conn_call(c, "show clients", json_pack("{s:I}", "limit", (json_int_t)o->top), &rc);
         dt = prev ? (double)(t - prev_ms) / 1000.0 : 0;
         if (tty)
             fputs("\033[H\033[2J", stdout);
         printf("gwd %s  %s\n", ctl_time_format(t, when), c->path);
         if (prev && dt > 0) {
-            printf("flows/s   opened %.1f, closed %.1f, expired %.1f, refused %.1f\n",
-                   (double)(jpath(st, "mappings", "opened") - jpath(prev, "mappings", "opened")) / dt,
-                   (double)(jpath(st, "mappings", "closed") - jpath(prev, "mappings", "closed")) / dt,
-                   (double)(jpath(st, "mappings", "expired") - jpath(prev, "mappings", "expired")) /
-                       dt,
-                   (double)(refused_sum(st) - refused_sum(prev)) / dt);
+            printf(
+                "flows/s   opened %.1f, closed %.1f, expired %.1f, refused %.1f\n",
+                (double)(jpath(st, "mappings", "opened") - jpath(prev, "mappings", "opened")) / dt,
+                (double)(jpath(st, "mappings", "closed") - jpath(prev, "mappings", "closed")) / dt,
+                (double)(jpath(st, "mappings", "expired") - jpath(prev, "mappings", "expired")) /
+                    dt,
+                (double)(refused_sum(st) - refused_sum(prev)) / dt);
             printf("traffic/s in %s, out %s\n",
                    ctl_fmt_bytes((uint64_t)((double)(jpath(st, "traffic", "bytes_in") -
-                                                     jpath(prev, "traffic", "bytes_in")) / dt),
+                                                     jpath(prev, "traffic", "bytes_in")) /
+                                            dt),
                                  b1, sizeof(b1)),
                    ctl_fmt_bytes((uint64_t)((double)(jpath(st, "traffic", "bytes_out") -
-                                                     jpath(prev, "traffic", "bytes_out")) / dt),
+                                                     jpath(prev, "traffic", "bytes_out")) /
+                                            dt),
                                  b2, sizeof(b2)));
         } else {
             printf("flows/s   (measuring)\n");
@@ -821,7 +874,8 @@ static int cmd_watch(struct conn *c, const struct opts *o)
             json_t *e;
             size_t i;
             printf("top clients (of %" PRIu64 "):\n", jpath(top, "total", NULL));
-            json_array_foreach(json_object_get(top, "clients"), i, e) {
+            json_array_foreach(json_object_get(top, "clients"), i, e)
+            {
                 printf("  %-40s %8" PRIu64 " sessions  in %s out %s\n",
                        json_string_value(json_object_get(e, "client_ip")),
                        jpath(e, "sessions", NULL),
@@ -862,14 +916,12 @@ static int run_daemon(const struct opts *o)
     if (strcmp(w0, "show") == 0 && strcmp(w1, "nat") == 0 && o->nwords == 2)
         rc = check_allowed(o, "show nat", FILTER_OPTS | B(O_SORT) | B(O_LIMIT) | B(O_OFFSET));
     else if (strcmp(w0, "show") == 0 && o->nwords == 2 &&
-             (strcmp(w1, "stats") == 0 || strcmp(w1, "backends") == 0 ||
-              strcmp(w1, "config") == 0))
+             (strcmp(w1, "stats") == 0 || strcmp(w1, "backends") == 0 || strcmp(w1, "config") == 0))
         rc = check_allowed(o, "show", 0);
     else if (strcmp(w0, "flush") == 0 && strcmp(w1, "nat") == 0 && o->nwords == 2)
         rc = check_allowed(o, "flush nat", FILTER_OPTS);
     else if (strcmp(w0, "backend") == 0 && o->nwords == 3 &&
-             (strcmp(w1, "drain") == 0 || strcmp(w1, "enable") == 0 ||
-              strcmp(w1, "disable") == 0))
+             (strcmp(w1, "drain") == 0 || strcmp(w1, "enable") == 0 || strcmp(w1, "disable") == 0))
         rc = check_allowed(o, "backend", 0);
     else if (strcmp(w0, "watch") == 0 && o->nwords == 1)
         rc = check_allowed(o, "watch", B(O_INTERVAL) | B(O_COUNT) | B(O_TOP));
@@ -919,7 +971,8 @@ static int parse_time_opt(const char *name, const char *s, uint64_t *ms)
     if (ctl_time_parse(s, ms) == 0 || db_time_parse(s, ms) == 0)
         return 0;
     return usage_error("%s: not a time: '%s' (e.g. 2026-11-27T16:31:25Z, 2026-11-27, or "
-                       "seconds since the epoch)", name, s);
+                       "seconds since the epoch)",
+                       name, s);
 }
 
 static int parse_proto(const char *s, uint8_t *out)
@@ -1017,8 +1070,8 @@ static int db_show_nat(struct db_reader *r, const struct opts *o)
     int n;
 
     db_session_query_init(&q);
-    if (db_filters(o, &q.proto, &q.has_client, &q.client, &q.client_plen, &q.has_nat_ip,
-                   &q.nat_ip, &q.nat_port_lo, &q.nat_port_hi))
+    if (db_filters(o, &q.proto, &q.has_client, &q.client, &q.client_plen, &q.has_nat_ip, &q.nat_ip,
+                   &q.nat_port_lo, &q.nat_port_hi))
         return EXIT_USAGE;
     q.backend = o->backend;
     if (o->state && (q.state = nat_state_parse(o->state)) < 0)
@@ -1074,11 +1127,11 @@ static int db_event_cb(void *arg, const struct db_event_row *r)
         json_array_append_new(
             p->arr,
             json_pack("{s:I,s:s,s:s,s:s,s:s,s:i,s:s?,s:i,s:s,s:s,s:i,s:I,s:s?,s:I,s:I}", "id",
-                      (json_int_t)r->id, "time", r->time, "event", r->event, "proto",
-                      r->proto_name, "client_ip", r->client_ip, "client_port", r->client_port,
-                      "nat_ip", r->nat_ip[0] ? r->nat_ip : NULL, "nat_port", r->nat_port,
-                      "backend", r->backend, "backend_ip", r->backend_ip, "backend_port",
-                      r->backend_port, "session_id", (json_int_t)r->session_id, "reason",
+                      (json_int_t)r->id, "time", r->time, "event", r->event, "proto", r->proto_name,
+                      "client_ip", r->client_ip, "client_port", r->client_port, "nat_ip",
+                      r->nat_ip[0] ? r->nat_ip : NULL, "nat_port", r->nat_port, "backend",
+                      r->backend, "backend_ip", r->backend_ip, "backend_port", r->backend_port,
+                      "session_id", (json_int_t)r->session_id, "reason",
                       r->reason[0] ? r->reason : NULL, "bytes_in", (json_int_t)r->bytes_in,
                       "bytes_out", (json_int_t)r->bytes_out));
         return 0;
@@ -1111,8 +1164,8 @@ static int db_log(struct db_reader *r, const struct opts *o)
     int n;
 
     db_event_query_init(&q);
-    if (db_filters(o, &q.proto, &q.has_client, &q.client, &q.client_plen, &q.has_nat_ip,
-                   &q.nat_ip, &q.nat_port_lo, &q.nat_port_hi))
+    if (db_filters(o, &q.proto, &q.has_client, &q.client, &q.client_plen, &q.has_nat_ip, &q.nat_ip,
+                   &q.nat_port_lo, &q.nat_port_hi))
         return EXIT_USAGE;
     q.backend = o->backend;
     q.event = o->event;
@@ -1179,7 +1232,7 @@ static int parse_ip_port(const char *s, struct nat_addr *ip, uint16_t *port)
     return 0;
 }
 
-static const char *const whois_head[] = {"ID",     "PROTO",  "CLIENT", "NAT",
+static const char *const whois_head[] = {"ID",      "PROTO",  "CLIENT", "NAT",
                                          "BACKEND", "OPENED", "CLOSED", "REASON"};
 
 static int db_whois_cmd(struct db_reader *r, const struct opts *o, const char *target)
@@ -1207,8 +1260,8 @@ static int db_whois_cmd(struct db_reader *r, const struct opts *o, const char *t
         json_t *arr = json_array(), *res;
         for (int i = 0; i < n && i < (int)(sizeof(rows) / sizeof(rows[0])); i++)
             json_array_append_new(arr, session_row_json(&rows[i]));
-        res = json_pack("{s:s,s:s,s:i,s:I,s:o}", "at", ctl_time_format(at, when), "nat_ip",
-                        target, "nat_port", port, "total", (json_int_t)n, "sessions", arr);
+        res = json_pack("{s:s,s:s,s:i,s:I,s:o}", "at", ctl_time_format(at, when), "nat_ip", target,
+                        "nat_port", port, "total", (json_int_t)n, "sessions", arr);
         print_json(res, false);
         json_decref(res);
     } else if (n == 0) {
@@ -1225,7 +1278,12 @@ static int db_whois_cmd(struct db_reader *r, const struct opts *o, const char *t
             ctl_fmt_endpoint(w->nat_ip, w->nat_port, nat, sizeof(nat));
             ctl_fmt_endpoint(w->backend_ip, w->backend_port, ep, sizeof(ep));
             snprintf(bend, sizeof(bend), "%s%s%s", w->backend, w->backend[0] ? "/" : "", ep);
-            const char *cells[8] = {id, w->proto_name, client, nat, bend, w->opened_at,
+            const char *cells[8] = {id,
+                                    w->proto_name,
+                                    client,
+                                    nat,
+                                    bend,
+                                    w->opened_at,
                                     w->closed_at[0] ? w->closed_at : "-",
                                     w->close_reason[0] ? w->close_reason : "-"};
             ctl_table_add(&t, cells);
@@ -1256,11 +1314,12 @@ static int run_db(const struct opts *o)
         kind = o->nwords;
     }
     if (strcmp(w0, "nat") == 0 && kind == 1)
-        rc = check_allowed(o, "show nat", FILTER_OPTS | B(O_SORT) | B(O_LIMIT) | B(O_OFFSET) |
-                                           B(O_ALL) | B(O_AT));
+        rc = check_allowed(o, "show nat",
+                           FILTER_OPTS | B(O_SORT) | B(O_LIMIT) | B(O_OFFSET) | B(O_ALL) | B(O_AT));
     else if (strcmp(w0, "log") == 0 && kind == 1)
-        rc = check_allowed(o, "log", FILTER_OPTS | B(O_EVENT) | B(O_SINCE) | B(O_UNTIL) |
-                                      B(O_LIMIT) | B(O_OFFSET));
+        rc = check_allowed(o, "log",
+                           FILTER_OPTS | B(O_EVENT) | B(O_SINCE) | B(O_UNTIL) | B(O_LIMIT) |
+                               B(O_OFFSET));
     else if (strcmp(w0, "whois") == 0 && kind == 2)
         rc = check_allowed(o, "whois", B(O_PROTO) | B(O_AT));
     else if (strcmp(w0, "whois") == 0)

@@ -58,8 +58,7 @@ char *ctl_fmt_endpoint(const char *ip, unsigned port, char *buf, size_t len)
 
 /* ---- tables --------------------------------------------------------------- */
 
-void ctl_table_init(struct ctl_table *t, size_t ncols, const char *const *head,
-                    const bool *right)
+void ctl_table_init(struct ctl_table *t, size_t ncols, const char *const *head, const bool *right)
 {
     memset(t, 0, sizeof(*t));
     t->ncols = ncols;
@@ -125,8 +124,7 @@ void ctl_table_print(const struct ctl_table *t, FILE *out)
         for (size_t c = 0; c < nc; c++) {
             if (c)
                 fputs("  ", out);
-            print_cell(out, t->cells[r * t->ncols + c], w[c], t->right && t->right[c],
-                       c == nc - 1);
+            print_cell(out, t->cells[r * t->ncols + c], w[c], t->right && t->right[c], c == nc - 1);
         }
         fputc('\n', out);
     }
@@ -273,10 +271,11 @@ static void print_states(FILE *out, const char *proto, const json_t *states)
     uint64_t sum = 0;
     bool first = true;
 
-    json_object_foreach((json_t *)(uintptr_t)states, key, v)
-        sum += json_is_integer(v) ? (uint64_t)json_integer_value(v) : 0;
+    json_object_foreach((json_t *)(uintptr_t)states, key, v) sum +=
+        json_is_integer(v) ? (uint64_t)json_integer_value(v) : 0;
     fprintf(out, "%s %" PRIu64 " (", proto, sum);
-    json_object_foreach((json_t *)(uintptr_t)states, key, v) {
+    json_object_foreach((json_t *)(uintptr_t)states, key, v)
+    {
         fprintf(out, "%s%s %" JSON_INTEGER_FORMAT, first ? "" : ", ", key,
                 json_is_integer(v) ? json_integer_value(v) : 0);
         first = false;
@@ -308,15 +307,16 @@ void ctl_print_stats(FILE *out, const json_t *st)
     fputs(", ", out);
     print_states(out, "udp", json_object_get(flows, "udp"));
     fputc('\n', out);
-    json_object_foreach((json_t *)(uintptr_t)ref, key, v)
-        refused += json_is_integer(v) ? (uint64_t)json_integer_value(v) : 0;
-    fprintf(out, "%-10s opened %" PRIu64 ", closed %" PRIu64 ", expired %" PRIu64
-            ", refused %" PRIu64, "mappings", jget(map, "opened"), jget(map, "closed"),
-            jget(map, "expired"), refused);
+    json_object_foreach((json_t *)(uintptr_t)ref, key, v) refused +=
+        json_is_integer(v) ? (uint64_t)json_integer_value(v) : 0;
+    fprintf(out,
+            "%-10s opened %" PRIu64 ", closed %" PRIu64 ", expired %" PRIu64 ", refused %" PRIu64,
+            "mappings", jget(map, "opened"), jget(map, "closed"), jget(map, "expired"), refused);
     if (refused) {
         bool first = true;
         fputs(" (", out);
-        json_object_foreach((json_t *)(uintptr_t)ref, key, v) {
+        json_object_foreach((json_t *)(uintptr_t)ref, key, v)
+        {
             if (json_is_integer(v) && json_integer_value(v) > 0) {
                 fprintf(out, "%s%s %" JSON_INTEGER_FORMAT, first ? "" : ", ", key,
                         json_integer_value(v));
@@ -333,22 +333,25 @@ void ctl_print_stats(FILE *out, const json_t *st)
             jget(pool, "ports_total"));
     print_percent(out, jget(pool, "ports_in_use"), jget(pool, "ports_total"));
     fprintf(out, ", %" PRIu64 " cooling\n", jget(pool, "ports_cooling"));
-    json_array_foreach(json_object_get(pool, "by_ip"), i, e) {
+    json_array_foreach(json_object_get(pool, "by_ip"), i, e)
+    {
         fprintf(out, "%-10s %s: %" PRIu64 " of %" PRIu64, "", jstr(e, "ip") ? jstr(e, "ip") : "?",
                 jget(e, "in_use"), jget(e, "ports"));
         print_percent(out, jget(e, "in_use"), jget(e, "ports"));
         fputc('\n', out);
     }
-    fprintf(out, "%-10s in %s, out %s; udp datagrams in %" PRIu64 ", out %" PRIu64
-            ", dropped %" PRIu64 "\n", "traffic",
-            ctl_fmt_bytes(jget(st, "traffic.bytes_in"), b1, sizeof(b1)),
+    fprintf(out,
+            "%-10s in %s, out %s; udp datagrams in %" PRIu64 ", out %" PRIu64 ", dropped %" PRIu64
+            "\n",
+            "traffic", ctl_fmt_bytes(jget(st, "traffic.bytes_in"), b1, sizeof(b1)),
             ctl_fmt_bytes(jget(st, "traffic.bytes_out"), b2, sizeof(b2)),
             jget(st, "traffic.udp_datagrams_in"), jget(st, "traffic.udp_datagrams_out"),
             jget(st, "traffic.udp_dropped"));
     if (json_is_object(store)) {
         bool degraded = json_is_true(json_object_get(store, "degraded"));
-        fprintf(out, "%-10s queue %" PRIu64 "/%" PRIu64 ", written %" PRIu64 ", dropped %" PRIu64
-                ", %s", "store", jget(store, "queue_depth"), jget(store, "queue_capacity"),
+        fprintf(out,
+                "%-10s queue %" PRIu64 "/%" PRIu64 ", written %" PRIu64 ", dropped %" PRIu64 ", %s",
+                "store", jget(store, "queue_depth"), jget(store, "queue_capacity"),
                 jget(store, "written"), jget(store, "dropped"), degraded ? "DEGRADED" : "ok");
         if (degraded && jstr(store, "last_error"))
             fprintf(out, ": %s", jstr(store, "last_error"));
@@ -356,9 +359,11 @@ void ctl_print_stats(FILE *out, const json_t *st)
     } else {
         fprintf(out, "%-10s none\n", "store");
     }
-    json_array_foreach(json_object_get(st, "backends"), i, e) {
-        fprintf(out, "%-10s %s %s: %" PRIu64 " of %" PRIu64 " servers available, %" PRIu64
-                " flows\n", i ? "" : "backends", jstr(e, "name") ? jstr(e, "name") : "?",
+    json_array_foreach(json_object_get(st, "backends"), i, e)
+    {
+        fprintf(out,
+                "%-10s %s %s: %" PRIu64 " of %" PRIu64 " servers available, %" PRIu64 " flows\n",
+                i ? "" : "backends", jstr(e, "name") ? jstr(e, "name") : "?",
                 jstr(e, "proto") ? jstr(e, "proto") : "?", jget(e, "servers_available"),
                 jget(e, "servers"), jget(e, "flows"));
     }
@@ -366,18 +371,19 @@ void ctl_print_stats(FILE *out, const json_t *st)
     if (json_is_object(v)) {
         uint64_t errs = 0;
         json_t *x;
-        json_object_foreach(json_object_get(v, "errors"), key, x)
-            errs += json_is_integer(x) ? (uint64_t)json_integer_value(x) : 0;
-        fprintf(out, "%-10s %" PRIu64 " clients, %" PRIu64 " subscribers, %" PRIu64
-                " requests, %" PRIu64 " errors\n", "control", jget(v, "clients"),
-                jget(v, "subscribers"), jget(v, "requests"), errs);
+        json_object_foreach(json_object_get(v, "errors"), key, x) errs +=
+            json_is_integer(x) ? (uint64_t)json_integer_value(x) : 0;
+        fprintf(out,
+                "%-10s %" PRIu64 " clients, %" PRIu64 " subscribers, %" PRIu64 " requests, %" PRIu64
+                " errors\n",
+                "control", jget(v, "clients"), jget(v, "subscribers"), jget(v, "requests"), errs);
     }
 }
 
 /* ---- backends ------------------------------------------------------------- */
 
-static const char *const be_head[] = {"BACKEND", "PROTO", "BALANCE", "SERVER", "ADDRESS",
-                                      "STATE",   "WEIGHT", "CONNS",  "TOTAL",  "FAILS"};
+static const char *const be_head[] = {"BACKEND", "PROTO",  "BALANCE", "SERVER", "ADDRESS",
+                                      "STATE",   "WEIGHT", "CONNS",   "TOTAL",  "FAILS"};
 static const bool be_right[] = {false, false, false, false, false, false, true, true, true, true};
 
 void ctl_print_backends(FILE *out, const json_t *result)
@@ -387,12 +393,21 @@ void ctl_print_backends(FILE *out, const json_t *result)
     size_t i, k;
 
     ctl_table_init(&t, 10, be_head, be_right);
-    json_array_foreach(json_object_get(result, "backends"), i, b) {
-        json_array_foreach(json_object_get(b, "servers"), k, s) {
+    json_array_foreach(json_object_get(result, "backends"), i, b)
+    {
+        json_array_foreach(json_object_get(b, "servers"), k, s)
+        {
             char w[24], c[24], tot[24], f[24];
-            const char *cells[10] = {jstr(b, "name"),    jstr(b, "proto"), jstr(b, "balance"),
-                                     jstr(s, "name"),    jstr(s, "address"), jstr(s, "state"),
-                                     w, c, tot, f};
+            const char *cells[10] = {jstr(b, "name"),
+                                     jstr(b, "proto"),
+                                     jstr(b, "balance"),
+                                     jstr(s, "name"),
+                                     jstr(s, "address"),
+                                     jstr(s, "state"),
+                                     w,
+                                     c,
+                                     tot,
+                                     f};
             snprintf(w, sizeof(w), "%" PRIu64, jget(s, "weight"));
             snprintf(c, sizeof(c), "%" PRIu64, jget(s, "conns"));
             snprintf(tot, sizeof(tot), "%" PRIu64, jget(s, "total_conns"));

@@ -29,15 +29,14 @@ char *ctl_fmt_endpoint(const char *ip, unsigned port, char *buf, size_t len);
  */
 struct ctl_table {
     size_t ncols;
-    const char *const *head;  /* borrowed: ncols names */
-    const bool *right;        /* borrowed: ncols flags, or NULL */
-    char **cells;             /* owned: nrows * ncols strings */
+    const char *const *head; /* borrowed: ncols names */
+    const bool *right;       /* borrowed: ncols flags, or NULL */
+    char **cells;            /* owned: nrows * ncols strings */
     size_t nrows, cap;
 };
 
 /* Sets up an empty table. */
-void ctl_table_init(struct ctl_table *t, size_t ncols, const char *const *head,
-                    const bool *right);
+void ctl_table_init(struct ctl_table *t, size_t ncols, const char *const *head, const bool *right);
 /* Adds a row of ncols cells (copied). Returns 0 or -ENOMEM. */
 int ctl_table_add(struct ctl_table *t, const char *const *cells);
 /* Prints the header and rows. */
@@ -52,7 +51,7 @@ struct ctl_session_view {
     unsigned client_port;
     const char *nat_ip;
     unsigned nat_port;
-    const char *backend;      /* pool name ("" when unknown) */
+    const char *backend; /* pool name ("" when unknown) */
     const char *backend_ip;
     unsigned backend_port;
     const char *state;

@@ -14,13 +14,13 @@
 
 #include <ev.h>
 #include <jansson.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
-#include <netinet/in.h>
 
 #include "nat/nat.h"
 
@@ -29,8 +29,8 @@ struct gw_ctx;
 
 /* ---- limits and defaults ------------------------------------------------ */
 
-#define GW_NAME_MAX 64          /* backend and server names, with the NUL */
-#define GW_MAX_BINDS 16         /* -b addresses */
+#define GW_NAME_MAX 64  /* backend and server names, with the NUL */
+#define GW_MAX_BINDS 16 /* -b addresses */
 #define GW_DEFAULT_PORT 80
 #define GW_DEFAULT_BUFFER 65536 /* bytes a flow may hold pending per direction */
 #define GW_DEFAULT_SPLICE_AFTER (1024 * 1024)
@@ -38,11 +38,11 @@ struct gw_ctx;
 #define GW_DEFAULT_CONNECT_TIMEOUT_MS 5000
 #define GW_DEFAULT_DRAIN_TIMEOUT_MS 10000
 #define GW_DEFAULT_BACKLOG 1024
-#define GW_ACCEPT_BATCH 64      /* accepts per readable event */
-#define GW_UDP_BATCH 32         /* datagrams per recvmmsg */
+#define GW_ACCEPT_BATCH 64              /* accepts per readable event */
+#define GW_UDP_BATCH 32                 /* datagrams per recvmmsg */
 #define GW_UDP_RCVBUF (4 * 1024 * 1024) /* receive buffer of the UDP listening sockets */
-#define GW_BUSY_PORT_MS 60000   /* how long a port found busy (EADDRINUSE) stays out */
-#define GW_EXPIRE_BUDGET 4096   /* nat_expire work per tick */
+#define GW_BUSY_PORT_MS 60000           /* how long a port found busy (EADDRINUSE) stays out */
+#define GW_EXPIRE_BUDGET 4096           /* nat_expire work per tick */
 
 /* ---- configuration (gw_config.c) ---------------------------------------- */
 
@@ -61,29 +61,29 @@ struct gw_sockaddr {
 struct gw_server_conf {
     char name[GW_NAME_MAX]; /* "HOST:PORT" unless named */
     struct gw_sockaddr addr;
-    unsigned weight;        /* 1..256, default 1 */
-    unsigned max_conns;     /* 0 = no limit */
+    unsigned weight;    /* 1..256, default 1 */
+    unsigned max_conns; /* 0 = no limit */
 };
 
 struct gw_health_conf {
-    bool enabled;           /* default true for TCP; UDP only with `send` */
-    uint32_t interval_ms;   /* default 2000 */
-    uint32_t timeout_ms;    /* default 1000 */
-    unsigned rise, fall;    /* successes to go up, failures to go down: 2, 3 */
-    char *send;             /* owned; UDP request payload, or NULL */
+    bool enabled;         /* default true for TCP; UDP only with `send` */
+    uint32_t interval_ms; /* default 2000 */
+    uint32_t timeout_ms;  /* default 1000 */
+    unsigned rise, fall;  /* successes to go up, failures to go down: 2, 3 */
+    char *send;           /* owned; UDP request payload, or NULL */
     size_t send_len;
-    char *expect;           /* owned; UDP reply must start with this, or NULL = any */
+    char *expect; /* owned; UDP reply must start with this, or NULL = any */
     size_t expect_len;
 };
 
 struct gw_backend_conf {
     char name[GW_NAME_MAX];
-    uint8_t proto;              /* NAT_PROTO_TCP or NAT_PROTO_UDP */
+    uint8_t proto; /* NAT_PROTO_TCP or NAT_PROTO_UDP */
     enum gw_balance balance;
     struct gw_server_conf *servers; /* owned */
     size_t n_servers;
     struct gw_health_conf health;
-    uint8_t proxy_protocol;     /* 0 = off, 1 = v1 text, 2 = v2 binary (TCP only) */
+    uint8_t proxy_protocol; /* 0 = off, 1 = v1 text, 2 = v2 binary (TCP only) */
     uint32_t connect_timeout_ms;
 };
 
@@ -91,7 +91,7 @@ struct gw_backend_conf {
  * matcher (HTTP Host, TLS SNI, SSH...) becomes another field of `match`. */
 struct gw_route_conf {
     struct {
-        uint8_t proto;          /* 0 = any */
+        uint8_t proto; /* 0 = any */
     } match;
     char backend[GW_NAME_MAX];
 };
@@ -101,15 +101,15 @@ struct gw_config {
     uint16_t port;
     struct gw_sockaddr binds[GW_MAX_BINDS];
     size_t n_binds;
-    bool binds_default;         /* no -b / listen.bind: 0.0.0.0 and ::, v6 optional */
+    bool binds_default; /* no -b / listen.bind: 0.0.0.0 and ::, v6 optional */
     int backlog;
 
     struct nat_config nat;
-    bool nat_ips_set;           /* false: derived from the backends at validation */
+    bool nat_ips_set; /* false: derived from the backends at validation */
 
     struct gw_backend_conf *backends; /* owned */
     size_t n_backends;
-    struct gw_route_conf *routes;     /* owned */
+    struct gw_route_conf *routes; /* owned */
     size_t n_routes;
 
     uint32_t connect_timeout_ms; /* default for pools that set none */
@@ -118,12 +118,12 @@ struct gw_config {
     uint64_t splice_after;       /* bytes a direction moves before it goes by splice; 0 = never */
     uint32_t max_flows;          /* live flows (TCP + UDP); 0 = no limit */
 
-    char *db_path;      /* owned; NULL = none ("none"), ":memory:" or a file */
+    char *db_path;        /* owned; NULL = none ("none"), ":memory:" or a file */
     bool db_path_default; /* db_path is the default: its folders are made at start */
-    char *control_path; /* owned; NULL = the default rule (gw_default_socket_path) */
-    char *user;         /* owned; NULL = keep the current user */
-    int log_level;      /* enum gw_log_level */
-    char *file;         /* owned; the -c file, for SIGHUP; NULL when none */
+    char *control_path;   /* owned; NULL = the default rule (gw_default_socket_path) */
+    char *user;           /* owned; NULL = keep the current user */
+    int log_level;        /* enum gw_log_level */
+    char *file;           /* owned; the -c file, for SIGHUP; NULL when none */
 };
 
 /*
@@ -222,22 +222,22 @@ char *gw_time_format(uint64_t ms, char *buf, size_t len);
 /* ---- events for subscribers (gw_nat.c) ---------------------------------- */
 
 enum gw_event_type {
-    GW_EV_NAT = 0,     /* a libnat event: open, close, expire, refuse */
-    GW_EV_BACKEND,     /* a server changed health or admin state */
+    GW_EV_NAT = 0, /* a libnat event: open, close, expire, refuse */
+    GW_EV_BACKEND, /* a server changed health or admin state */
 };
 
 struct gw_server;
 
 struct gw_event {
     enum gw_event_type type;
-    uint64_t time;                  /* ms */
+    uint64_t time; /* ms */
     /* GW_EV_NAT */
-    const struct nat_event *nat;    /* borrowed for the call */
-    const char *backend;            /* pool name of nat->s.backend, or "" */
+    const struct nat_event *nat; /* borrowed for the call */
+    const char *backend;         /* pool name of nat->s.backend, or "" */
     /* GW_EV_BACKEND */
-    const struct gw_server *server; /* borrowed for the call */
+    const struct gw_server *server;    /* borrowed for the call */
     const char *old_state, *new_state; /* gw_server_state_name() */
-    const char *why;                /* "health check", "drain", "enable", ... */
+    const char *why;                   /* "health check", "drain", "enable", ... */
 };
 
 /* A subscriber. Called synchronously on the loop; must not close sessions or
@@ -260,14 +260,14 @@ void gw_publish(struct gw_ctx *ctx, const struct gw_event *ev);
 /* ---- backends (gw_backend.c) -------------------------------------------- */
 
 enum gw_server_health {
-    GW_HEALTH_UP = 0,   /* also the start state: trusted until checks say otherwise */
+    GW_HEALTH_UP = 0, /* also the start state: trusted until checks say otherwise */
     GW_HEALTH_DOWN,
 };
 
 enum gw_server_admin {
     GW_ADMIN_ENABLED = 0,
-    GW_ADMIN_DRAINING,  /* no new flows; live ones stay; checks go on */
-    GW_ADMIN_DISABLED,  /* no new flows; live ones stay; checks stopped */
+    GW_ADMIN_DRAINING, /* no new flows; live ones stay; checks go on */
+    GW_ADMIN_DISABLED, /* no new flows; live ones stay; checks stopped */
 };
 
 enum gw_check_state {
@@ -280,23 +280,23 @@ struct gw_backend;
 /* One server of a pool, with its health check. Survives a reload when the
  * new config has the same pool name and address (flows keep pointing at it). */
 struct gw_server {
-    struct gw_ctx *ctx;             /* borrowed */
-    struct gw_backend *backend;     /* borrowed; NULL once retired by a reload */
+    struct gw_ctx *ctx;         /* borrowed */
+    struct gw_backend *backend; /* borrowed; NULL once retired by a reload */
     struct gw_server_conf conf;
     enum gw_server_health health;
     enum gw_server_admin admin;
     unsigned rise_count, fall_count;
-    uint32_t conns;                 /* live flows on this server */
+    uint32_t conns; /* live flows on this server */
     uint64_t total_conns, connect_failures;
-    int smooth_current;             /* smooth weighted round robin state */
+    int smooth_current; /* smooth weighted round robin state */
     /* health check */
     enum gw_check_state check_state;
     int check_fd;
     ev_io check_io;
-    ev_timer check_timer;           /* interval, then per-check timeout */
+    ev_timer check_timer; /* interval, then per-check timeout */
     uint64_t last_check_ms;
     char last_check_error[64];
-    TAILQ_ENTRY(gw_server) link;    /* in backend->servers, or ctx->retired */
+    TAILQ_ENTRY(gw_server) link; /* in backend->servers, or ctx->retired */
 };
 
 TAILQ_HEAD(gw_server_list, gw_server);
@@ -304,13 +304,13 @@ TAILQ_HEAD(gw_server_list, gw_server);
 /* A named pool of servers, rebuilt from the config at start and on SIGHUP. */
 struct gw_backend {
     char name[GW_NAME_MAX];
-    uint32_t tag;                   /* stable id of the name: nat_session.backend */
+    uint32_t tag; /* stable id of the name: nat_session.backend */
     uint8_t proto;
-    struct gw_backend_conf conf;    /* copy; servers/health strings borrowed from ctx->cfg */
+    struct gw_backend_conf conf; /* copy; servers/health strings borrowed from ctx->cfg */
     struct gw_server_list servers;
     size_t n_servers;
-    uint32_t rr_next;               /* hint for round robin */
-    uint64_t no_server;             /* flows refused: no server available */
+    uint32_t rr_next;   /* hint for round robin */
+    uint64_t no_server; /* flows refused: no server available */
     TAILQ_ENTRY(gw_backend) link;
 };
 
@@ -383,9 +383,9 @@ struct gw_backend *gw_route_pick(struct gw_ctx *ctx, const struct gw_route_input
 /* ---- listeners (gw_listen.c) --------------------------------------------- */
 
 struct gw_listener {
-    struct gw_ctx *ctx;     /* borrowed */
+    struct gw_ctx *ctx;      /* borrowed */
     struct gw_sockaddr addr; /* bound address (port filled in) */
-    int tcp_fd, udp_fd;     /* -1 when closed */
+    int tcp_fd, udp_fd;      /* -1 when closed */
     ev_io tcp_io, udp_io;
 };
 
@@ -444,42 +444,42 @@ struct gw_pipe {
  * and local address it wrote to.
  */
 struct gw_flow {
-    struct gw_ctx *ctx;             /* borrowed */
-    struct nat_session *sess;       /* borrowed from the table; NULL once closed there */
-    struct gw_server *server;       /* acquired (gw_server_acquire); its pool: server->backend */
-    uint32_t backend_tag;           /* the pool's tag (nat_session.backend) */
+    struct gw_ctx *ctx;       /* borrowed */
+    struct nat_session *sess; /* borrowed from the table; NULL once closed there */
+    struct gw_server *server; /* acquired (gw_server_acquire); its pool: server->backend */
+    uint32_t backend_tag;     /* the pool's tag (nat_session.backend) */
     uint8_t proto;
-    uint8_t state;                  /* enum gw_flow_state */
-    uint8_t attempts;               /* servers tried */
-    uint8_t flags;                  /* GW_FLOW_F_* */
-    LIST_ENTRY(gw_flow) link;       /* ctx->flows */
-    struct nat_endpoint client;     /* the client's address and port */
+    uint8_t state;              /* enum gw_flow_state */
+    uint8_t attempts;           /* servers tried */
+    uint8_t flags;              /* GW_FLOW_F_* */
+    LIST_ENTRY(gw_flow) link;   /* ctx->flows */
+    struct nat_endpoint client; /* the client's address and port */
     union {
         struct {
-            int fd[2];              /* [GW_SIDE_CLIENT], [GW_SIDE_BACKEND] */
+            int fd[2]; /* [GW_SIDE_CLIENT], [GW_SIDE_BACKEND] */
             ev_io io[2];
-            ev_timer timer;         /* connect timeout */
-            struct gw_buf *pend[2]; /* owned; bytes waiting to be written to side i */
+            ev_timer timer;          /* connect timeout */
+            struct gw_buf *pend[2];  /* owned; bytes waiting to be written to side i */
             struct gw_pipe *pipe[2]; /* owned; bulk: bytes toward side i go by splice */
         } tcp;
         struct {
-            int fd;                 /* upstream socket */
+            int fd; /* upstream socket */
             ev_io io;
             struct gw_listener *listener; /* borrowed: where replies go out */
             struct gw_sockaddr local;     /* the address the client wrote to */
             int ifindex;
-            struct gw_flow *hnext;  /* ctx->udp_hash chain */
+            struct gw_flow *hnext; /* ctx->udp_hash chain */
         } udp;
     } u;
 };
 
-#define GW_FLOW_F_EOF_CLIENT 0x01  /* client sent FIN */
-#define GW_FLOW_F_EOF_BACKEND 0x02 /* backend sent FIN */
-#define GW_FLOW_F_SHUT_CLIENT 0x04 /* FIN forwarded to the client */
-#define GW_FLOW_F_SHUT_BACKEND 0x08 /* FIN forwarded to the backend */
+#define GW_FLOW_F_EOF_CLIENT 0x01        /* client sent FIN */
+#define GW_FLOW_F_EOF_BACKEND 0x02       /* backend sent FIN */
+#define GW_FLOW_F_SHUT_CLIENT 0x04       /* FIN forwarded to the client */
+#define GW_FLOW_F_SHUT_BACKEND 0x08      /* FIN forwarded to the backend */
 #define GW_FLOW_F_FIRST_FIN_BACKEND 0x10 /* the backend sent the first FIN */
-#define GW_FLOW_F_ESTABLISHED 0x20 /* UDP: a reply was seen */
-#define GW_FLOW_F_NO_SPLICE 0x40   /* TCP: a pipe could not be had, copy only */
+#define GW_FLOW_F_ESTABLISHED 0x20       /* UDP: a reply was seen */
+#define GW_FLOW_F_NO_SPLICE 0x40         /* TCP: a pipe could not be had, copy only */
 
 LIST_HEAD(gw_flow_list, gw_flow);
 
@@ -534,75 +534,75 @@ void gw_nat_check_port_range(const struct nat_config *nat);
 
 struct gw_counters {
     uint64_t tcp_accepted;
-    uint64_t tcp_live;              /* live TCP flows */
-    uint64_t udp_flows;             /* UDP mappings created */
+    uint64_t tcp_live;  /* live TCP flows */
+    uint64_t udp_flows; /* UDP mappings created */
     uint64_t udp_live;
-    uint64_t udp_datagrams_in;      /* client -> backend */
-    uint64_t udp_datagrams_out;     /* backend -> client */
-    uint64_t udp_dropped;           /* could not be forwarded */
-    uint64_t bytes_in, bytes_out;   /* relayed, both protocols */
+    uint64_t udp_datagrams_in;           /* client -> backend */
+    uint64_t udp_datagrams_out;          /* backend -> client */
+    uint64_t udp_dropped;                /* could not be forwarded */
+    uint64_t bytes_in, bytes_out;        /* relayed, both protocols */
     uint64_t refused_nat[NAT_ERR_COUNT]; /* no mapping, by nat_err */
     uint64_t refused_no_route;
     uint64_t refused_no_server;
     uint64_t refused_max_flows;
     uint64_t refused_draining;
-    uint64_t bind_busy;             /* EADDRINUSE on bind: port repicked */
-    uint64_t connect_addrnotavail;  /* EADDRNOTAVAIL on connect: port repicked */
-    uint64_t connect_failed;        /* a server refused or errored */
+    uint64_t bind_busy;            /* EADDRINUSE on bind: port repicked */
+    uint64_t connect_addrnotavail; /* EADDRNOTAVAIL on connect: port repicked */
+    uint64_t connect_failed;       /* a server refused or errored */
     uint64_t connect_timeout;
-    uint64_t failovers;             /* next server tried after a failure */
+    uint64_t failovers; /* next server tried after a failure */
     uint64_t accept_errors;
-    uint64_t accept_paused;         /* EMFILE/ENFILE pauses */
+    uint64_t accept_paused; /* EMFILE/ENFILE pauses */
     uint64_t reloads, reload_failures;
-    uint64_t closed_by_reason_rst;  /* flows ended by a reset */
-    uint64_t spliced;               /* TCP directions moved to splice(2) (bulk) */
+    uint64_t closed_by_reason_rst; /* flows ended by a reset */
+    uint64_t spliced;              /* TCP directions moved to splice(2) (bulk) */
 };
 
 /* Log rate limits of the data path (one message a second each). */
 struct gw_ratelimits {
-    struct gw_ratelimit refused;    /* flows refused (no mapping, no server) */
-    struct gw_ratelimit sockets;    /* socket/bind errors toward backends */
-    struct gw_ratelimit accept;     /* accept errors and pauses */
+    struct gw_ratelimit refused; /* flows refused (no mapping, no server) */
+    struct gw_ratelimit sockets; /* socket/bind errors toward backends */
+    struct gw_ratelimit accept;  /* accept errors and pauses */
 };
 
 /* ---- the context --------------------------------------------------------- */
 
 struct gw_ctx {
-    struct ev_loop *loop;           /* borrowed */
-    struct gw_config *cfg;          /* owned; replaced by a reload */
-    struct gw_cli cli;              /* the flags, reapplied on reload */
-    struct nat_table *nat;          /* owned */
-    struct db *db;                  /* owned; NULL when no store */
-    struct gw_listener *listeners;  /* owned array */
+    struct ev_loop *loop;          /* borrowed */
+    struct gw_config *cfg;         /* owned; replaced by a reload */
+    struct gw_cli cli;             /* the flags, reapplied on reload */
+    struct nat_table *nat;         /* owned */
+    struct db *db;                 /* owned; NULL when no store */
+    struct gw_listener *listeners; /* owned array */
     size_t n_listeners;
-    uint16_t port;                  /* bound port */
+    uint16_t port; /* bound port */
     struct gw_backend_list backends;
-    struct gw_server_list retired;  /* servers removed by a reload, still with flows */
-    char **tag_names;               /* owned; pool names by tag */
+    struct gw_server_list retired; /* servers removed by a reload, still with flows */
+    char **tag_names;              /* owned; pool names by tag */
     uint32_t n_tags;
     struct gw_flow_list flows;
-    struct gw_flow **udp_hash;      /* owned; client endpoint -> UDP flow */
+    struct gw_flow **udp_hash; /* owned; client endpoint -> UDP flow */
     size_t udp_hash_size, udp_hash_count;
     LIST_HEAD(, gw_subscriber) subscribers;
     struct gw_counters counters;
     struct gw_ratelimits rl;
-    uint64_t start_ms;              /* wall clock at start */
-    char *scratch;                  /* owned; relay read buffer */
+    uint64_t start_ms; /* wall clock at start */
+    char *scratch;     /* owned; relay read buffer */
     size_t scratch_size;
     struct gw_udp_batch *udp_batch; /* owned by gw_udp.c: recvmmsg/sendmmsg arrays */
     uint64_t db_update_mark;        /* last periodic db_submit_update pass (ms) */
     ev_timer db_timer;              /* store status poll and periodic updates */
     ev_timer expire_timer;
-    ev_timer accept_timer;          /* resumes accepting after EMFILE */
+    ev_timer accept_timer; /* resumes accepting after EMFILE */
     bool accept_paused;
     ev_timer drain_timer;
     ev_signal sig_term, sig_int, sig_hup;
-    bool stopping;                  /* SIGTERM seen: draining */
+    bool stopping; /* SIGTERM seen: draining */
     int exit_code;
-    void *control;                  /* owned by gw_control.c */
+    void *control; /* owned by gw_control.c */
 };
 
-/* ---- the daemon (gw_main.c / gw_daemon.c) ------------------------------- */
+/* ---- the daemon's life cycle (gw_daemon.c) ------------------------------- */
 
 /*
  * Reloads the configuration (SIGHUP): re-reads the file and the flags; when
@@ -614,7 +614,10 @@ int gw_reload(struct gw_ctx *ctx);
 /* Starts the graceful stop (SIGTERM): stop accepting, drain, then break the loop. */
 void gw_shutdown(struct gw_ctx *ctx);
 
-/* Flows live now (TCP + UDP). */
+/* Closes every live flow of `proto` (0 = all, else NAT_PROTO_*) with `reason`. */
+void gw_flows_close_all(struct gw_ctx *ctx, int proto, const char *reason);
+
+/* Flows live now (TCP + UDP; gw_flow.c). */
 uint64_t gw_flows_live(const struct gw_ctx *ctx);
 
 /* ---- control socket (gw_control.c, by the control engineer) ------------- */

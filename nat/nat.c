@@ -162,6 +162,17 @@ static inline struct nat_sess *sess(const struct nat_table *t, uint32_t slot)
     return &t->chunks[slot >> CHUNK_SHIFT][slot & (CHUNK_SLOTS - 1)];
 }
 
+/* Starts loading the cache line at p. An asm statement on x86: gcc 12
+ * silently drops __builtin_prefetch of a session in the pipelined loops. */
+static inline void prefetch_line(const void *p)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __asm__ volatile("prefetcht0 %0" : : "m"(*(const char *)p));
+#else
+    __builtin_prefetch(p);
+#endif
+}
+
 static inline struct nat_sess *sess_of(struct nat_session *s)
 {
     return (struct nat_sess *)s;
@@ -1244,7 +1255,7 @@ struct nat_session *nat_lookup_outside(const struct nat_table *t, uint8_t proto,
 static inline void prefetch_slot(const struct nat_table *t, uint32_t slot)
 {
     if (slot != NH_NONE)
-        __builtin_prefetch(sess(t, slot));
+        prefetch_line(sess(t, slot));
 }
 
 size_t nat_lookup_inside_many(const struct nat_table *t, const struct nat_key *keys, size_t n,
@@ -1406,7 +1417,7 @@ static void session_end(struct nat_table *t, struct nat_sess *is, uint64_t now,
         nh_prefetch(&t->by_mapping, hm);
     }
     if (is->lru_next != NIL)
-        __builtin_prefetch(sess(t, is->lru_next));
+        prefetch_line(sess(t, is->lru_next));
     nh_delete(&t->by_inside, hin, is->self);
     nh_delete(&t->by_outside, hout, is->self);
     if (map_leave(t, is, hm))

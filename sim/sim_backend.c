@@ -23,11 +23,11 @@
 #include "sim/sim_util.h"
 
 #define BE_NAME_MAX 64
-#define BE_INBUF 16384         /* HTTP head limit and probe buffer */
-#define BE_OUT_HIGH (1 << 20)  /* stop reading above this many queued bytes */
-#define BE_PROBE_MS 100.0      /* how long to wait for first bytes before the hello */
+#define BE_INBUF 16384        /* HTTP head limit and probe buffer */
+#define BE_OUT_HIGH (1 << 20) /* stop reading above this many queued bytes */
+#define BE_PROBE_MS 100.0     /* how long to wait for first bytes before the hello */
 #define BE_UDP_MAX 65507
-#define BE_UDP_QUEUE 4096      /* delayed datagrams held at most */
+#define BE_UDP_QUEUE 4096 /* delayed datagrams held at most */
 #define BE_HTTP_BODY_MAX (1 << 20)
 
 enum be_state {
@@ -75,7 +75,7 @@ struct be_conn {
     size_t out_len, out_cap;
     struct be_chunk *pend_head, *pend_tail; /* owned: delayed output */
     size_t pend_bytes;
-    uint64_t rx_total; /* bytes received from the client */
+    uint64_t rx_total;  /* bytes received from the client */
     uint64_t body_left; /* HTTP body bytes still to skip */
     bool http_close;    /* close after the current HTTP response */
     bool eof;           /* client sent FIN */
@@ -102,8 +102,8 @@ struct be_ctx {
     struct be_udp_item udpq[BE_UDP_QUEUE];
     size_t udpq_head, udpq_len;
     /* counters, printed at exit */
-    uint64_t accepted, refused_max, http_requests, echo_bytes, datagrams, udp_dropped,
-        resets, early_closes;
+    uint64_t accepted, refused_max, http_requests, echo_bytes, datagrams, udp_dropped, resets,
+        early_closes;
 };
 
 static void be_conn_close(struct be_conn *c, bool reset);
@@ -352,8 +352,8 @@ static void be_delay_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* ---- protocol ----------------------------------------------------------------- */
 
-static const char *const be_methods[] = {"GET ",    "POST ",  "HEAD ",  "PUT ",     "DELETE ",
-                                          "OPTIONS ", "PATCH ", "TRACE ", "CONNECT ", NULL};
+static const char *const be_methods[] = {"GET ",     "POST ",  "HEAD ",  "PUT ",     "DELETE ",
+                                         "OPTIONS ", "PATCH ", "TRACE ", "CONNECT ", NULL};
 
 /* 1: looks like HTTP; 0: cannot be; -1: a prefix of a method, need more. */
 static int be_http_probe(const char *p, size_t n)
@@ -424,8 +424,9 @@ static int be_http_respond(struct be_conn *c, int status, const char *method, si
                            const char *path, size_t plen, bool head)
 {
     char m[64], pth[2048], body[2400], resp[2800];
-    const char *reason = status == 200 ? "OK" : status == 431 ? "Request Header Fields Too Large"
-                                                              : "Bad Request";
+    const char *reason = status == 200   ? "OK"
+                         : status == 431 ? "Request Header Fields Too Large"
+                                         : "Bad Request";
     int bl, rl;
 
     be_json_str(m, sizeof(m), method, mlen);
@@ -435,8 +436,8 @@ static int be_http_respond(struct be_conn *c, int status, const char *method, si
                       "{\"backend\":\"%s\",\"peer\":\"%s\",\"method\":\"%s\",\"path\":\"%s\"}\n",
                       c->ctx->o.name, c->peer, m, pth);
     else
-        bl = snprintf(body, sizeof(body), "{\"backend\":\"%s\",\"error\":\"%s\"}\n",
-                      c->ctx->o.name, reason);
+        bl = snprintf(body, sizeof(body), "{\"backend\":\"%s\",\"error\":\"%s\"}\n", c->ctx->o.name,
+                      reason);
     rl = snprintf(resp, sizeof(resp),
                   "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
                   "Connection: %s\r\n\r\n%s",
@@ -540,9 +541,8 @@ static int be_http_process(struct be_conn *c)
             return -1;
         }
         c->http_close = close_hdr || (http10 && !keep);
-        if (be_http_respond(c, 200, c->in, (size_t)(sp1 - c->in), sp1 + 1,
-                            (size_t)(sp2 - sp1 - 1), (size_t)(sp1 - c->in) == 4 &&
-                                                         memcmp(c->in, "HEAD", 4) == 0) < 0) {
+        if (be_http_respond(c, 200, c->in, (size_t)(sp1 - c->in), sp1 + 1, (size_t)(sp2 - sp1 - 1),
+                            (size_t)(sp1 - c->in) == 4 && memcmp(c->in, "HEAD", 4) == 0) < 0) {
             c->state = BE_DRAINING; /* out of memory: stop here */
             return -1;
         }

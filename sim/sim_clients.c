@@ -58,8 +58,8 @@ const char *sim_flow_result_name(enum sim_flow_result r)
 /* ---- a set of strings (distinct tuples, NAT ports) -------------------------- */
 
 struct strset {
-    char **keys;  /* owned */
-    char **vals;  /* owned: the first backend that used the key (nat set only) */
+    char **keys; /* owned */
+    char **vals; /* owned: the first backend that used the key (nat set only) */
     uint8_t *flag;
     size_t n, cap;
 };
@@ -137,9 +137,9 @@ static void strset_free(struct strset *s)
 
 enum flow_state {
     FS_CONNECTING = 0,
-    FS_HELLO,    /* TCP: reading the hello line (request 0 already sent) */
-    FS_ECHO,     /* reading the echo of the current request */
-    FS_CHECK,    /* first reply in: waiting for the batched NAT-table check */
+    FS_HELLO, /* TCP: reading the hello line (request 0 already sent) */
+    FS_ECHO,  /* reading the echo of the current request */
+    FS_CHECK, /* first reply in: waiting for the batched NAT-table check */
     FS_HOLD,
 };
 
@@ -164,9 +164,12 @@ struct flow {
     unsigned char *expect; /* owned: the current request's bytes */
     size_t sent, got;
     double t_req;
-    bool checked;          /* NAT check done */
+    bool checked; /* NAT check done */
     int err;
-    size_t live_idx;       /* position in ctx->live */
+    size_t live_idx;     /* position in ctx->live */
+    uint64_t tries;      /* UDP: resends of the current request */
+    unsigned char *prev; /* owned: UDP: the previous request, to spot late duplicates */
+    bool have_prev;
 };
 
 struct cl_ctx {
@@ -175,12 +178,13 @@ struct cl_ctx {
     struct sim_ctl ctl;
     bool have_ctl;
     ev_timer start_w, progress_w, deadline_w;
-    ev_timer check_w;        /* runs the batched NAT checks on the next loop turn */
-    struct flow **pending;   /* owned array; flows borrowed: waiting in FS_CHECK */
+    ev_timer check_w;      /* runs the batched NAT checks on the next loop turn */
+    struct flow **pending; /* owned array; flows borrowed: waiting in FS_CHECK */
     size_t n_pending, cap_pending;
     uint64_t total, started, done, active;
     uint64_t results[SIM_FLOW_RESULT_COUNT];
     uint64_t tcp_ok, udp_ok;
+    uint64_t udp_resent, udp_duplicates;
     uint16_t *seq_port; /* owned: per source IP */
     struct sim_rng rng;
     struct strset tuples, nat_ports, client_ips, backends;
@@ -240,8 +244,8 @@ static enum sim_flow_result nat_compare(struct flow *f, const char *nat_ip, unsi
         snprintf(want, sizeof(want), "%s:%u", nat_ip, nat_port);
     if (strcmp(want, f->peer) != 0) {
         if (!f->ctx->o->quiet)
-            fprintf(stderr, "gwsim clients: flow %s: backend saw %s, gwd's table says %s\n",
-                    f->src, f->peer, want);
+            fprintf(stderr, "gwsim clients: flow %s: backend saw %s, gwd's table says %s\n", f->src,
+                    f->peer, want);
         return SIM_FLOW_NAT_MISMATCH;
     }
     return SIM_FLOW_OK;
@@ -370,6 +374,16 @@ static void arm_timer(struct flow *f, double ms)
     ev_timer_start(f->ctx->loop, &f->tm);
 }
 
+/* How long to wait for the current step: UDP requests wait one attempt's share. */
+static double step_timeout(const struct flow *f)
+{
+    const struct sim_clients_opts *o = f->ctx->o;
+
+    if (f->proto == 17 && f->state == FS_ECHO)
+        return o->io_timeout_ms / (double)(o->udp_retries + 1);
+    return o->io_timeout_ms;
+}
+
 static void flow_note_peer(struct flow *f)
 {
     struct cl_ctx *ctx = f->ctx;
@@ -434,6 +448,7 @@ static void flow_finish(struct flow *f, enum sim_flow_result r)
         ctx->live[f->live_idx]->live_idx = f->live_idx;
     }
     free(f->expect);
+    free(f->prev);
     free(f);
     ctx->active--;
     ctx->done++;
@@ -448,6 +463,7 @@ static int send_request(struct flow *f)
     if (f->sent == 0 && f->got == 0) {
         fill_payload(f->expect, o->size, f->index, f->req);
         f->t_req = sim_now_ms();
+        f->tries = 0;
     }
     if (f->proto == 17) {
         if (send(f->fd, f->expect, o->size, 0) < 0)
@@ -502,7 +518,7 @@ static int request_next(struct flow *f)
         return -1;
     }
     f->state = FS_ECHO;
-    arm_timer(f, ctx->o->io_timeout_ms);
+    arm_timer(f, step_timeout(f));
     return send_request(f);
 }
 
@@ -515,6 +531,10 @@ static int request_done(struct flow *f)
 
     record_latency(ctx, sim_now_ms() - f->t_req);
     ctx->bytes += 2 * ctx->o->size;
+    if (f->prev != NULL) {
+        memcpy(f->prev, f->expect, ctx->o->size);
+        f->have_prev = true;
+    }
     if (!f->checked && ctx->have_ctl) {
         if (ctx->n_pending == ctx->cap_pending) {
             size_t nc = ctx->cap_pending ? ctx->cap_pending * 2 : 64;
@@ -661,9 +681,14 @@ static int on_udp_readable(struct flow *f)
             return -1;
         return errno == ECONNREFUSED ? SIM_FLOW_CONNECT_REFUSED : SIM_FLOW_SOCKET_ERROR;
     }
+    nl = memchr(buf, '\n', (size_t)n < HELLO_MAX ? (size_t)n : HELLO_MAX);
+    if (nl != NULL && f->have_prev && (size_t)n - (size_t)(nl - buf) - 1 == o->size &&
+        memcmp(nl + 1, f->prev, o->size) == 0) {
+        f->ctx->udp_duplicates++; /* the late answer to a request we resent */
+        return -1;
+    }
     if (f->state == FS_HOLD)
         return SIM_FLOW_REPLY_MISMATCH;
-    nl = memchr(buf, '\n', (size_t)n < HELLO_MAX ? (size_t)n : HELLO_MAX);
     if (nl == NULL)
         return SIM_FLOW_BAD_HELLO;
     hl = (size_t)(nl - buf);
@@ -718,6 +743,16 @@ static void flow_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
     (void)loop;
     (void)revents;
+    if (f->proto == 17 && f->state == FS_ECHO && f->tries < f->ctx->o->udp_retries) {
+        f->tries++;
+        f->ctx->udp_resent++;
+        if (send(f->fd, f->expect, f->ctx->o->size, 0) < 0 && errno == ECONNREFUSED) {
+            flow_finish(f, SIM_FLOW_CONNECT_REFUSED);
+            return;
+        }
+        arm_timer(f, step_timeout(f));
+        return;
+    }
     if (f->state == FS_HOLD)
         flow_finish(f, SIM_FLOW_OK);
     else
@@ -809,9 +844,8 @@ static void flow_start(struct cl_ctx *ctx, uint64_t index)
             ctx->oom = 1;
     }
     sim_parse_ip(o->src_ips[ipi], 0, &ss, &sl);
-    f->fd = socket(ss.ss_family, (f->proto == 6 ? SOCK_STREAM : SOCK_DGRAM) | SOCK_NONBLOCK |
-                                     SOCK_CLOEXEC,
-                   0);
+    f->fd = socket(ss.ss_family,
+                   (f->proto == 6 ? SOCK_STREAM : SOCK_DGRAM) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (f->fd < 0) {
         f->err = errno;
         flow_finish(f, SIM_FLOW_SOCKET_ERROR);
@@ -851,7 +885,11 @@ static void flow_start(struct cl_ctx *ctx, uint64_t index)
         return;
     }
     f->state = FS_ECHO;
-    arm_timer(f, o->io_timeout_ms);
+    if (o->udp_retries > 0 && (f->prev = malloc(o->size)) == NULL) {
+        flow_finish(f, SIM_FLOW_SOCKET_ERROR);
+        return;
+    }
+    arm_timer(f, step_timeout(f));
     r = send_request(f);
     if (r >= 0) {
         flow_finish(f, (enum sim_flow_result)r);
@@ -899,10 +937,9 @@ static void progress_print(struct cl_ctx *ctx, bool final)
     if (ctx->tty) {
         int width = 30, fill = ctx->total ? (int)(width * ctx->done / ctx->total) : width;
         fprintf(stderr, "\r[%.*s%*s] %llu/%llu ok=%llu failed=%llu open=%llu%s", fill,
-                "##############################", width - fill, "",
-                (unsigned long long)ctx->done, (unsigned long long)ctx->total,
-                (unsigned long long)ctx->results[SIM_FLOW_OK], (unsigned long long)failed,
-                (unsigned long long)ctx->active, final ? "\n" : "");
+                "##############################", width - fill, "", (unsigned long long)ctx->done,
+                (unsigned long long)ctx->total, (unsigned long long)ctx->results[SIM_FLOW_OK],
+                (unsigned long long)failed, (unsigned long long)ctx->active, final ? "\n" : "");
     } else {
         fprintf(stderr, "gwsim clients: %llu/%llu done, ok=%llu failed=%llu open=%llu\n",
                 (unsigned long long)ctx->done, (unsigned long long)ctx->total,
@@ -985,8 +1022,9 @@ static json_t *build_summary(struct cl_ctx *ctx, json_t *ref_before, json_t *ref
         if (ctx->results[r])
             json_object_set_new(fails, result_names[r], json_integer((json_int_t)ctx->results[r]));
     }
-    json_object_set_new(s, "gateway", json_string(sim_sockaddr_format(
-                                          (const struct sockaddr *)&o->gateway, gwtext)));
+    json_object_set_new(
+        s, "gateway",
+        json_string(sim_sockaddr_format((const struct sockaddr *)&o->gateway, gwtext)));
     json_object_set_new(s, "flows", json_integer((json_int_t)ctx->total));
     json_object_set_new(s, "ok", json_integer((json_int_t)ctx->results[SIM_FLOW_OK]));
     json_object_set_new(s, "ok_tcp", json_integer((json_int_t)ctx->tcp_ok));
@@ -1000,6 +1038,8 @@ static json_t *build_summary(struct cl_ctx *ctx, json_t *ref_before, json_t *ref
     json_object_set_new(s, "nat_ports_reused_across_backends",
                         json_integer((json_int_t)ctx->reused_across_backends));
     json_object_set_new(s, "nat_checked", json_boolean(ctx->have_ctl));
+    json_object_set_new(s, "udp_resent", json_integer((json_int_t)ctx->udp_resent));
+    json_object_set_new(s, "udp_duplicates", json_integer((json_int_t)ctx->udp_duplicates));
     if (ref_after != NULL) {
         const char *k;
         json_t *v;
@@ -1030,7 +1070,8 @@ static json_t *build_summary(struct cl_ctx *ctx, json_t *ref_before, json_t *ref
 static void print_summary(FILE *out, json_t *s)
 {
     const char *k;
-    json_t *v, *lat = json_object_get(s, "latency_ms"), *gw = json_object_get(s, "refused_by_gateway");
+    json_t *v, *lat = json_object_get(s, "latency_ms"),
+               *gw = json_object_get(s, "refused_by_gateway");
 
 #define JI(name) ((long long)json_integer_value(json_object_get(s, name)))
     fprintf(out, "gwsim clients -> %s\n", json_string_value(json_object_get(s, "gateway")));
@@ -1045,6 +1086,9 @@ static void print_summary(FILE *out, json_t *s)
             JI("nat_ports"), JI("backends"), JI("backends") == 1 ? "" : "s");
     fprintf(out, "  %-34s %lld\n", "NAT ports reused across backends",
             JI("nat_ports_reused_across_backends"));
+    if (JI("udp_resent") || JI("udp_duplicates"))
+        fprintf(out, "  %-34s %lld resent, %lld late duplicates ignored\n", "UDP requests",
+                JI("udp_resent"), JI("udp_duplicates"));
     fprintf(out, "  %-34s %s\n", "backend peer == gwd NAT table",
             json_is_true(json_object_get(s, "nat_checked")) ? "checked for every flow"
                                                             : "not checked (no --control)");
@@ -1077,6 +1121,7 @@ void sim_clients_opts_default(struct sim_clients_opts *o)
     o->io_timeout_ms = 5000;
     o->size = 64;
     o->requests = 1;
+    o->udp_retries = 2;
     o->seed = 1;
 }
 
@@ -1089,8 +1134,7 @@ void sim_clients_opts_free(struct sim_clients_opts *o)
     o->n_src = 0;
 }
 
-int sim_clients_run(const struct sim_clients_opts *o, sim_flow_fn each, void *arg,
-                    json_t **summary)
+int sim_clients_run(const struct sim_clients_opts *o, sim_flow_fn each, void *arg, json_t **summary)
 {
     struct cl_ctx *ctx = calloc(1, sizeof(*ctx));
     json_t *ref_before = NULL, *ref_after = NULL;
@@ -1172,30 +1216,32 @@ out:
 static void usage(FILE *f)
 {
     fprintf(f,
-        "usage: gwsim clients --gateway ADDR:PORT [OPTIONS]\n"
-        "N clients from M source IPs, K flows each, to one gateway address; every reply is\n"
-        "checked byte for byte; with --control, the peer each backend saw is checked against\n"
-        "gwd's NAT table. Exit 0 when every flow passed, 1 when any failed, 2 usage, 3 when\n"
-        "the control socket cannot be reached.\n"
-        "  --gateway ADDR:PORT   where to send (the only address gwsim sends to)\n"
-        "  --clients N           clients (default 10)\n"
-        "  --ips M               source IPs used (default: min(N, 50))\n"
-        "  --src LIST            source addresses: comma-separated IPs and/or CIDRs\n"
-        "                        (default 127.1.0.0/16: 127.1.0.1, 127.1.0.2, ...)\n"
-        "  --flows K             flows per client (default 1)\n"
-        "  --proto P             tcp (default) | udp | both (alternating)\n"
-        "  --concurrency C       flows open at once at most (default 100)\n"
-        "  --ramp-up T           spread flow starts over T (e.g. 2s)\n"
-        "  --hold T              keep each flow open T after its last reply\n"
-        "  --size BYTES          bytes per request (default 64, at most 65000 for udp)\n"
-        "  --requests R          requests per flow (default 1)\n"
-        "  --src-port MODE       os (default) | sequential | random | fixed:PORT\n"
-        "  --control PATH        gwd's control socket: check the NAT table for every flow\n"
-        "  --timeout T           the whole run (default 30s)\n"
-        "  --io-timeout T        each connect/reply (default 5s)\n"
-        "  --seed S              for random source ports\n"
-        "  --json                print the summary as JSON\n"
-        "  --quiet               no progress, no per-flow complaints\n");
+            "usage: gwsim clients --gateway ADDR:PORT [OPTIONS]\n"
+            "N clients from M source IPs, K flows each, to one gateway address; every reply is\n"
+            "checked byte for byte; with --control, the peer each backend saw is checked against\n"
+            "gwd's NAT table. Exit 0 when every flow passed, 1 when any failed, 2 usage, 3 when\n"
+            "the control socket cannot be reached.\n"
+            "  --gateway ADDR:PORT   where to send (the only address gwsim sends to)\n"
+            "  --clients N           clients (default 10)\n"
+            "  --ips M               source IPs used (default: min(N, 50))\n"
+            "  --src LIST            source addresses: comma-separated IPs and/or CIDRs\n"
+            "                        (default 127.1.0.0/16: 127.1.0.1, 127.1.0.2, ...)\n"
+            "  --flows K             flows per client (default 1)\n"
+            "  --proto P             tcp (default) | udp | both (alternating)\n"
+            "  --concurrency C       flows open at once at most (default 100)\n"
+            "  --ramp-up T           spread flow starts over T (e.g. 2s)\n"
+            "  --hold T              keep each flow open T after its last reply\n"
+            "  --size BYTES          bytes per request (default 64, at most 65000 for udp)\n"
+            "  --requests R          requests per flow (default 1)\n"
+            "  --src-port MODE       os (default) | sequential | random | fixed:PORT\n"
+            "  --control PATH        gwd's control socket: check the NAT table for every flow\n"
+            "  --timeout T           the whole run (default 30s)\n"
+            "  --io-timeout T        each connect/reply (default 5s)\n"
+            "  --udp-retries N       resend an unanswered UDP request up to N times (default 2);\n"
+            "                        each attempt waits io-timeout / (N + 1)\n"
+            "  --seed S              for random source ports\n"
+            "  --json                print the summary as JSON\n"
+            "  --quiet               no progress, no per-flow complaints\n");
 }
 
 /* Adds the addresses of `item` (an IP or a CIDR) until `want` are listed. */
@@ -1259,20 +1305,49 @@ static int cbad(const char *opt, const char *val, const char *why)
 int sim_clients_main(int argc, char **argv)
 {
     enum {
-        O_GW = 256, O_CLIENTS, O_IPS, O_SRC, O_FLOWS, O_PROTO, O_CONC, O_RAMP, O_HOLD, O_SIZE,
-        O_REQS, O_SPORT, O_CONTROL, O_TIMEOUT, O_IOTIMEOUT, O_SEED, O_JSON, O_QUIET, O_HELP,
+        O_GW = 256,
+        O_CLIENTS,
+        O_IPS,
+        O_SRC,
+        O_FLOWS,
+        O_PROTO,
+        O_CONC,
+        O_RAMP,
+        O_HOLD,
+        O_SIZE,
+        O_REQS,
+        O_SPORT,
+        O_CONTROL,
+        O_TIMEOUT,
+        O_IOTIMEOUT,
+        O_SEED,
+        O_JSON,
+        O_QUIET,
+        O_HELP,
+        O_UDPRETRIES,
     };
     static const struct option lo[] = {
-        {"gateway", 1, NULL, O_GW},        {"clients", 1, NULL, O_CLIENTS},
-        {"ips", 1, NULL, O_IPS},           {"src", 1, NULL, O_SRC},
-        {"flows", 1, NULL, O_FLOWS},       {"proto", 1, NULL, O_PROTO},
-        {"concurrency", 1, NULL, O_CONC},  {"ramp-up", 1, NULL, O_RAMP},
-        {"hold", 1, NULL, O_HOLD},         {"size", 1, NULL, O_SIZE},
-        {"requests", 1, NULL, O_REQS},     {"src-port", 1, NULL, O_SPORT},
-        {"control", 1, NULL, O_CONTROL},   {"timeout", 1, NULL, O_TIMEOUT},
-        {"io-timeout", 1, NULL, O_IOTIMEOUT}, {"seed", 1, NULL, O_SEED},
-        {"json", 0, NULL, O_JSON},         {"quiet", 0, NULL, O_QUIET},
-        {"help", 0, NULL, O_HELP},         {NULL, 0, NULL, 0},
+        {"gateway", 1, NULL, O_GW},
+        {"clients", 1, NULL, O_CLIENTS},
+        {"ips", 1, NULL, O_IPS},
+        {"src", 1, NULL, O_SRC},
+        {"flows", 1, NULL, O_FLOWS},
+        {"proto", 1, NULL, O_PROTO},
+        {"concurrency", 1, NULL, O_CONC},
+        {"ramp-up", 1, NULL, O_RAMP},
+        {"hold", 1, NULL, O_HOLD},
+        {"size", 1, NULL, O_SIZE},
+        {"requests", 1, NULL, O_REQS},
+        {"src-port", 1, NULL, O_SPORT},
+        {"control", 1, NULL, O_CONTROL},
+        {"timeout", 1, NULL, O_TIMEOUT},
+        {"io-timeout", 1, NULL, O_IOTIMEOUT},
+        {"seed", 1, NULL, O_SEED},
+        {"json", 0, NULL, O_JSON},
+        {"udp-retries", 1, NULL, O_UDPRETRIES},
+        {"quiet", 0, NULL, O_QUIET},
+        {"help", 0, NULL, O_HELP},
+        {NULL, 0, NULL, 0},
     };
     struct sim_clients_opts o;
     const char *src = "127.1.0.0/16", *gw = NULL;
@@ -1297,7 +1372,9 @@ int sim_clients_main(int argc, char **argv)
         case O_REQS:
         case O_SEED:
             if (sim_parse_u64(optarg, ch == O_SEED ? 0 : 1,
-                              ch == O_CLIENTS ? 1000000 : ch == O_FLOWS ? 100000 : UINT32_MAX,
+                              ch == O_CLIENTS ? 1000000
+                              : ch == O_FLOWS ? 100000
+                                              : UINT32_MAX,
                               &v) < 0)
                 return cbad(name, optarg, "expected a positive whole number in range");
             if (ch == O_CLIENTS)
@@ -1312,6 +1389,11 @@ int sim_clients_main(int argc, char **argv)
                 o.requests = v;
             else
                 o.seed = v;
+            break;
+        case O_UDPRETRIES:
+            if (sim_parse_u64(optarg, 0, 10, &v) < 0)
+                return cbad(name, optarg, "expected 0-10");
+            o.udp_retries = v;
             break;
         case O_SIZE:
             if (sim_parse_u64(optarg, 1, 16u << 20, &v) < 0)

@@ -31,18 +31,18 @@ enum sim_flow_result {
     SIM_FLOW_CONNECT_REFUSED,
     SIM_FLOW_CONNECT_TIMEOUT,
     SIM_FLOW_CONNECT_ERROR,
-    SIM_FLOW_CLOSED_BEFORE_HELLO,   /* the gateway closed it: typically refused (no mapping) */
+    SIM_FLOW_CLOSED_BEFORE_HELLO, /* the gateway closed it: typically refused (no mapping) */
     SIM_FLOW_RESET_BEFORE_HELLO,
     SIM_FLOW_BAD_HELLO,
     SIM_FLOW_CLOSED_EARLY,
     SIM_FLOW_RESET,
     SIM_FLOW_REPLY_MISMATCH,
     SIM_FLOW_TIMEOUT,
-    SIM_FLOW_NAT_MISSING,           /* gwd's table has no session for this client endpoint */
-    SIM_FLOW_NAT_MISMATCH,          /* the backend saw another address than the table holds */
+    SIM_FLOW_NAT_MISSING,  /* gwd's table has no session for this client endpoint */
+    SIM_FLOW_NAT_MISMATCH, /* the backend saw another address than the table holds */
     SIM_FLOW_CONTROL_ERROR,
     SIM_FLOW_SOCKET_ERROR,
-    SIM_FLOW_NOT_STARTED,           /* the run's --timeout came first */
+    SIM_FLOW_NOT_STARTED, /* the run's --timeout came first */
     SIM_FLOW_RESULT_COUNT
 };
 
@@ -52,18 +52,20 @@ const char *sim_flow_result_name(enum sim_flow_result r);
 struct sim_clients_opts {
     struct sockaddr_storage gateway;
     socklen_t gateway_len;
-    char **src_ips;        /* owned: the source addresses, n_src of them */
+    char **src_ips; /* owned: the source addresses, n_src of them */
     size_t n_src;
-    uint64_t clients;      /* N */
-    uint64_t flows;        /* K per client */
-    bool tcp, udp;         /* both: flows alternate tcp, udp */
+    uint64_t clients; /* N */
+    uint64_t flows;   /* K per client */
+    bool tcp, udp;    /* both: flows alternate tcp, udp */
     uint64_t concurrency;
     double ramp_ms, hold_ms, timeout_ms, io_timeout_ms;
-    uint64_t size;         /* bytes per request */
-    uint64_t requests;     /* requests per flow */
+    uint64_t size;        /* bytes per request */
+    uint64_t requests;    /* requests per flow */
+    uint64_t udp_retries; /* resends of an unanswered UDP request; each attempt waits
+                             io_timeout_ms / (udp_retries + 1) */
     enum sim_port_mode port_mode;
     uint16_t fixed_port;
-    const char *control;   /* borrowed: gwd's control socket, NULL = no NAT check */
+    const char *control; /* borrowed: gwd's control socket, NULL = no NAT check */
     bool json, quiet, progress;
     uint64_t seed;
 };
@@ -71,12 +73,12 @@ struct sim_clients_opts {
 /* Per-flow outcome, for callers that want to see each one (the lab). */
 struct sim_flow_report {
     uint64_t index;
-    int proto; /* 6/17 */
-    char src[64];      /* client ip:port as bound */
-    char peer[64];     /* what the backend saw ("" if no hello) */
-    char backend[64];  /* the backend's name from its hello */
+    int proto;        /* 6/17 */
+    char src[64];     /* client ip:port as bound */
+    char peer[64];    /* what the backend saw ("" if no hello) */
+    char backend[64]; /* the backend's name from its hello */
     enum sim_flow_result result;
-    int err;           /* errno behind a bind/connect failure, 0 otherwise */
+    int err; /* errno behind a bind/connect failure, 0 otherwise */
 };
 
 typedef void (*sim_flow_fn)(void *arg, const struct sim_flow_report *r);

@@ -197,14 +197,13 @@ static void copy_str(char *dst, size_t size, json_t *v)
 }
 
 int sim_ctl_find_session(struct sim_ctl *c, const char *proto, const char *client_ip,
-                         unsigned client_port, struct sim_nat_entry *out, char *err,
-                         size_t errlen)
+                         unsigned client_port, struct sim_nat_entry *out, char *err, size_t errlen)
 {
     json_int_t offset = 0;
 
     for (int page = 0; page < 100; page++) {
-        json_t *args = json_pack("{s:s,s:s,s:i,s:I}", "proto", proto, "client", client_ip,
-                                 "limit", 1000, "offset", offset);
+        json_t *args = json_pack("{s:s,s:s,s:i,s:I}", "proto", proto, "client", client_ip, "limit",
+                                 1000, "offset", offset);
         json_t *res = sim_ctl_call(c, "show nat", args, err, errlen);
         json_t *rows, *row;
         size_t i, n;

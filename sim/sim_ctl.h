@@ -12,9 +12,9 @@
 #include <jansson.h>
 
 struct sim_ctl {
-    int fd;        /* -1 when closed */
+    int fd; /* -1 when closed */
     uint64_t next_id;
-    char *buf;     /* owned: bytes read past the last line */
+    char *buf; /* owned: bytes read past the last line */
     size_t len, cap;
     int timeout_ms;
 };
@@ -50,7 +50,6 @@ struct sim_nat_entry {
  * none, or -1 with err.
  */
 int sim_ctl_find_session(struct sim_ctl *c, const char *proto, const char *client_ip,
-                         unsigned client_port, struct sim_nat_entry *out, char *err,
-                         size_t errlen);
+                         unsigned client_port, struct sim_nat_entry *out, char *err, size_t errlen);
 
 #endif /* GW_SIM_CTL_H */

@@ -52,8 +52,7 @@ int sim_dist_parse(const char *s, struct sim_dist *d, char *err, size_t errlen)
         return -EINVAL;
     }
     if (sim_parse_duration_ms(mean, &out.mean_ms) < 0 || out.mean_ms <= 0) {
-        snprintf(err, errlen, "'%s': the mean must be a positive duration (e.g. 60s, 250ms)",
-                 mean);
+        snprintf(err, errlen, "'%s': the mean must be a positive duration (e.g. 60s, 250ms)", mean);
         return -EINVAL;
     }
     if (alpha != NULL) {

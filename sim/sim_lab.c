@@ -30,7 +30,7 @@
 #define LAB_PATH_MAX 512
 
 struct lab_env {
-    const char *gwd_path;   /* borrowed */
+    const char *gwd_path;    /* borrowed */
     char self[LAB_PATH_MAX]; /* this gwsim binary */
     char dir[LAB_PATH_MAX];  /* owned temporary directory */
     char sock[LAB_PATH_MAX + 16], log[LAB_PATH_MAX + 16], db[LAB_PATH_MAX + 16];
@@ -45,8 +45,8 @@ struct lab_env {
     /* the report */
     bool json;
     const char *last_key; /* the section printed last */
-    json_t *rep;      /* owned: {name, question, done, seen, answer, ok} */
-    json_t *seen;     /* borrowed from rep: array of strings */
+    json_t *rep;          /* owned: {name, question, done, seen, answer, ok} */
+    json_t *seen;         /* borrowed from rep: array of strings */
     bool ok;
 };
 
@@ -188,8 +188,8 @@ static void env_stop_gwd(struct lab_env *e)
 
 static void env_teardown(struct lab_env *e)
 {
-    static const char *const leftovers[] = {"gwd.db", "gwd.db-wal", "gwd.db-shm", "gwd.db-journal",
-                                            "gwd.sock", "gwd.log", NULL};
+    static const char *const leftovers[] = {
+        "gwd.db", "gwd.db-wal", "gwd.db-shm", "gwd.db-journal", "gwd.sock", "gwd.log", NULL};
     char path[LAB_PATH_MAX + 64];
 
     env_stop_gwd(e);
@@ -370,10 +370,12 @@ static int lab_many_clients(struct lab_env *e)
         return -1;
     say(e, "done", "one backend 'web' listening on TCP port %d, gwd on TCP port %u", port,
         e->gwd_port);
-    say(e, "done", "20 clients from 10 source IPs (127.1.0.1-10) connect to gwd's one port, "
-                   "send 64 bytes, hold the connection 1.5 s");
-    if (clients_start(e, &cp, (const char *const[]){"--clients", "20", "--ips", "10", "--hold",
-                                                    "1500ms", NULL}) < 0)
+    say(e, "done",
+        "20 clients from 10 source IPs (127.1.0.1-10) connect to gwd's one port, "
+        "send 64 bytes, hold the connection 1.5 s");
+    if (clients_start(
+            e, &cp,
+            (const char *const[]){"--clients", "20", "--ips", "10", "--hold", "1500ms", NULL}) < 0)
         return -1;
     wait_live(e, 20, 5000);
     rows = snapshot(e, "tcp", 12);
@@ -382,15 +384,17 @@ static int lab_many_clients(struct lab_env *e)
         json_decref(rows);
         return -1;
     }
-    say(e, "seen", "%lld of 20 flows ok, %lld distinct client IPs, %lld distinct client "
-                   "tuples, %lld distinct NAT ports; every backend peer equals gwd's table",
+    say(e, "seen",
+        "%lld of 20 flows ok, %lld distinct client IPs, %lld distinct client "
+        "tuples, %lld distinct NAT ports; every backend peer equals gwd's table",
         jint(s, "ok"), jint(s, "client_ips"), jint(s, "client_tuples"), jint(s, "nat_ports"));
     expect(e, jint(s, "ok") == 20, "all 20 flows served");
     expect(e, jint(s, "nat_ports") == 20, "20 NAT ports toward one backend port");
     expect(e, json_array_size(rows) == 20, "20 sessions in gwd's table while open");
-    say(e, "answer", "No. A server listens on one port and tells connections apart by the "
-                     "whole 5-tuple (proto, client IP, client port, server IP, server port): "
-                     "20 clients shared server port %u (and the backend's one port %d).",
+    say(e, "answer",
+        "No. A server listens on one port and tells connections apart by the "
+        "whole 5-tuple (proto, client IP, client port, server IP, server port): "
+        "20 clients shared server port %u (and the backend's one port %d).",
         e->gwd_port, port);
     json_decref(rows);
     json_decref(s);
@@ -410,11 +414,13 @@ static int lab_one_client(struct lab_env *e)
     if (env_gwd(e, (const char *const[]){"--tcp-backend", be, "--nat-ports",
                                          range(e, 100, 100, ports, sizeof(ports)), NULL}) < 0)
         return -1;
-    say(e, "done", "one client IP (127.1.0.1) opens 10 connections at once to gwd port %u "
-                   "and holds them 1.5 s",
+    say(e, "done",
+        "one client IP (127.1.0.1) opens 10 connections at once to gwd port %u "
+        "and holds them 1.5 s",
         e->gwd_port);
-    if (clients_start(e, &cp, (const char *const[]){"--clients", "10", "--ips", "1", "--hold",
-                                                    "1500ms", NULL}) < 0)
+    if (clients_start(
+            e, &cp,
+            (const char *const[]){"--clients", "10", "--ips", "1", "--hold", "1500ms", NULL}) < 0)
         return -1;
     wait_live(e, 10, 5000);
     rows = snapshot(e, "tcp", 10);
@@ -427,9 +433,10 @@ static int lab_one_client(struct lab_env *e)
         jint(s, "ok"), jint(s, "client_ips"), jint(s, "client_tuples"));
     expect(e, jint(s, "ok") == 10 && jint(s, "client_tuples") == 10,
            "10 connections, 10 source ports");
-    say(e, "answer", "Yes, as many as it has source ports: each connection from one IP to "
-                     "the same server port differs by its source port, so each is its own "
-                     "5-tuple (and its own NAT mapping).");
+    say(e, "answer",
+        "Yes, as many as it has source ports: each connection from one IP to "
+        "the same server port differs by its source port, so each is its own "
+        "5-tuple (and its own NAT mapping).");
     json_decref(rows);
     json_decref(s);
     return 0;
@@ -487,12 +494,14 @@ static int lab_same_tuple(struct lab_env *e)
     sport = free_port(ip);
     say(e, "done", "socket 1: bind %s:%u, connect to gwd 127.0.0.1:%u", ip, sport, e->gwd_port);
     fd1 = connect_from(ip, sport, e->gwd_port, &err1);
-    say(e, "done", "socket 2: bind the same %s:%u (SO_REUSEADDR), connect to the same "
-                   "127.0.0.1:%u",
+    say(e, "done",
+        "socket 2: bind the same %s:%u (SO_REUSEADDR), connect to the same "
+        "127.0.0.1:%u",
         ip, sport, e->gwd_port);
     fd2 = connect_from(ip, sport, e->gwd_port, &err2);
-    say(e, "done", "socket 3: bind the same %s:%u, connect to another port, 127.0.0.1:%d "
-                   "(the backend itself)",
+    say(e, "done",
+        "socket 3: bind the same %s:%u, connect to another port, 127.0.0.1:%d "
+        "(the backend itself)",
         ip, sport, port);
     fd3 = connect_from(ip, sport, (unsigned)port, &err3);
     say(e, "seen", "socket 1: %s", fd1 >= 0 ? "connected" : strerror(err1));
@@ -512,10 +521,11 @@ static int lab_same_tuple(struct lab_env *e)
     expect(e, fd1 >= 0, "the first connection works");
     expect(e, fd2 < 0 && err2 == EADDRNOTAVAIL, "the same 4-tuple is refused with EADDRNOTAVAIL");
     expect(e, fd3 >= 0, "the same source to another port works");
-    say(e, "answer", "A connection is its 4-tuple (plus the protocol). The same client IP and "
-                     "port can talk to many server ports at once, but only once to the same "
-                     "server IP and port: the kernel refuses the duplicate with EADDRNOTAVAIL "
-                     "before a packet leaves.");
+    say(e, "answer",
+        "A connection is its 4-tuple (plus the protocol). The same client IP and "
+        "port can talk to many server ports at once, but only once to the same "
+        "server IP and port: the kernel refuses the duplicate with EADDRNOTAVAIL "
+        "before a packet leaves.");
     for (int *fd = (int[]){fd1, fd2, fd3}, i = 0; i < 3; i++)
         if (fd[i] >= 0)
             close(fd[i]);
@@ -536,16 +546,18 @@ static int lab_tcp_udp(struct lab_env *e)
     uport = env_backend(e, "udp-proc", "--udp", (unsigned)tport);
     if (uport < 0)
         return uport;
-    say(e, "done", "process %d ('tcp-proc') listens on TCP port %d; process %d ('udp-proc') "
-                   "binds UDP port %d: the same number, two processes",
+    say(e, "done",
+        "process %d ('tcp-proc') listens on TCP port %d; process %d ('udp-proc') "
+        "binds UDP port %d: the same number, two processes",
         (int)e->backends[0].pid, tport, (int)e->backends[1].pid, uport);
     snprintf(tb, sizeof(tb), "127.0.0.1:%d", tport);
     snprintf(ub, sizeof(ub), "127.0.0.1:%d", uport);
     if (env_gwd(e, (const char *const[]){"--tcp-backend", tb, "--udp-backend", ub, "--nat-ports",
                                          range(e, 300, 100, ports, sizeof(ports)), NULL}) < 0)
         return -1;
-    say(e, "done", "gwd itself serves TCP %u and UDP %u in one process; a TCP connection and a "
-                   "UDP datagram go to that one number",
+    say(e, "done",
+        "gwd itself serves TCP %u and UDP %u in one process; a TCP connection and a "
+        "UDP datagram go to that one number",
         e->gwd_port, e->gwd_port);
     fd = connect_from("127.1.0.1", 0, e->gwd_port, &err);
     if (fd >= 0) {
@@ -578,10 +590,11 @@ static int lab_tcp_udp(struct lab_env *e)
         close(fd);
     expect(e, tcp_ok, "the TCP flow reached the TCP process");
     expect(e, udp_ok, "the UDP datagram reached the UDP process");
-    say(e, "answer", "Yes. TCP port %d and UDP port %d are different things: the protocol is "
-                     "part of the 5-tuple and each protocol has its own port space, so two "
-                     "processes can hold the same number at once (and one process, like gwd, "
-                     "can hold both).",
+    say(e, "answer",
+        "Yes. TCP port %d and UDP port %d are different things: the protocol is "
+        "part of the 5-tuple and each protocol has its own port space, so two "
+        "processes can hold the same number at once (and one process, like gwd, "
+        "can hold both).",
         tport, uport);
     return 0;
 }
@@ -600,11 +613,13 @@ static int lab_pool_exhaustion(struct lab_env *e)
     if (env_gwd(e, (const char *const[]){"--tcp-backend", be, "--nat-ports",
                                          range(e, 400, 10, ports, sizeof(ports)), NULL}) < 0)
         return -1;
-    say(e, "done", "gwd's NAT pool is 10 ports (%s) on 127.0.0.1; 15 clients connect through "
-                   "it and hold their flows 3 s",
+    say(e, "done",
+        "gwd's NAT pool is 10 ports (%s) on 127.0.0.1; 15 clients connect through "
+        "it and hold their flows 3 s",
         ports);
-    if (clients_start(e, &cp, (const char *const[]){"--clients", "15", "--ips", "15", "--hold",
-                                                    "3s", NULL}) < 0)
+    if (clients_start(
+            e, &cp, (const char *const[]){"--clients", "15", "--ips", "15", "--hold", "3s", NULL}) <
+        0)
         return -1;
     wait_live(e, 10, 5000);
     json_decref(snapshot(e, "tcp", 4));
@@ -623,18 +638,20 @@ static int lab_pool_exhaustion(struct lab_env *e)
             close(fds[i]);
     if (s == NULL)
         return -1;
-    say(e, "seen", "through gwd: %lld ok, %lld refused (closed before the hello: %lld, "
-                   "reset: %lld); gwd counted pool_exhausted %lld",
+    say(e, "seen",
+        "through gwd: %lld ok, %lld refused (closed before the hello: %lld, "
+        "reset: %lld); gwd counted pool_exhausted %lld",
         jint(s, "ok"), jint(s, "failed"), jfail(s, "closed_before_hello"),
         jfail(s, "reset_before_hello"), refused(e, "pool_exhausted"));
     say(e, "seen", "straight to the backend: %d of 15 connected", direct_ok);
     expect(e, jint(s, "ok") == 10, "exactly the pool's 10 flows are carried");
     expect(e, refused(e, "pool_exhausted") == 5, "5 refused for pool_exhausted");
     expect(e, direct_ok == 15, "the server's port takes every connection");
-    say(e, "answer", "What runs out is the NAT's external ports (per external IP, protocol and "
-                     "-- with eim -- for every destination at once), not the server's port: "
-                     "the backend's single port kept accepting while the 10-port pool refused "
-                     "the 11th flow.");
+    say(e, "answer",
+        "What runs out is the NAT's external ports (per external IP, protocol and "
+        "-- with eim -- for every destination at once), not the server's port: "
+        "the backend's single port kept accepting while the 10-port pool refused "
+        "the 11th flow.");
     json_decref(s);
     return 0;
 }
@@ -648,16 +665,17 @@ static int eim_apdm_run(struct lab_env *e, const char *mapping, unsigned off, lo
 
     snprintf(b1, sizeof(b1), "web=127.0.0.1:%u", e->be_port[0]);
     snprintf(b2, sizeof(b2), "web=127.0.0.1:%u", e->be_port[1]);
-    if (env_gwd(e, (const char *const[]){"--tcp-backend", b1, "--tcp-backend", b2,
-                                         "--nat-mapping", mapping, "--nat-policy", "sequential",
-                                         "--nat-ports", range(e, off, 10, ports, sizeof(ports)),
-                                         NULL}) < 0)
+    if (env_gwd(e, (const char *const[]){"--tcp-backend", b1, "--tcp-backend", b2, "--nat-mapping",
+                                         mapping, "--nat-policy", "sequential", "--nat-ports",
+                                         range(e, off, 10, ports, sizeof(ports)), NULL}) < 0)
         return -1;
-    say(e, "done", "%s: gwd with the 10-port pool %s, pool 'web' = 2 servers (round robin); 30 "
-                   "clients hold their flows 3 s",
+    say(e, "done",
+        "%s: gwd with the 10-port pool %s, pool 'web' = 2 servers (round robin); 30 "
+        "clients hold their flows 3 s",
         mapping, ports);
-    if (clients_start(e, &cp, (const char *const[]){"--clients", "30", "--ips", "30", "--hold",
-                                                    "3s", "--concurrency", "30", NULL}) < 0)
+    if (clients_start(e, &cp,
+                      (const char *const[]){"--clients", "30", "--ips", "30", "--hold", "3s",
+                                            "--concurrency", "30", NULL}) < 0)
         return -1;
     wait_live(e, 10, 5000);
     usleep(300000);
@@ -685,11 +703,12 @@ static int lab_eim_apdm(struct lab_env *e)
         return -1;
     expect(e, eim_ok == 10, "eim carries one flow per port (10)");
     expect(e, apdm_ok == 20, "apdm carries one flow per port and destination (2 x 10)");
-    say(e, "answer", "With endpoint-independent mapping a client endpoint's external port is "
-                     "its own toward every destination, so 10 ports carry 10 flows. With "
-                     "address-and-port-dependent mapping a port is only unique per destination: "
-                     "the same 10 ports carried %lld flows toward 2 servers (D destinations, D "
-                     "times the flows). `gwsim model` shows the same with --nat-mapping.",
+    say(e, "answer",
+        "With endpoint-independent mapping a client endpoint's external port is "
+        "its own toward every destination, so 10 ports carry 10 flows. With "
+        "address-and-port-dependent mapping a port is only unique per destination: "
+        "the same 10 ports carried %lld flows toward 2 servers (D destinations, D "
+        "times the flows). `gwsim model` shows the same with --nat-mapping.",
         apdm_ok);
     return 0;
 }
@@ -703,12 +722,12 @@ static const struct lab lab_list[] = {
      lab_tcp_udp},
     {"pool-exhaustion", "What runs out first: the server's port or the NAT's pool?",
      lab_pool_exhaustion},
-    {"eim-vs-apdm", "How many flows do EIM and APDM mapping carry on the same pool?",
-     lab_eim_apdm},
+    {"eim-vs-apdm", "How many flows do EIM and APDM mapping carry on the same pool?", lab_eim_apdm},
 };
 #define N_LABS (sizeof(lab_list) / sizeof(lab_list[0]))
 
-/* ---- command line ------------------------------------------------------------------------------ */
+/* ---- command line ------------------------------------------------------------------------------
+ */
 
 static void usage(FILE *f)
 {
@@ -737,8 +756,7 @@ static int find_gwd(char *buf, size_t len)
     return -1;
 }
 
-static int run_one(const struct lab *l, const char *gwd, uint16_t port_lo, bool json,
-                   json_t *all)
+static int run_one(const struct lab *l, const char *gwd, uint16_t port_lo, bool json, json_t *all)
 {
     struct lab_env e;
     char dir[LAB_PATH_MAX];
@@ -863,8 +881,8 @@ int sim_lab_main(int argc, char **argv)
         json_dumpf(all, stdout, JSON_INDENT(2));
         printf("\n");
     } else {
-        printf("%d experiment%s, %d as answered, %d not\n", ran, ran == 1 ? "" : "s",
-               ran - failed, failed);
+        printf("%d experiment%s, %d as answered, %d not\n", ran, ran == 1 ? "" : "s", ran - failed,
+               failed);
     }
     json_decref(all);
     return failed ? 1 : 0;

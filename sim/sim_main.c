@@ -12,14 +12,15 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: gwsim COMMAND [OPTIONS]\n"
-               "\n"
-               "  backend   a demo backend on TCP and/or UDP that tells each client the peer it saw\n"
-               "  clients   many clients from many source IPs through a gateway, every reply checked\n"
-               "  model     the NAT engine in virtual time: CSV, summary and an SVG chart\n"
-               "  lab       the classic port questions, each an experiment through a real gwd\n"
-               "\n"
-               "gwsim COMMAND --help for the options of each; gwsim --version.\n");
+    fprintf(f,
+            "usage: gwsim COMMAND [OPTIONS]\n"
+            "\n"
+            "  backend   a demo backend on TCP and/or UDP that tells each client the peer it saw\n"
+            "  clients   many clients from many source IPs through a gateway, every reply checked\n"
+            "  model     the NAT engine in virtual time: CSV, summary and an SVG chart\n"
+            "  lab       the classic port questions, each an experiment through a real gwd\n"
+            "\n"
+            "gwsim COMMAND --help for the options of each; gwsim --version.\n");
 }
 
 int main(int argc, char **argv)

@@ -452,8 +452,8 @@ static int next_arrival(struct model *m, double prev_t, uint32_t *burst_left, st
     }
     a->client = (long)sim_rng_below(&m->rng, c->subscribers);
     pick_dest(m, a);
-    a->proto = (c->udp_share > 0 && sim_rng_unit(&m->rng) < c->udp_share) ? NAT_PROTO_UDP
-                                                                           : NAT_PROTO_TCP;
+    a->proto =
+        (c->udp_share > 0 && sim_rng_unit(&m->rng) < c->udp_share) ? NAT_PROTO_UDP : NAT_PROTO_TCP;
     a->hold = sim_dist_sample(&c->hold, &m->rng);
     return 1;
 }
@@ -560,8 +560,7 @@ static int check_config(const struct sim_model_config *c, char *err, size_t errl
     }
     if (c->dest_ips == 0 || c->dest_ports == 0 || c->dest_ips > 65536 ||
         c->dest_ports > 65535 - MODEL_DEST_PORT) {
-        snprintf(err, errlen, "destinations: 1-65536 IPs and 1-%u ports",
-                 65535 - MODEL_DEST_PORT);
+        snprintf(err, errlen, "destinations: 1-65536 IPs and 1-%u ports", 65535 - MODEL_DEST_PORT);
         return -EINVAL;
     }
     if (c->arrival != SIM_ARRIVAL_TRACE && c->max_flows == 0 && c->duration_ms <= 0) {

@@ -34,19 +34,19 @@ enum sim_dest_pick {
 
 struct sim_model_config {
     struct nat_config nat;
-    uint32_t subscribers;        /* client IPs 100.64.0.0 + i (ignored with a trace) */
+    uint32_t subscribers; /* client IPs 100.64.0.0 + i (ignored with a trace) */
     enum sim_arrival arrival;
-    double rate;                 /* flows per virtual second (Poisson, burst) */
-    uint32_t burst_size;         /* flows per burst */
+    double rate;                    /* flows per virtual second (Poisson, burst) */
+    uint32_t burst_size;            /* flows per burst */
     struct sim_trace_reader *trace; /* borrowed: SIM_ARRIVAL_TRACE */
-    struct sim_dist hold;        /* flow duration (ignored with a trace) */
-    uint32_t dest_ips, dest_ports; /* destinations 198.18.0.0 + i, ports 443 + j */
+    struct sim_dist hold;           /* flow duration (ignored with a trace) */
+    uint32_t dest_ips, dest_ports;  /* destinations 198.18.0.0 + i, ports 443 + j */
     enum sim_dest_pick dest_pick;
-    double udp_share;            /* fraction of flows that are UDP, 0..1 */
-    uint64_t max_flows;          /* stop after this many arrivals (0 = no limit) */
-    double duration_ms;          /* stop at this virtual time (0 = no limit) */
-    uint64_t warmup_flows;       /* arrivals left out of the refusal statistics */
-    double sample_ms;            /* time between samples */
+    double udp_share;      /* fraction of flows that are UDP, 0..1 */
+    uint64_t max_flows;    /* stop after this many arrivals (0 = no limit) */
+    double duration_ms;    /* stop at this virtual time (0 = no limit) */
+    uint64_t warmup_flows; /* arrivals left out of the refusal statistics */
+    double sample_ms;      /* time between samples */
     enum sim_close_mode close_mode;
     uint64_t seed;
 };
@@ -63,10 +63,10 @@ struct sim_model_sample {
     uint64_t refused_interval;          /* since the previous sample */
     uint64_t active;                    /* live mappings (sessions) */
     uint64_t ports_in_use, ports_cooling;
-    double pool_use;                    /* ports_in_use / ports_total, 0..1 */
-    uint64_t clients_active;            /* clients with at least one live mapping */
+    double pool_use;         /* ports_in_use / ports_total, 0..1 */
+    uint64_t clients_active; /* clients with at least one live mapping */
     uint64_t ports_per_client_max;
-    double ports_per_client_mean;       /* over clients_active */
+    double ports_per_client_mean; /* over clients_active */
 };
 
 /* Per client, reported when the run ends. */
@@ -84,18 +84,18 @@ struct sim_model_result {
     double p_refuse;                   /* counted_refused / counted */
     double ci95, ci99;                 /* batch-means half-widths (INFINITY when too few) */
     unsigned batches;
-    double offered_load;               /* rate * mean holding (Erlangs), -1 with a trace */
-    uint64_t servers;                  /* ports per destination group for Erlang-B */
-    unsigned groups;                   /* destination groups sharing the load */
-    double erlang_b;                   /* B(servers, load/groups), -1 when not applicable */
-    const char *erlang_b_why;          /* why not applicable (NULL when it is) */
+    double offered_load;      /* rate * mean holding (Erlangs), -1 with a trace */
+    uint64_t servers;         /* ports per destination group for Erlang-B */
+    unsigned groups;          /* destination groups sharing the load */
+    double erlang_b;          /* B(servers, load/groups), -1 when not applicable */
+    const char *erlang_b_why; /* why not applicable (NULL when it is) */
     uint64_t peak_active, peak_ports_in_use, peak_ports_per_client;
     uint64_t ports_total;
     uint64_t samples;
     uint64_t clients;
-    double end_ms;                     /* virtual time of the last event */
-    double wall_ms;                    /* real time the run took */
-    uint64_t events;                   /* arrivals + departures + keep-alives */
+    double end_ms;   /* virtual time of the last event */
+    double wall_ms;  /* real time the run took */
+    uint64_t events; /* arrivals + departures + keep-alives */
 };
 
 /* Called for each sample, in time order. */

@@ -32,7 +32,8 @@ struct cli {
 
 static void usage(FILE *f)
 {
-    fprintf(f,
+    fprintf(
+        f,
         "usage: gwsim model [OPTIONS]\n"
         "The NAT engine (libnat) in virtual time: no sockets, deterministic for a --seed.\n"
         "Traffic:\n"
@@ -83,8 +84,8 @@ static void on_sample(void *arg, const struct sim_model_sample *s)
                 (unsigned long long)s->refused, (unsigned long long)s->refused_interval,
                 (unsigned long long)s->active, (unsigned long long)s->ports_in_use,
                 (unsigned long long)s->ports_cooling, s->pool_use,
-                (unsigned long long)s->clients_active,
-                (unsigned long long)s->ports_per_client_max, s->ports_per_client_mean);
+                (unsigned long long)s->clients_active, (unsigned long long)s->ports_per_client_max,
+                s->ports_per_client_mean);
     if (cli->svg_path != NULL && !cli->oom) {
         if (cli->n_samples == cli->cap_samples) {
             size_t nc = cli->cap_samples ? cli->cap_samples * 2 : 1024;
@@ -109,29 +110,75 @@ static int bad(const char *opt, const char *val, const char *why)
 static int parse_args(struct cli *cli, int argc, char **argv)
 {
     enum {
-        O_SUBS = 256, O_ARRIVAL, O_RATE, O_LOAD, O_HOLD, O_DIPS, O_DPORTS, O_DPICK, O_UDP,
-        O_FLOWS, O_DURATION, O_WARMUP, O_NIPS, O_NPORTS, O_POLICY, O_MAPPING, O_BLOCK,
-        O_MAXBLOCKS, O_RATIO, O_PCL, O_MAXSESS, O_REUSE, O_TUDP, O_TEST, O_TTRANS, O_CLOSE,
-        O_SEED, O_INTERVAL, O_CSV, O_CCSV, O_SVG, O_JSON, O_HELP,
+        O_SUBS = 256,
+        O_ARRIVAL,
+        O_RATE,
+        O_LOAD,
+        O_HOLD,
+        O_DIPS,
+        O_DPORTS,
+        O_DPICK,
+        O_UDP,
+        O_FLOWS,
+        O_DURATION,
+        O_WARMUP,
+        O_NIPS,
+        O_NPORTS,
+        O_POLICY,
+        O_MAPPING,
+        O_BLOCK,
+        O_MAXBLOCKS,
+        O_RATIO,
+        O_PCL,
+        O_MAXSESS,
+        O_REUSE,
+        O_TUDP,
+        O_TEST,
+        O_TTRANS,
+        O_CLOSE,
+        O_SEED,
+        O_INTERVAL,
+        O_CSV,
+        O_CCSV,
+        O_SVG,
+        O_JSON,
+        O_HELP,
     };
     static const struct option lo[] = {
-        {"subscribers", 1, NULL, O_SUBS},   {"arrival", 1, NULL, O_ARRIVAL},
-        {"rate", 1, NULL, O_RATE},          {"load", 1, NULL, O_LOAD},
-        {"hold", 1, NULL, O_HOLD},          {"dest-ips", 1, NULL, O_DIPS},
-        {"dest-ports", 1, NULL, O_DPORTS},  {"dest-pick", 1, NULL, O_DPICK},
-        {"udp-share", 1, NULL, O_UDP},      {"flows", 1, NULL, O_FLOWS},
-        {"duration", 1, NULL, O_DURATION},  {"warmup", 1, NULL, O_WARMUP},
-        {"nat-ips", 1, NULL, O_NIPS},       {"nat-ports", 1, NULL, O_NPORTS},
-        {"nat-policy", 1, NULL, O_POLICY},  {"nat-mapping", 1, NULL, O_MAPPING},
-        {"block-size", 1, NULL, O_BLOCK},   {"max-blocks", 1, NULL, O_MAXBLOCKS},
-        {"sharing-ratio", 1, NULL, O_RATIO}, {"per-client-limit", 1, NULL, O_PCL},
-        {"max-sessions", 1, NULL, O_MAXSESS}, {"reuse-delay", 1, NULL, O_REUSE},
-        {"timeout-udp", 1, NULL, O_TUDP},   {"timeout-tcp-est", 1, NULL, O_TEST},
-        {"timeout-tcp-trans", 1, NULL, O_TTRANS}, {"close", 1, NULL, O_CLOSE},
-        {"seed", 1, NULL, O_SEED},          {"interval", 1, NULL, O_INTERVAL},
-        {"csv", 1, NULL, O_CSV},            {"clients-csv", 1, NULL, O_CCSV},
-        {"svg", 1, NULL, O_SVG},            {"json", 0, NULL, O_JSON},
-        {"help", 0, NULL, O_HELP},          {NULL, 0, NULL, 0},
+        {"subscribers", 1, NULL, O_SUBS},
+        {"arrival", 1, NULL, O_ARRIVAL},
+        {"rate", 1, NULL, O_RATE},
+        {"load", 1, NULL, O_LOAD},
+        {"hold", 1, NULL, O_HOLD},
+        {"dest-ips", 1, NULL, O_DIPS},
+        {"dest-ports", 1, NULL, O_DPORTS},
+        {"dest-pick", 1, NULL, O_DPICK},
+        {"udp-share", 1, NULL, O_UDP},
+        {"flows", 1, NULL, O_FLOWS},
+        {"duration", 1, NULL, O_DURATION},
+        {"warmup", 1, NULL, O_WARMUP},
+        {"nat-ips", 1, NULL, O_NIPS},
+        {"nat-ports", 1, NULL, O_NPORTS},
+        {"nat-policy", 1, NULL, O_POLICY},
+        {"nat-mapping", 1, NULL, O_MAPPING},
+        {"block-size", 1, NULL, O_BLOCK},
+        {"max-blocks", 1, NULL, O_MAXBLOCKS},
+        {"sharing-ratio", 1, NULL, O_RATIO},
+        {"per-client-limit", 1, NULL, O_PCL},
+        {"max-sessions", 1, NULL, O_MAXSESS},
+        {"reuse-delay", 1, NULL, O_REUSE},
+        {"timeout-udp", 1, NULL, O_TUDP},
+        {"timeout-tcp-est", 1, NULL, O_TEST},
+        {"timeout-tcp-trans", 1, NULL, O_TTRANS},
+        {"close", 1, NULL, O_CLOSE},
+        {"seed", 1, NULL, O_SEED},
+        {"interval", 1, NULL, O_INTERVAL},
+        {"csv", 1, NULL, O_CSV},
+        {"clients-csv", 1, NULL, O_CCSV},
+        {"svg", 1, NULL, O_SVG},
+        {"json", 0, NULL, O_JSON},
+        {"help", 0, NULL, O_HELP},
+        {NULL, 0, NULL, 0},
     };
     struct sim_model_config *c = &cli->c;
     uint64_t ratio = 0, v;
@@ -206,9 +253,9 @@ static int parse_args(struct cli *cli, int argc, char **argv)
         case O_MAXBLOCKS:
         case O_RATIO:
         case O_SEED:
-            if (sim_parse_u64(optarg, 0, ch == O_FLOWS || ch == O_WARMUP || ch == O_SEED
-                                             ? UINT64_MAX
-                                             : UINT32_MAX,
+            if (sim_parse_u64(optarg, 0,
+                              ch == O_FLOWS || ch == O_WARMUP || ch == O_SEED ? UINT64_MAX
+                                                                              : UINT32_MAX,
                               &v) < 0)
                 return bad(name, optarg, "expected a whole number in range");
             if (ch == O_FLOWS)
@@ -243,8 +290,7 @@ static int parse_args(struct cli *cli, int argc, char **argv)
             else if (ch == O_INTERVAL) {
                 c->sample_ms = d;
                 cli->interval_set = true;
-            }
-            else if (ch == O_REUSE)
+            } else if (ch == O_REUSE)
                 c->nat.reuse_delay_ms = (uint32_t)d;
             else
                 c->nat.timeout_ms[ch == O_TUDP   ? NAT_TIMEOUT_UDP
@@ -267,7 +313,8 @@ static int parse_args(struct cli *cli, int argc, char **argv)
             break;
         case O_POLICY:
             if (nat_policy_parse(optarg) < 0)
-                return bad("--nat-policy", optarg, "expected sequential, random, preserve or block");
+                return bad("--nat-policy", optarg,
+                           "expected sequential, random, preserve or block");
             c->nat.policy = (enum nat_policy)nat_policy_parse(optarg);
             break;
         case O_MAPPING:
@@ -337,7 +384,8 @@ static json_t *summary_json(const struct cli *cli, const struct sim_model_result
 
     for (int e = 1; e < NAT_ERR_COUNT; e++)
         if (r->refused[e])
-            json_object_set_new(ref, nat_err_name((enum nat_err)e), json_integer((json_int_t)r->refused[e]));
+            json_object_set_new(ref, nat_err_name((enum nat_err)e),
+                                json_integer((json_int_t)r->refused[e]));
     json_object_set_new(o, "arrivals", json_integer((json_int_t)r->arrivals));
     json_object_set_new(o, "opened", json_integer((json_int_t)r->opened));
     json_object_set_new(o, "closed", json_integer((json_int_t)r->closed));
@@ -350,7 +398,8 @@ static json_t *summary_json(const struct cli *cli, const struct sim_model_result
     json_object_set_new(o, "ci95", isfinite(r->ci95) ? json_real(r->ci95) : json_null());
     json_object_set_new(o, "ci99", isfinite(r->ci99) ? json_real(r->ci99) : json_null());
     json_object_set_new(o, "batches", json_integer(r->batches));
-    json_object_set_new(o, "offered_load", r->offered_load >= 0 ? json_real(r->offered_load) : json_null());
+    json_object_set_new(o, "offered_load",
+                        r->offered_load >= 0 ? json_real(r->offered_load) : json_null());
     json_object_set_new(o, "servers", json_integer((json_int_t)r->servers));
     json_object_set_new(o, "groups", json_integer(r->groups));
     json_object_set_new(o, "erlang_b", r->erlang_b >= 0 ? json_real(r->erlang_b) : json_null());
@@ -358,7 +407,8 @@ static json_t *summary_json(const struct cli *cli, const struct sim_model_result
                         r->erlang_b_why ? json_string(r->erlang_b_why) : json_null());
     json_object_set_new(o, "peak_active", json_integer((json_int_t)r->peak_active));
     json_object_set_new(o, "peak_ports_in_use", json_integer((json_int_t)r->peak_ports_in_use));
-    json_object_set_new(o, "peak_ports_per_client", json_integer((json_int_t)r->peak_ports_per_client));
+    json_object_set_new(o, "peak_ports_per_client",
+                        json_integer((json_int_t)r->peak_ports_per_client));
     json_object_set_new(o, "ports_total", json_integer((json_int_t)r->ports_total));
     json_object_set_new(o, "clients", json_integer((json_int_t)r->clients));
     json_object_set_new(o, "virtual_seconds", json_real(r->end_ms / 1000.0));
@@ -386,32 +436,34 @@ static void summary_text(FILE *out, const struct cli *cli, const struct sim_mode
     else
         fprintf(out, "hold %s mean %.3gs\n", sim_dist_name(c->hold.kind), c->hold.mean_ms / 1000.0);
     fprintf(out, "  arrivals      %llu (%llu clients, %.1f virtual s)\n",
-           (unsigned long long)r->arrivals, (unsigned long long)r->clients, r->end_ms / 1000.0);
-    fprintf(out, "  opened        %llu   closed %llu   expired %llu\n", (unsigned long long)r->opened,
-           (unsigned long long)r->closed, (unsigned long long)r->expired);
+            (unsigned long long)r->arrivals, (unsigned long long)r->clients, r->end_ms / 1000.0);
+    fprintf(out, "  opened        %llu   closed %llu   expired %llu\n",
+            (unsigned long long)r->opened, (unsigned long long)r->closed,
+            (unsigned long long)r->expired);
     fprintf(out, "  refused       %llu", (unsigned long long)r->refused_total);
     for (int e = 1; e < NAT_ERR_COUNT; e++)
         if (r->refused[e])
-            fprintf(out, "   %s %llu", nat_err_name((enum nat_err)e), (unsigned long long)r->refused[e]);
+            fprintf(out, "   %s %llu", nat_err_name((enum nat_err)e),
+                    (unsigned long long)r->refused[e]);
     fprintf(out, "\n");
     fprintf(out, "  P(refuse)     %.6f", r->p_refuse);
     if (isfinite(r->ci95))
         fprintf(out, " +- %.6f (95%%, %u batches)", r->ci95, r->batches);
     fprintf(out, " over %llu arrivals after %llu warm-up\n", (unsigned long long)r->counted,
-           (unsigned long long)c->warmup_flows);
+            (unsigned long long)c->warmup_flows);
     if (r->offered_load >= 0)
         fprintf(out, "  offered load  %.4g Erlangs\n", r->offered_load);
     if (r->erlang_b >= 0)
         fprintf(out, "  Erlang-B      B(%llu, %.4g) = %.6f  (%u destination group%s)\n",
-               (unsigned long long)r->servers, r->offered_load / r->groups, r->erlang_b, r->groups,
-               r->groups == 1 ? "" : "s");
+                (unsigned long long)r->servers, r->offered_load / r->groups, r->erlang_b, r->groups,
+                r->groups == 1 ? "" : "s");
     else
         fprintf(out, "  Erlang-B      not applicable: %s\n", r->erlang_b_why);
     fprintf(out, "  peak          %llu live mappings, %llu ports in use, %llu ports per client\n",
-           (unsigned long long)r->peak_active, (unsigned long long)r->peak_ports_in_use,
-           (unsigned long long)r->peak_ports_per_client);
+            (unsigned long long)r->peak_active, (unsigned long long)r->peak_ports_in_use,
+            (unsigned long long)r->peak_ports_per_client);
     fprintf(out, "  speed         %.0f flows/s (%.3f s wall)\n",
-           r->wall_ms > 0 ? r->arrivals / (r->wall_ms / 1000.0) : 0, r->wall_ms / 1000.0);
+            r->wall_ms > 0 ? r->arrivals / (r->wall_ms / 1000.0) : 0, r->wall_ms / 1000.0);
 }
 
 static FILE *open_out(const char *path)

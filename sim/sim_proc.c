@@ -194,8 +194,7 @@ int sim_proc_collect(struct sim_proc *p, char **out, size_t max, int timeout_ms)
     return status;
 }
 
-int sim_wait_file_line(const char *path, const char *needle, char *line, size_t len,
-                       int timeout_ms)
+int sim_wait_file_line(const char *path, const char *needle, char *line, size_t len, int timeout_ms)
 {
     double deadline = sim_now_ms() + timeout_ms;
 

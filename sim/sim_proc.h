@@ -10,8 +10,8 @@
 #include <sys/types.h>
 
 struct sim_proc {
-    pid_t pid;   /* 0 when not running */
-    int out_fd;  /* read end of the child's stdout, -1 when closed */
+    pid_t pid;       /* 0 when not running */
+    int out_fd;      /* read end of the child's stdout, -1 when closed */
     char ready[256]; /* the ready line, without its newline */
 };
 

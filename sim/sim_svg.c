@@ -9,7 +9,7 @@
 
 #define W 960
 #define H 600
-#define ML 80  /* left margin */
+#define ML 80 /* left margin */
 #define MR 30
 #define P1_TOP 70
 #define P1_H 300
@@ -48,7 +48,16 @@ static double nice_max(double v)
         return 1;
     p = pow(10, floor(log10(v)));
     m = v / p;
-    return (m <= 1 ? 1 : m <= 2 ? 2 : m <= 5 ? 5 : 10) * p;
+    return (m <= 1     ? 1
+            : m <= 1.2 ? 1.2
+            : m <= 1.6 ? 1.6
+            : m <= 2   ? 2
+            : m <= 2.4 ? 2.4
+            : m <= 4   ? 4
+            : m <= 6   ? 6
+            : m <= 8   ? 8
+                       : 10) *
+           p;
 }
 
 typedef double (*field_fn)(const struct sim_model_sample *s);
@@ -66,12 +75,13 @@ static double f_refused(const struct sim_model_sample *s)
     return (double)s->refused_interval;
 }
 
-static void polyline(FILE *f, const struct sim_model_sample *s, size_t n, field_fn fn,
-                     double tmax, double ymax, int top, int h, const char *color)
+static void polyline(FILE *f, const struct sim_model_sample *s, size_t n, field_fn fn, double tmax,
+                     double ymax, int top, int h, const char *color, double width)
 {
     size_t step = n > MAXPTS ? (n + MAXPTS - 1) / MAXPTS : 1;
 
-    fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" points=\"", color);
+    fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"%.1f\" points=\"", color,
+            width);
     for (size_t i = 0; i < n; i += step) {
         double v = 0, t = s[i].t_ms;
         for (size_t j = i; j < i + step && j < n; j++)
@@ -85,23 +95,31 @@ static void polyline(FILE *f, const struct sim_model_sample *s, size_t n, field_
 
 static void axes(FILE *f, int top, int h, double ymax, double tmax, const char *ylabel)
 {
-    fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"#fafafa\" "
-               "stroke=\"#888\"/>\n",
+    fprintf(f,
+            "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"#fafafa\" "
+            "stroke=\"#888\"/>\n",
             ML, top, W - ML - MR, h);
     for (int i = 0; i <= 4; i++) {
         double y = top + h - h * i / 4.0;
-        fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", ML,
-                y, W - MR, y);
+        fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", ML, y,
+                W - MR, y);
         fprintf(f, "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\" font-size=\"11\">%.6g</text>\n",
                 ML - 6, y + 4, ymax * i / 4.0);
     }
-    for (int i = 0; i <= 5; i++) {
-        double x = ML + (W - ML - MR) * i / 5.0;
-        fprintf(f, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\" font-size=\"11\">%.6g</text>\n",
-                x, top + h + 15, tmax / 1000.0 * i / 5.0);
+    /* time ticks at round numbers of seconds */
+    if (tmax > 0) {
+        double step = nice_max(tmax / 1000.0 / 6.0);
+        for (int i = 0; i <= 12 && step * i <= tmax / 1000.0 + 1e-9; i++) {
+            double x = ML + (W - ML - MR) * (step * i * 1000.0 / tmax);
+            fprintf(f,
+                    "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\" "
+                    "font-size=\"11\">%.6g</text>\n",
+                    x, top + h + 15, step * i);
+        }
     }
-    fprintf(f, "<text x=\"16\" y=\"%d\" font-size=\"12\" transform=\"rotate(-90 16 %d)\" "
-               "text-anchor=\"middle\">",
+    fprintf(f,
+            "<text x=\"16\" y=\"%d\" font-size=\"12\" transform=\"rotate(-90 16 %d)\" "
+            "text-anchor=\"middle\">",
             top + h / 2, top + h / 2);
     svg_text(f, ylabel);
     fputs("</text>\n", f);
@@ -125,10 +143,11 @@ int sim_svg_write(FILE *f, const struct sim_model_sample *s, size_t n,
     y1 = nice_max(y1 * 1.05);
     y2 = nice_max(y2);
 
-    fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
-               "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
-               "viewBox=\"0 0 %d %d\" font-family=\"sans-serif\">\n"
-               "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
+    fprintf(f,
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
+            "viewBox=\"0 0 %d %d\" font-family=\"sans-serif\">\n"
+            "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
             W, H, W, H);
     fputs("<text x=\"80\" y=\"28\" font-size=\"17\" font-weight=\"bold\">", f);
     svg_text(f, info->title);
@@ -141,28 +160,31 @@ int sim_svg_write(FILE *f, const struct sim_model_sample *s, size_t n,
     axes(f, P1_TOP, P1_H, y1, tmax, "mappings / ports");
     if (info->ports_total > 0) {
         double y = P1_TOP + P1_H - P1_H * ((double)info->ports_total / y1);
-        fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#c00\" "
-                   "stroke-dasharray=\"6 4\"/>\n",
+        fprintf(f,
+                "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#c00\" "
+                "stroke-dasharray=\"6 4\"/>\n",
                 ML, y, W - MR, y);
     }
-    polyline(f, s, n, f_active, tmax, y1, P1_TOP, P1_H, "#1f77b4");
-    polyline(f, s, n, f_ports, tmax, y1, P1_TOP, P1_H, "#2ca02c");
+    /* ports under mappings: with eim they coincide and both stay visible */
+    polyline(f, s, n, f_ports, tmax, y1, P1_TOP, P1_H, "#2ca02c", 3.0);
+    polyline(f, s, n, f_active, tmax, y1, P1_TOP, P1_H, "#1f77b4", 1.2);
     axes(f, P2_TOP, P2_H, y2, tmax, "refused");
-    polyline(f, s, n, f_refused, tmax, y2, P2_TOP, P2_H, "#d62728");
-    fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\" font-size=\"12\">virtual time "
-               "(s)</text>\n",
+    polyline(f, s, n, f_refused, tmax, y2, P2_TOP, P2_H, "#d62728", 1.2);
+    fprintf(f,
+            "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\" font-size=\"12\">virtual time "
+            "(s)</text>\n",
             (W + ML) / 2, H - 22);
     /* legend */
-    fprintf(f,
-            "<g font-size=\"12\">"
-            "<line x1=\"560\" y1=\"44\" x2=\"584\" y2=\"44\" stroke=\"#1f77b4\" stroke-width=\"2\"/>"
-            "<text x=\"590\" y=\"48\">live mappings</text>"
-            "<line x1=\"690\" y1=\"44\" x2=\"714\" y2=\"44\" stroke=\"#2ca02c\" stroke-width=\"2\"/>"
-            "<text x=\"720\" y=\"48\">ports in use</text>"
-            "<line x1=\"810\" y1=\"44\" x2=\"834\" y2=\"44\" stroke=\"#c00\" "
-            "stroke-dasharray=\"6 4\"/><text x=\"840\" y=\"48\">pool size</text>"
-            "<line x1=\"560\" y1=\"62\" x2=\"584\" y2=\"62\" stroke=\"#d62728\" stroke-width=\"2\"/>"
-            "<text x=\"590\" y=\"66\">refused per interval (lower panel)</text></g>\n");
+    fprintf(
+        f, "<g font-size=\"12\">"
+           "<line x1=\"560\" y1=\"44\" x2=\"584\" y2=\"44\" stroke=\"#1f77b4\" stroke-width=\"2\"/>"
+           "<text x=\"590\" y=\"48\">live mappings</text>"
+           "<line x1=\"690\" y1=\"44\" x2=\"714\" y2=\"44\" stroke=\"#2ca02c\" stroke-width=\"2\"/>"
+           "<text x=\"720\" y=\"48\">ports in use</text>"
+           "<line x1=\"810\" y1=\"44\" x2=\"834\" y2=\"44\" stroke=\"#c00\" "
+           "stroke-dasharray=\"6 4\"/><text x=\"840\" y=\"48\">pool size</text>"
+           "<line x1=\"560\" y1=\"62\" x2=\"584\" y2=\"62\" stroke=\"#d62728\" stroke-width=\"2\"/>"
+           "<text x=\"590\" y=\"66\">refused per sample interval (lower panel)</text></g>\n");
     fputs("</svg>\n", f);
     return ferror(f) ? -EIO : 0;
 }

@@ -113,8 +113,8 @@ enum sim_trace_rc sim_trace_parse_line(const char *line, bool first, struct sim_
     else
         memcpy(out.dst, &((struct sockaddr_in6 *)(void *)&ss)->sin6_addr, 16);
     if (sim_parse_duration_ms(f[4], &out.duration_ms) < 0) {
-        snprintf(err, errlen, "%s: '%.64s' is not a duration (seconds, or with ms/s/m/h)",
-                 names[4], f[4]);
+        snprintf(err, errlen, "%s: '%.64s' is not a duration (seconds, or with ms/s/m/h)", names[4],
+                 f[4]);
         return SIM_TRACE_ERROR;
     }
     *row = out;
@@ -127,8 +127,7 @@ void sim_trace_reader_init(struct sim_trace_reader *r, FILE *f)
     r->f = f;
 }
 
-int sim_trace_next(struct sim_trace_reader *r, struct sim_trace_row *row, char *err,
-                   size_t errlen)
+int sim_trace_next(struct sim_trace_reader *r, struct sim_trace_row *row, char *err, size_t errlen)
 {
     char msg[256];
 

@@ -46,11 +46,11 @@ enum sim_trace_rc sim_trace_parse_line(const char *line, bool first, struct sim_
 
 /* Reads a trace file row by row and checks that time never goes back. */
 struct sim_trace_reader {
-    FILE *f;             /* borrowed */
-    unsigned long line;  /* number of the last line read */
-    bool seen_row;       /* a row or header has been read */
+    FILE *f;            /* borrowed */
+    unsigned long line; /* number of the last line read */
+    bool seen_row;      /* a row or header has been read */
     double last_time_ms;
-    char *buf;           /* owned: getline buffer */
+    char *buf; /* owned: getline buffer */
     size_t cap;
 };
 
@@ -62,8 +62,7 @@ void sim_trace_reader_init(struct sim_trace_reader *r, FILE *f);
  * with "line N: ..." in err (malformed line, time going back, a line over
  * 4096 bytes) or -EIO.
  */
-int sim_trace_next(struct sim_trace_reader *r, struct sim_trace_row *row, char *err,
-                   size_t errlen);
+int sim_trace_next(struct sim_trace_reader *r, struct sim_trace_row *row, char *err, size_t errlen);
 
 /* Frees the reader's buffer (not the FILE). */
 void sim_trace_reader_free(struct sim_trace_reader *r);

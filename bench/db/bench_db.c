@@ -6,11 +6,13 @@
  *      db_flush() returns, i.e. committed to the file (target >= 200,000/s).
  * The workload is gwd's: each session is an open event then a close event.
  *
- * usage: bench_db [-n EVENTS] [-q QUEUE] [-b BATCH] [-d DIR]
+ * usage: bench_db [-n EVENTS] [-q QUEUE] [-b BATCH] [-d DIR] [-k]
+ *   -k keeps the second store (to time queries on it) and prints its path.
  */
 #include <errno.h>
 #include <getopt.h>
 #include <sqlite3.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,11 +126,14 @@ static struct db *open_store(const char *path, uint32_t queue, uint32_t batch)
 int main(int argc, char **argv)
 {
     uint64_t n = 2000000;
-    uint32_t queue = 65536, batch = 4096;
+    struct db_options defaults;
+    db_options_default(&defaults);
+    uint32_t queue = defaults.queue_capacity, batch = defaults.batch_max;
     const char *dir_arg = NULL;
+    bool keep = false;
     int c;
 
-    while ((c = getopt(argc, argv, "n:q:b:d:h")) != -1) {
+    while ((c = getopt(argc, argv, "n:q:b:d:kh")) != -1) {
         switch (c) {
         case 'n':
             n = strtoull(optarg, NULL, 10);
@@ -142,8 +147,11 @@ int main(int argc, char **argv)
         case 'd':
             dir_arg = optarg;
             break;
+        case 'k':
+            keep = true;
+            break;
         default:
-            fprintf(stderr, "usage: bench_db [-n EVENTS] [-q QUEUE] [-b BATCH] [-d DIR]\n");
+            fprintf(stderr, "usage: bench_db [-n EVENTS] [-q QUEUE] [-b BATCH] [-d DIR] [-k]\n");
             return 2;
         }
     }
@@ -215,9 +223,17 @@ int main(int argc, char **argv)
            "flush %d; producer done after %.2f s, %llu full-queue retries)\n",
            (double)st.written / total, (unsigned long long)st.written, total,
            (unsigned long long)st.batches, rc, submitted, (unsigned long long)full);
+    printf("transactions: longest %u ms (the writer sizes batches to keep commits < 100 ms "
+           "apart under load)\n",
+           st.max_txn_ms);
     printf("cpu: %.2f s for producer + writer, %.2f us/event, i.e. %.0f events per CPU-second\n",
            cpu, cpu * 1e6 / (double)st.written, (double)st.written / cpu);
     db_close(db);
+    if (keep) {
+        printf("kept: %s\n", path);
+        free(evs);
+        return 0;
+    }
 
     snprintf(path + strlen(path), sizeof(path) - strlen(path), "-wal");
     unlink(path);

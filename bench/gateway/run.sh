@@ -18,7 +18,7 @@
 #   --build DIR  build tree holding bench/gateway/bench_* and gateway/gwd
 #                (default /tmp/b-bench; configure it with -DCMAKE_BUILD_TYPE=Release)
 #   --quiet-wait S, --quiet-pct P: before each measurement wait up to S s
-#                (default 10) for the machine to be at most P% busy (default
+#                (default 3) for the machine to be at most P% busy (default
 #                30) -- the machine is shared; the busy figure is logged
 #   --nice N     run proxy, backend and load at nice N (e.g. -10 on a busy
 #                shared machine, root only; the same for every proxy)
@@ -40,7 +40,7 @@ flows=9000
 proxies="none haproxy nginx gwd"
 tests="connrate keepalive bulk udp idle"
 rounds=3
-quiet_wait=10
+quiet_wait=3
 quiet_pct=30
 nice=0
 sysc=0

@@ -261,18 +261,23 @@ static void bench_live(uint32_t live, double secs, enum nat_mapping mapping)
 }
 
 /* Allocation when `full` of the pool is held: close a random live one, open a
- * new one. 1 IP x the default 12768 ports. */
+ * new one. 1 IP x the default 12768 ports, eim. Keys are made beforehand. */
 static void bench_full(double full, double secs, enum nat_policy p)
 {
     struct nat_table *t = make(p, NAT_MAPPING_EIM, 1, 20000, 32767, 0);
-    uint32_t cap = 32767 - 20000 + 1, live = (uint32_t)(cap * full);
+    uint32_t cap = 32767 - 20000 + 1, live = (uint32_t)(cap * full), nkeys = 16 * live;
     struct nat_session **s = calloc(live, sizeof(*s));
+    struct nat_key *keys = malloc(nkeys * sizeof(*keys));
+    uint32_t *victim = malloc(65536 * sizeof(*victim));
     uint64_t pairs = 0, next = live;
     double t0, el;
 
+    for (uint32_t i = 0; i < nkeys; i++)
+        keys[i] = flow_key(i, NAT_PROTO_UDP);
+    for (uint32_t i = 0; i < 65536; i++)
+        victim[i] = (uint32_t)(xr() % live);
     for (uint32_t i = 0; i < live; i++) {
-        struct nat_key k = flow_key(i, NAT_PROTO_UDP);
-        enum nat_err e = nat_session_open(t, &k, 0, 1, &s[i]);
+        enum nat_err e = nat_session_open(t, &keys[i], 0, 1, &s[i]);
 
         if (e != NAT_OK)
             die("fill", e);
@@ -280,12 +285,13 @@ static void bench_full(double full, double secs, enum nat_policy p)
     t0 = now_s();
     do {
         for (int b = 0; b < 4096; b++) {
-            uint32_t v = (uint32_t)(xr() % live);
-            struct nat_key k = flow_key((uint32_t)(next++ % (1u << 22)), NAT_PROTO_UDP);
+            uint32_t v = victim[pairs & 65535];
             enum nat_err e;
 
             nat_session_close(t, s[v], 1, "client_fin");
-            e = nat_session_open(t, &k, 0, 1, &s[v]);
+            do /* a key still live from long ago: take the next one */
+                e = nat_session_open(t, &keys[next++ % nkeys], 0, 1, &s[v]);
+            while (e == NAT_ERR_EXISTS);
             if (e != NAT_OK)
                 die("open at full", e);
             pairs++;
@@ -296,6 +302,8 @@ static void bench_full(double full, double secs, enum nat_policy p)
            cap, nat_policy_name(p), pairs / el / 1e6);
     nat_table_free(t);
     free(s);
+    free(keys);
+    free(victim);
 }
 
 int main(int argc, char **argv)

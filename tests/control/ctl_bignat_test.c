@@ -6,8 +6,8 @@
  * must page through it without stalling the loop. A child process is the
  * client; the parent runs the loop and records its longest turn.
  */
-#include <criterion/criterion.h>
 #include <arpa/inet.h>
+#include <criterion/criterion.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +26,7 @@ struct loop_watch {
     ev_prepare prepare;
     ev_check check;
     ev_timer poll_child;
-    uint64_t woke_us;   /* when the last poll returned */
+    uint64_t woke_us;    /* when the last poll returned */
     uint64_t longest_us; /* longest turn of callbacks (wall clock) */
     uint64_t woke_cpu_us;
     uint64_t longest_cpu_us; /* longest turn of callbacks (CPU time of this thread) */
@@ -101,7 +101,8 @@ static int client(const char *path)
         if (page == 0 && ctl_jint(ctl_result(r), "total") != SESSIONS)
             return 12;
         arr = json_object_get(ctl_result(r), "sessions");
-        json_array_foreach(arr, i, s) {
+        json_array_foreach(arr, i, s)
+        {
             if (ctl_jint(s, "id") <= after)
                 return 13;
             after = ctl_jint(s, "id");

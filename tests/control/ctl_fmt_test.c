@@ -91,7 +91,8 @@ Test(ctl_fmt, nat_table_golden)
 
     cr_assert_not_null(arr);
     ctl_nat_table_init(&t);
-    json_array_foreach(arr, i, s) {
+    json_array_foreach(arr, i, s)
+    {
         struct ctl_session_view v;
         cr_assert_eq(ctl_session_view_from_json(&v, s), 0);
         cr_assert_eq(ctl_nat_table_add(&t, &v, NOW), 0);
@@ -99,11 +100,13 @@ Test(ctl_fmt, nat_table_golden)
     cap_open(&c);
     ctl_table_print(&t, c.f);
     ctl_nat_footer(c.f, t.nrows, 2);
-    cap_check(&c,
-              "PROTO  CLIENT           NAT              BACKEND             STATE          AGE  IDLE    IN   OUT\n"
-              "tcp    127.0.0.2:40000  127.0.0.1:24001  web/127.0.0.1:9000  established  3m12s    5s  1.2K  3.4M\n"
-              "udp    [::1]:5353       [::1]:25999      dns/[::1]:53        new           2h4m    0s     0   512\n"
-              "2 sessions\n");
+    cap_check(&c, "PROTO  CLIENT           NAT              BACKEND             STATE          AGE "
+                  " IDLE    IN   OUT\n"
+                  "tcp    127.0.0.2:40000  127.0.0.1:24001  web/127.0.0.1:9000  established  3m12s "
+                  "   5s  1.2K  3.4M\n"
+                  "udp    [::1]:5353       [::1]:25999      dns/[::1]:53        new           2h4m "
+                  "   0s     0   512\n"
+                  "2 sessions\n");
     ctl_table_free(&t);
     ctl_table_free(&t);
     json_decref(arr);
@@ -131,11 +134,20 @@ Test(ctl_fmt, closed_session_shows_its_lifetime)
 {
     struct ctl_table t;
     struct capture c;
-    struct ctl_session_view v = {
-        .proto = "tcp", .client_ip = "10.0.0.1", .client_port = 1, .nat_ip = "10.0.0.2",
-        .nat_port = 2, .backend = "", .backend_ip = "10.0.0.3", .backend_port = 3,
-        .state = "closed", .opened_ms = NOW - 65000, .last_ms = NOW - 1000,
-        .closed_ms = NOW - 5000, .bytes_in = 1, .bytes_out = 2};
+    struct ctl_session_view v = {.proto = "tcp",
+                                 .client_ip = "10.0.0.1",
+                                 .client_port = 1,
+                                 .nat_ip = "10.0.0.2",
+                                 .nat_port = 2,
+                                 .backend = "",
+                                 .backend_ip = "10.0.0.3",
+                                 .backend_port = 3,
+                                 .state = "closed",
+                                 .opened_ms = NOW - 65000,
+                                 .last_ms = NOW - 1000,
+                                 .closed_ms = NOW - 5000,
+                                 .bytes_in = 1,
+                                 .bytes_out = 2};
 
     ctl_nat_table_init(&t);
     cr_assert_eq(ctl_nat_table_add(&t, &v, NOW), 0);
@@ -214,18 +226,18 @@ Test(ctl_fmt, stats_golden)
     cr_assert_not_null(st);
     cap_open(&c);
     ctl_print_stats(c.f, st);
-    cap_check(&c,
-              "uptime     2h4m (since 2026-11-27T14:17:25.123Z)\n"
-              "flows      3 live: tcp 2 (new 0, established 2, closing 0), udp 1 (new 1, "
-              "established 0, closing 0)\n"
-              "mappings   opened 10, closed 6, expired 1, refused 3 (pool_exhausted 2, no_server 1)\n"
-              "pool       random/eim ports 24000-25999: 3 of 4000 in use (0.1%), 1 cooling\n"
-              "           127.0.0.1: 2 of 2000 (0.1%)\n"
-              "           127.0.0.2: 1 of 2000 (0.1%)\n"
-              "traffic    in 1.2K, out 3.4M; udp datagrams in 4, out 3, dropped 0\n"
-              "store      queue 0/32768, written 17, dropped 0, ok\n"
-              "backends   web tcp: 1 of 2 servers available, 2 flows\n"
-              "control    1 clients, 0 subscribers, 5 requests, 1 errors\n");
+    cap_check(
+        &c, "uptime     2h4m (since 2026-11-27T14:17:25.123Z)\n"
+            "flows      3 live: tcp 2 (new 0, established 2, closing 0), udp 1 (new 1, "
+            "established 0, closing 0)\n"
+            "mappings   opened 10, closed 6, expired 1, refused 3 (pool_exhausted 2, no_server 1)\n"
+            "pool       random/eim ports 24000-25999: 3 of 4000 in use (0.1%), 1 cooling\n"
+            "           127.0.0.1: 2 of 2000 (0.1%)\n"
+            "           127.0.0.2: 1 of 2000 (0.1%)\n"
+            "traffic    in 1.2K, out 3.4M; udp datagrams in 4, out 3, dropped 0\n"
+            "store      queue 0/32768, written 17, dropped 0, ok\n"
+            "backends   web tcp: 1 of 2 servers available, 2 flows\n"
+            "control    1 clients, 0 subscribers, 5 requests, 1 errors\n");
     json_decref(st);
 }
 
@@ -242,10 +254,12 @@ Test(ctl_fmt, backends_golden)
 
     cap_open(&c);
     ctl_print_backends(c.f, r);
-    cap_check(&c,
-              "BACKEND  PROTO  BALANCE     SERVER          ADDRESS         STATE     WEIGHT  CONNS  TOTAL  FAILS\n"
-              "web      tcp    roundrobin  a               127.0.0.1:9000  up             1      2     10      0\n"
-              "web      tcp    roundrobin  127.0.0.1:9001  127.0.0.1:9001  draining      20      0      3      1\n");
+    cap_check(&c, "BACKEND  PROTO  BALANCE     SERVER          ADDRESS         STATE     WEIGHT  "
+                  "CONNS  TOTAL  FAILS\n"
+                  "web      tcp    roundrobin  a               127.0.0.1:9000  up             1    "
+                  "  2     10      0\n"
+                  "web      tcp    roundrobin  127.0.0.1:9001  127.0.0.1:9001  draining      20    "
+                  "  0      3      1\n");
     json_decref(r);
 }
 
@@ -255,17 +269,22 @@ Test(ctl_fmt, events_golden)
     json_t *open = json_loads(
         "{\"event\":\"open\",\"time\":\"2026-11-27T16:21:25.123Z\",\"reason\":null,\"session\":"
         "{\"id\":1,\"proto\":\"tcp\",\"client_ip\":\"127.0.0.2\",\"client_port\":40000,"
-        "\"nat_ip\":\"127.0.0.1\",\"nat_port\":24001,\"backend\":\"web\",\"backend_ip\":\"127.0.0.1\","
-        "\"backend_port\":9000,\"bytes_in\":0,\"bytes_out\":0}}", 0, NULL);
+        "\"nat_ip\":\"127.0.0.1\",\"nat_port\":24001,\"backend\":\"web\",\"backend_ip\":\"127.0.0."
+        "1\","
+        "\"backend_port\":9000,\"bytes_in\":0,\"bytes_out\":0}}",
+        0, NULL);
     json_t *close = json_loads(
         "{\"event\":\"close\",\"time\":\"2026-11-27T16:21:26.000Z\",\"reason\":\"client_fin\","
         "\"session\":{\"id\":1,\"proto\":\"tcp\",\"client_ip\":\"127.0.0.2\",\"client_port\":40000,"
-        "\"nat_ip\":\"127.0.0.1\",\"nat_port\":24001,\"backend\":\"web\",\"backend_ip\":\"127.0.0.1\","
-        "\"backend_port\":9000,\"bytes_in\":1229,\"bytes_out\":3565158}}", 0, NULL);
+        "\"nat_ip\":\"127.0.0.1\",\"nat_port\":24001,\"backend\":\"web\",\"backend_ip\":\"127.0.0."
+        "1\","
+        "\"backend_port\":9000,\"bytes_in\":1229,\"bytes_out\":3565158}}",
+        0, NULL);
     json_t *refuse = json_loads(
         "{\"event\":\"refuse\",\"time\":\"2026-11-27T16:21:27.000Z\",\"reason\":\"pool_exhausted\","
         "\"session\":{\"proto\":\"udp\",\"client_ip\":\"::1\",\"client_port\":5353,"
-        "\"backend\":\"dns\",\"backend_ip\":\"::1\",\"backend_port\":53}}", 0, NULL);
+        "\"backend\":\"dns\",\"backend_ip\":\"::1\",\"backend_port\":53}}",
+        0, NULL);
     json_t *health = json_loads(
         "{\"event\":\"health\",\"time\":\"2026-11-27T16:21:28.000Z\",\"backend\":\"web\","
         "\"server\":\"a\",\"old_state\":\"up\",\"new_state\":\"down\",\"why\":\"health check\"}",
@@ -278,11 +297,12 @@ Test(ctl_fmt, events_golden)
     cr_assert_eq(ctl_print_event(c.f, refuse), 0);
     cr_assert_eq(ctl_print_event(c.f, health), 0);
     cr_assert_eq(ctl_print_event(c.f, junk), -1);
-    cap_check(&c,
-              "2026-11-27T16:21:25.123Z open   tcp 127.0.0.2:40000 -> 127.0.0.1:24001 -> web/127.0.0.1:9000\n"
-              "2026-11-27T16:21:26.000Z close  tcp 127.0.0.2:40000 -> 127.0.0.1:24001 -> web/127.0.0.1:9000 client_fin in 1.2K out 3.4M\n"
-              "2026-11-27T16:21:27.000Z refuse udp [::1]:5353 -> dns/[::1]:53 pool_exhausted\n"
-              "2026-11-27T16:21:28.000Z health web/a up -> down (health check)\n");
+    cap_check(&c, "2026-11-27T16:21:25.123Z open   tcp 127.0.0.2:40000 -> 127.0.0.1:24001 -> "
+                  "web/127.0.0.1:9000\n"
+                  "2026-11-27T16:21:26.000Z close  tcp 127.0.0.2:40000 -> 127.0.0.1:24001 -> "
+                  "web/127.0.0.1:9000 client_fin in 1.2K out 3.4M\n"
+                  "2026-11-27T16:21:27.000Z refuse udp [::1]:5353 -> dns/[::1]:53 pool_exhausted\n"
+                  "2026-11-27T16:21:28.000Z health web/a up -> down (health check)\n");
     json_decref(open);
     json_decref(close);
     json_decref(refuse);

@@ -23,8 +23,8 @@ static char ubackend[64];
 
 static void start(bool default_path, const char *const *env)
 {
-    const char *args[] = {"--udp-backend", ubackend, "--nat-ip", "127.0.0.1", "--nat-ports",
-                          "24500-24999",   "--log-level", "warn", NULL};
+    const char *args[] = {"--udp-backend", ubackend,      "--nat-ip", "127.0.0.1", "--nat-ports",
+                          "24500-24999",   "--log-level", "warn",     NULL};
 
     cr_assert_eq(ctl_echo_start(&echo), 0);
     snprintf(ubackend, sizeof(ubackend), "u=127.0.0.1:%u", echo.udp_port);
@@ -126,8 +126,7 @@ Test(ctl_gwctl, usage_errors_exit_2)
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char *out, *err;
         int rc = ctl_run_gwctl(cases[i], NULL, &out, &err);
-        cr_assert_eq(rc, 2, "case %zu (%s): rc %d, %s", i, cases[i][0] ? cases[i][0] : "", rc,
-                     err);
+        cr_assert_eq(rc, 2, "case %zu (%s): rc %d, %s", i, cases[i][0] ? cases[i][0] : "", rc, err);
         free(out);
         free(err);
     }
@@ -317,8 +316,7 @@ Test(ctl_gwctl, watch_prints_periodic_blocks_when_not_a_tty, .fini = stop, .time
 
     start(false, NULL);
     flows(a, 3, "127.0.0.8");
-    const char *args[] = {"--socket", gwd.sock, "watch", "--count", "2", "--interval", "0.2",
-                          NULL};
+    const char *args[] = {"--socket", gwd.sock, "watch", "--count", "2", "--interval", "0.2", NULL};
     cr_assert_eq(ctl_run_gwctl(args, NULL, &out, &err), 0, "%s", err);
     cr_assert_null(strchr(out, '\033'), "no terminal escapes when not a tty");
     cr_assert_eq(count_lines(out) > 10, 1, "%s", out);
@@ -335,8 +333,8 @@ Test(ctl_gwctl, watch_prints_periodic_blocks_when_not_a_tty, .fini = stop, .time
 
 #define T0 1795796400000ULL /* 2026-11-27T16:20:00.000Z */
 
-static void ev(struct db *db, enum nat_event_type type, uint64_t t, const char *reason,
-               uint64_t id, uint8_t proto, const char *client, uint16_t cport, uint64_t opened)
+static void ev(struct db *db, enum nat_event_type type, uint64_t t, const char *reason, uint64_t id,
+               uint8_t proto, const char *client, uint16_t cport, uint64_t opened)
 {
     struct nat_event e;
 
@@ -382,8 +380,7 @@ static void make_store(void)
     /* tcp 10.0.0.3:3000 holds tcp 127.0.0.1:24001 from T0+30 s to T0+90 s */
     ev(db, NAT_EV_OPEN, T0 + 30000, NULL, 2, NAT_PROTO_TCP, "10.0.0.3", 3000, T0 + 30000);
     ev(db, NAT_EV_EXPIRE, T0 + 60000, "timeout", 1, NAT_PROTO_UDP, "10.0.0.1", 1000, T0);
-    ev(db, NAT_EV_CLOSE, T0 + 90000, "client_fin", 2, NAT_PROTO_TCP, "10.0.0.3", 3000,
-       T0 + 30000);
+    ev(db, NAT_EV_CLOSE, T0 + 90000, "client_fin", 2, NAT_PROTO_TCP, "10.0.0.3", 3000, T0 + 30000);
     /* udp 10.0.0.2:2000 gets the same port at T0+120 s and still holds it */
     ev(db, NAT_EV_OPEN, T0 + 120000, NULL, 3, NAT_PROTO_UDP, "10.0.0.2", 2000, T0 + 120000);
     cr_assert_eq(db_close(db), 0);
@@ -421,27 +418,30 @@ Test(ctl_gwctl_db, whois_follows_the_port_over_time)
     json_t *j;
 
     cr_assert_eq(gwctl_db(&out, "whois", "127.0.0.1:24001", "--at", "2026-11-27T16:20:10Z",
-                          "--proto", "udp"), 0);
+                          "--proto", "udp"),
+                 0);
     cr_assert_not_null(strstr(out, "10.0.0.1:1000"), "%s", out);
     cr_assert_null(strstr(out, "10.0.0.2"), "%s", out);
-    cr_assert_not_null(strstr(out, "\n1 session held 127.0.0.1:24001 at 2026-11-27T16:20:10.000Z\n"),
-                       "%s", out);
+    cr_assert_not_null(
+        strstr(out, "\n1 session held 127.0.0.1:24001 at 2026-11-27T16:20:10.000Z\n"), "%s", out);
     free(out);
     /* both protocols at T0+45 s: the udp and the tcp session */
-    cr_assert_eq(gwctl_db(&out, "whois", "127.0.0.1:24001", "--at", "2026-11-27T16:20:45Z", NULL,
-                          NULL), 0);
+    cr_assert_eq(
+        gwctl_db(&out, "whois", "127.0.0.1:24001", "--at", "2026-11-27T16:20:45Z", NULL, NULL), 0);
     cr_assert_not_null(strstr(out, "10.0.0.1:1000"), "%s", out);
     cr_assert_not_null(strstr(out, "10.0.0.3:3000"), "%s", out);
     cr_assert_not_null(strstr(out, "\n2 sessions held"), "%s", out);
     free(out);
     /* between the expiry and the reuse: nobody, exit 1 */
     cr_assert_eq(gwctl_db(&out, "whois", "127.0.0.1:24001", "--at", "2026-11-27T16:21:40Z",
-                          "--proto", "udp"), 1);
+                          "--proto", "udp"),
+                 1);
     cr_assert_not_null(strstr(out, "nobody held 127.0.0.1:24001/udp"), "%s", out);
     free(out);
     /* after the reuse: the second client */
     cr_assert_eq(gwctl_db(&out, "--json", "whois", "127.0.0.1:24001", "--at",
-                          "2026-11-27T16:22:30Z", "--proto=udp"), 0);
+                          "2026-11-27T16:22:30Z", "--proto=udp"),
+                 0);
     j = json_loads(out, 0, NULL);
     cr_assert_not_null(j, "%s", out);
     cr_assert_eq(ctl_jint(j, "total"), 1);
@@ -453,7 +453,8 @@ Test(ctl_gwctl_db, whois_follows_the_port_over_time)
     free(out);
     /* the instant the first one closed is no longer its */
     cr_assert_eq(gwctl_db(&out, "whois", "127.0.0.1:24001", "--at", "2026-11-27T16:21:00.000Z",
-                          "--proto", "udp"), 1);
+                          "--proto", "udp"),
+                 1);
     free(out);
     cr_assert_eq(gwctl_db(&out, "whois", "127.0.0.1", NULL, NULL, NULL, NULL), 2);
     free(out);

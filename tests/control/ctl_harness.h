@@ -27,11 +27,11 @@ void ctl_echo_stop(struct ctl_echo *e);
 
 struct ctl_gwd {
     pid_t pid;
-    char dir[64];       /* temp dir holding the socket, store and log */
+    char dir[64]; /* temp dir holding the socket, store and log */
     char sock[128];
     char db[128];
     char log[128];
-    uint16_t port;      /* gwd's TCP+UDP port (from show stats) */
+    uint16_t port;        /* gwd's TCP+UDP port (from show stats) */
     bool no_control_flag; /* spawn without --control: gwd finds its path by the default rule */
 };
 

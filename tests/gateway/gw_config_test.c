@@ -5,9 +5,9 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
-#include <unistd.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "gateway/gwd.h"
 
@@ -30,7 +30,8 @@ static void parse_bad(const char *text, const char *want)
     cr_assert(strstr(err, want) != NULL, "error \"%s\" lacks \"%s\"", err, want);
 }
 
-#define MIN_BACKEND "\"backends\":[{\"name\":\"web\",\"proto\":\"tcp\",\"servers\":[\"127.0.0.1:8080\"]}]"
+#define MIN_BACKEND                                                                                \
+    "\"backends\":[{\"name\":\"web\",\"proto\":\"tcp\",\"servers\":[\"127.0.0.1:8080\"]}]"
 
 Test(gw_config, minimal_gets_the_defaults)
 {
@@ -70,11 +71,14 @@ Test(gw_config, full_file)
         "\"servers\":[{\"address\":\"127.0.0.1:8080\",\"name\":\"a\",\"weight\":3,\"max_conns\":5},"
         "\"127.0.0.1:8081\"],\"health\":{\"interval\":0.5,\"timeout\":0.2,\"rise\":1,\"fall\":2},"
         "\"proxy_protocol\":\"v2\",\"connect_timeout\":1.5},"
-        "{\"name\":\"dns\",\"proto\":\"udp\",\"balance\":\"source\",\"servers\":[\"127.0.0.1:5353\"],"
+        "{\"name\":\"dns\",\"proto\":\"udp\",\"balance\":\"source\",\"servers\":[\"127.0.0.1:"
+        "5353\"],"
         "\"health\":{\"send\":\"ping\",\"expect\":\"pong\"}}],"
-        "\"routes\":[{\"proto\":\"udp\",\"backend\":\"dns\"},{\"proto\":\"tcp\",\"backend\":\"web\"}],"
+        "\"routes\":[{\"proto\":\"udp\",\"backend\":\"dns\"},{\"proto\":\"tcp\",\"backend\":"
+        "\"web\"}],"
         "\"timeouts\":{\"connect\":2,\"drain\":3},\"limits\":{\"max_flows\":100,\"buffer\":4096},"
-        "\"db\":\":memory:\",\"control\":\"/tmp/x.sock\",\"user\":\"nobody\",\"log_level\":\"debug\"}");
+        "\"db\":\":memory:\",\"control\":\"/tmp/"
+        "x.sock\",\"user\":\"nobody\",\"log_level\":\"debug\"}");
     cr_assert_eq(cfg->port, 8080);
     cr_assert_eq(cfg->n_binds, 2);
     cr_assert_eq(cfg->backlog, 64);
@@ -142,7 +146,8 @@ Test(gw_config, errors_name_the_json_path)
               "backends[1]: a second backend named \"a\"");
     parse_bad("{}", "backends: no backend");
     parse_bad("[]", "must be a JSON object");
-    parse_bad("{" MIN_BACKEND ",\"listen\":{\"port\":70000}}", "listen.port: must be between 0 and 65535");
+    parse_bad("{" MIN_BACKEND ",\"listen\":{\"port\":70000}}",
+              "listen.port: must be between 0 and 65535");
     parse_bad("{" MIN_BACKEND ",\"listen\":{\"port\":20500}}", "holds the listening port 20500");
     parse_bad("{" MIN_BACKEND ",\"log_level\":\"loud\"}", "log_level:");
     parse_bad("{\"backends\":[{\"name\":\"u\",\"proto\":\"udp\",\"servers\":[\"127.0.0.1:1\"],"
@@ -171,7 +176,8 @@ Test(gw_config, flags_override_and_add_pools)
     struct gw_config *cfg = NULL;
     char path[] = "/tmp/gw_config_test-XXXXXX";
     int fd = mkstemp(path);
-    const char *text = "{\"listen\":{\"port\":8080}," MIN_BACKEND ",\"nat\":{\"ports\":\"20000-20099\"}}";
+    const char *text =
+        "{\"listen\":{\"port\":8080}," MIN_BACKEND ",\"nat\":{\"ports\":\"20000-20099\"}}";
 
     cr_assert_geq(fd, 0);
     cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));

@@ -1,19 +1,22 @@
 /*
  * gw_faults_test.c - gwd under faults and operations: failover when a server
- * is down or dies, health checks taking a server out and back, a tiny pool
- * exhausted (refused, counted, served again), UDP expiry, SIGHUP under load
- * without dropping a flow, SIGTERM closing every session in the store, bad
- * configurations refused with their JSON path, and EMFILE pausing accept.
- * NAT ports 22000-23999 (gateway suite range).
+ * refuses, never answers (connect timeout) or dies mid-stream; health checks
+ * (TCP connect, UDP request/reply) taking a server out and back; a tiny pool
+ * exhausted (refused, counted, served again); pool ports busy on the host
+ * skipped; UDP expiry; SIGHUP under load without dropping a flow; SIGTERM
+ * draining live flows and closing every session in the store; a locked store
+ * (forwarding goes on); bad configurations refused with their JSON path; and
+ * EMFILE pausing accept. NAT ports 22000-23999 (gateway suite range).
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -84,8 +87,8 @@ Test(gw_faults, failover_when_a_server_refuses)
                             3, 5000),
                  3);
     cr_assert_eq(gwt_db_int(gwd.db,
-                            "SELECT count(*) FROM nat_sessions WHERE close_reason='client_fin'",
-                            6, 5000),
+                            "SELECT count(*) FROM nat_sessions WHERE close_reason='client_fin'", 6,
+                            5000),
                  6);
     cr_assert_eq(gwd_stop(&gwd), 0);
 }
@@ -111,9 +114,8 @@ Test(gw_faults, server_dies_mid_stream)
         close(fds[i]);
     }
     /* Wait for the closes to be written (the store is written behind). */
-    cr_assert_eq(gwt_db_int(gwd.db,
-                            "SELECT count(*) FROM nat_sessions WHERE closed_at IS NOT NULL", 10,
-                            5000),
+    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions WHERE closed_at IS NOT NULL",
+                            10, 5000),
                  10);
     cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions", -1, 0), 10);
     cr_assert_eq(gwt_db_int(gwd.db,
@@ -242,9 +244,8 @@ Test(gw_faults, udp_mapping_expires)
                             "SELECT count(*) FROM nat_sessions WHERE close_reason='timeout'", 1,
                             6000),
                  1);
-    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_events WHERE event='expire'", 1,
-                            3000),
-                 1);
+    cr_assert_eq(
+        gwt_db_int(gwd.db, "SELECT count(*) FROM nat_events WHERE event='expire'", 1, 3000), 1);
     cr_assert_eq(send(fd, "c", 1, 0), 1);
     cr_assert_gt(recv(fd, buf, sizeof(buf), 0), 0);
     cr_assert_eq(gwt_db_int(gwd.db,
@@ -330,17 +331,16 @@ Test(gw_faults, sigterm_closes_every_session_in_the_store)
         cr_assert_eq(send(u[i], "x", 1, 0), 1);
         cr_assert_gt(recv(u[i], buf, sizeof(buf), 0), 0);
     }
-    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions WHERE closed_at IS NULL",
-                            40, 5000),
-                 40);
+    cr_assert_eq(
+        gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions WHERE closed_at IS NULL", 40, 5000),
+        40);
     cr_assert_eq(gwd_stop(&gwd), 0);
     cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions", -1, 0), 40);
-    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions WHERE closed_at IS NULL",
-                            -1, 0),
-                 0);
+    cr_assert_eq(
+        gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions WHERE closed_at IS NULL", -1, 0), 0);
     cr_assert_eq(gwt_db_int(gwd.db,
-                            "SELECT count(*) FROM nat_sessions WHERE close_reason='shutdown'",
-                            -1, 0),
+                            "SELECT count(*) FROM nat_sessions WHERE close_reason='shutdown'", -1,
+                            0),
                  40);
     for (int i = 0; i < 20; i++) {
         char c;
@@ -449,7 +449,8 @@ Test(gw_faults, busy_pool_ports_are_skipped)
         a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         a.sin_port = htons((uint16_t)(23200 + i));
         hold[i] = socket(AF_INET, SOCK_STREAM, 0);
-        cr_assert_eq(bind(hold[i], (struct sockaddr *)&a, sizeof(a)), 0, "port %d taken", 23200 + i);
+        cr_assert_eq(bind(hold[i], (struct sockaddr *)&a, sizeof(a)), 0, "port %d taken",
+                     23200 + i);
         cr_assert_eq(listen(hold[i], 1), 0);
     }
     cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
@@ -503,4 +504,109 @@ Test(gw_faults, udp_health_check_request_reply)
     cr_assert_eq(gwt_backend_start(&be[1], &dir, "b2", bport), 0);
     snprintf(want, sizeof(want), "server 127.0.0.1:%u: down -> up", bport);
     cr_assert(gwd_log_wait(&gwd, want, 1, 10000), "b never came back");
+}
+
+/* SIGTERM drains: no new flow is accepted, a live one keeps working until it
+ * ends by itself, then gwd exits 0 before the drain time is up. */
+Test(gw_faults, sigterm_drains_live_flows)
+{
+    char json[1024], seen[64], line[64];
+
+    cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
+    snprintf(json, sizeof(json),
+             "{\"nat\":{\"ports\":\"23400-23499\"},\"timeouts\":{\"drain\":30},\"backends\":[{"
+             "\"name\":\"web\",\"proto\":\"tcp\",\"servers\":[\"127.0.0.1:%u\"]}]}",
+             be[0].port);
+    start_with_config(json);
+    int fd = hello("127.0.0.12", seen, sizeof(seen));
+    gwd_signal(&gwd, SIGTERM);
+    cr_assert(gwd_log_wait(&gwd, "stopping: 1 TCP flows may finish", 1, 5000));
+    cr_assert_eq(gwt_tcp_connect("127.0.0.12", gwd.port), -1, "a new flow was accepted");
+    for (int i = 0; i < 5; i++) {
+        cr_assert_eq(gwt_write_full(fd, "still here\n", 11), 0);
+        cr_assert_eq(gwt_read_line(fd, line, sizeof(line)), 10);
+    }
+    cr_assert(gwd_alive(&gwd));
+    uint64_t t0 = gwt_ms();
+    close(fd);
+    cr_assert_eq(gwd_wait(&gwd, 20000), 0, "gwd did not exit after its last flow");
+    cr_assert_lt(gwt_ms() - t0, 20000, "gwd waited for the drain time, not for the flow");
+    char reason[32];
+    cr_assert_eq(
+        gwt_db_text(gwd.db, "SELECT close_reason FROM nat_sessions", reason, sizeof(reason), 1000),
+        0);
+    cr_assert_str_eq(reason, "client_fin");
+}
+
+/* The store cannot write (another process holds its write lock): flows are
+ * still served, the degraded state is logged once, and when the lock goes
+ * the store catches up with every session. */
+Test(gw_faults, store_locked_forwarding_goes_on)
+{
+    char tb[64], seen[64];
+    sqlite3 *h = NULL;
+
+    cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
+    snprintf(tb, sizeof(tb), "127.0.0.1:%u", be[0].port);
+    const char *args[] = {"--tcp-backend", tb, "--nat-ports", "23500-23599", NULL};
+    cr_assert_eq(gwd_start(&gwd, &dir, args, 0), 0);
+    cr_assert_eq(sqlite3_open(gwd.db, &h), SQLITE_OK);
+    sqlite3_busy_timeout(h, 5000);
+    cr_assert_eq(sqlite3_exec(h, "BEGIN EXCLUSIVE", NULL, NULL, NULL), SQLITE_OK,
+                 "%s", sqlite3_errmsg(h));
+    for (int i = 0; i < 20; i++)
+        close(hello("127.0.0.13", seen, sizeof(seen)));
+    cr_assert(gwd_log_wait(&gwd, "store degraded (forwarding goes on)", 1, 10000));
+    for (int i = 0; i < 20; i++)
+        close(hello("127.0.0.13", seen, sizeof(seen)));
+    cr_assert_eq(gwd_log_count(&gwd, "store degraded"), 1, "logged once per episode");
+    cr_assert_eq(sqlite3_exec(h, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(h);
+    cr_assert(gwd_log_wait(&gwd, "store recovered", 1, 10000));
+    cr_assert_eq(gwt_db_int(gwd.db,
+                            "SELECT count(*) FROM nat_sessions WHERE client_ip='127.0.0.13' AND "
+                            "closed_at IS NOT NULL",
+                            40, 10000),
+                 40);
+    cr_assert_eq(gwd_stop(&gwd), 0);
+}
+
+/* A server that never answers (its accept queue is full, so SYNs are
+ * dropped): the connect times out and the flow goes to the next server. */
+Test(gw_faults, connect_timeout_then_failover)
+{
+    char json[1024], seen[64];
+    struct sockaddr_in a = {0};
+    socklen_t al = sizeof(a);
+
+    int stuck = socket(AF_INET, SOCK_STREAM, 0);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(bind(stuck, (struct sockaddr *)&a, sizeof(a)), 0);
+    cr_assert_eq(listen(stuck, 0), 0);
+    getsockname(stuck, (struct sockaddr *)&a, &al);
+    int fill[3];
+    for (int i = 0; i < 3; i++) {
+        fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        connect(fill[i], (struct sockaddr *)&a, sizeof(a)); /* queue full after these */
+    }
+    gwt_sleep_ms(100);
+    cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
+    snprintf(json, sizeof(json),
+             "{\"nat\":{\"ports\":\"23600-23699\"},\"backends\":[{\"name\":\"web\",\"proto\":"
+             "\"tcp\",\"connect_timeout\":0.5,\"health\":{\"enabled\":false},\"servers\":["
+             "\"127.0.0.1:%u\",\"127.0.0.1:%u\"]}]}",
+             ntohs(a.sin_port), be[0].port);
+    start_with_config(json);
+    for (int i = 0; i < 4; i++)
+        close(hello("127.0.0.14", seen, sizeof(seen)));
+    cr_assert_eq(gwt_backend_count_nat(&be[0], "accept", 23600, 23699), 4);
+    cr_assert_eq(gwt_db_int(gwd.db,
+                            "SELECT count(*) FROM nat_sessions WHERE close_reason="
+                            "'connect_timeout'",
+                            2, 5000),
+                 2);
+    for (int i = 0; i < 3; i++)
+        close(fill[i]);
+    close(stuck);
 }

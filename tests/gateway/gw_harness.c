@@ -11,9 +11,9 @@
 #include <ftw.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <stdint.h>
 #include <sqlite3.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -113,7 +113,8 @@ static int count_in_file(const char *path, const char *needle, bool at_line_star
         char *nl = strchr(line, '\n');
         if (nl)
             *nl = '\0';
-        if (at_line_start ? strncmp(line, needle, strlen(needle)) == 0 : strstr(line, needle) != NULL)
+        if (at_line_start ? strncmp(line, needle, strlen(needle)) == 0
+                          : strstr(line, needle) != NULL)
             n++;
         line = nl ? nl + 1 : NULL;
     }
@@ -245,6 +246,15 @@ static int reap(pid_t pid, int timeout_ms)
     kill(pid, SIGKILL);
     waitpid(pid, &st, 0);
     return -1;
+}
+
+int gwd_wait(struct gwd *g, int timeout_ms)
+{
+    if (g->pid <= 0)
+        return -1;
+    int rc = reap(g->pid, timeout_ms);
+    g->pid = 0;
+    return rc;
 }
 
 int gwd_stop(struct gwd *g)
@@ -452,7 +462,8 @@ static void tb_udp_cb(struct ev_loop *loop, ev_io *w, int revents)
         socklen_t sl = sizeof(ss);
         char peer[64];
         char data[65536];
-        ssize_t n = recvfrom(tb->udp_fd, data, sizeof(data), MSG_DONTWAIT, (struct sockaddr *)&ss, &sl);
+        ssize_t n =
+            recvfrom(tb->udp_fd, data, sizeof(data), MSG_DONTWAIT, (struct sockaddr *)&ss, &sl);
         if (n < 0)
             return;
         peer_str(&ss, peer, sizeof(peer));

@@ -44,6 +44,9 @@ struct gwd {
 int gwd_start(struct gwd *g, const struct gwt_dir *d, const char *const *args, long nofile);
 /* SIGTERM, then waits (<= 20 s; then SIGKILL). Returns the exit status, or -1. */
 int gwd_stop(struct gwd *g);
+/* Waits (<= timeout_ms, then SIGKILL) for gwd to exit by itself. Returns
+ * the exit status, or -1. */
+int gwd_wait(struct gwd *g, int timeout_ms);
 /* Sends a signal. */
 void gwd_signal(const struct gwd *g, int sig);
 /* Counts log lines containing `needle`. */

@@ -115,8 +115,7 @@ Test(gw_relay, many_clients_translated_as_the_table_says)
                             "nat_sessions WHERE closed_at IS NULL",
                             -1, 0),
                  2 * N_CLIENTS);
-    cr_assert_eq(gwt_db_int(gwd.db,
-                            "SELECT count(DISTINCT client_ip) FROM nat_sessions", -1, 0),
+    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(DISTINCT client_ip) FROM nat_sessions", -1, 0),
                  N_IPS);
     for (int i = 0; i < N_CLIENTS; i++) {
         /* A line after the greeting makes the echo visible too. */
@@ -176,7 +175,8 @@ static void bulk_both_ways(void)
                             (long long)total, 5000),
                  (long long)total);
     /* out: the greeting line, the echo, "BYE\n". */
-    long long bo = gwt_db_int(gwd.db, "SELECT bytes_out FROM nat_sessions WHERE proto='tcp'", -1, 0);
+    long long bo =
+        gwt_db_int(gwd.db, "SELECT bytes_out FROM nat_sessions WHERE proto='tcp'", -1, 0);
     cr_assert_eq(bo, (long long)(strlen("127.0.0.1:21000\n") + total + 4));
     cr_assert_eq(gwt_db_int(gwd.db, "SELECT close_reason = 'client_fin' FROM nat_sessions", -1, 0),
                  1);
@@ -228,8 +228,8 @@ Test(gw_relay, half_close_both_directions)
     cr_assert_eq(recv(fd, &c, 1, 0), 0); /* then its FIN */
     close(fd);
     cr_assert_eq(gwt_db_int(gwd.db,
-                            "SELECT count(*) FROM nat_sessions WHERE close_reason='client_fin'",
-                            1, 5000),
+                            "SELECT count(*) FROM nat_sessions WHERE close_reason='client_fin'", 1,
+                            5000),
                  1);
     cr_assert_eq(gwt_backend_count_nat(&be, "fin", 21100, 21199), 1);
 
@@ -241,8 +241,8 @@ Test(gw_relay, half_close_both_directions)
     cr_assert_eq(recv(fd, &c, 1, 0), 0);
     close(fd);
     cr_assert_eq(gwt_db_int(gwd.db,
-                            "SELECT count(*) FROM nat_sessions WHERE close_reason='backend_fin'",
-                            1, 5000),
+                            "SELECT count(*) FROM nat_sessions WHERE close_reason='backend_fin'", 1,
+                            5000),
                  1);
 }
 
@@ -263,8 +263,8 @@ Test(gw_relay, rst_propagates_both_ways)
         gwt_sleep_ms(20);
     cr_assert_eq(gwt_backend_count_nat(&be, "rst", 21200, 21299), 1, "the backend saw a reset");
     cr_assert_eq(gwt_db_int(gwd.db,
-                            "SELECT count(*) FROM nat_sessions WHERE close_reason='client_rst'",
-                            1, 5000),
+                            "SELECT count(*) FROM nat_sessions WHERE close_reason='client_rst'", 1,
+                            5000),
                  1);
 
     fd = gwt_tcp_connect("127.0.0.4", gwd.port);
@@ -278,8 +278,8 @@ Test(gw_relay, rst_propagates_both_ways)
     cr_assert_eq(errno, ECONNRESET, "client got %s", strerror(errno));
     close(fd);
     cr_assert_eq(gwt_db_int(gwd.db,
-                            "SELECT count(*) FROM nat_sessions WHERE close_reason='backend_rst'",
-                            1, 5000),
+                            "SELECT count(*) FROM nat_sessions WHERE close_reason='backend_rst'", 1,
+                            5000),
                  1);
 }
 
@@ -331,8 +331,8 @@ Test(gw_relay, curl_through_gwd_to_an_http_server)
     cr_assert_eq(mkdir(p, 0755), 0);
     cr_assert_eq(gwt_write_file(&dir, "www/hello.txt", "hello through the gateway\n"), 0);
     snprintf(portarg, sizeof(portarg), "%u", hp);
-    const char *http[] = {"python3", "-m", "http.server", portarg, "--bind", "127.0.0.1",
-                          "--directory", p, NULL};
+    const char *http[] = {"python3",     "-m", "http.server", portarg, "--bind", "127.0.0.1",
+                          "--directory", p,    NULL};
     pid_t hpid = spawn_quiet(http, gwt_path(&dir, "http.log", out, sizeof(out)));
     cr_assert_gt(hpid, 0);
     /* Wait until it accepts. */
@@ -350,8 +350,8 @@ Test(gw_relay, curl_through_gwd_to_an_http_server)
     cr_assert_eq(gwd_start(&gwd, &dir, args, 0), 0);
     snprintf(url, sizeof(url), "http://127.0.0.1:%u/hello.txt", gwd.port);
     for (int i = 0; i < 5; i++) {
-        const char *curl[] = {"curl", "-sS", "--max-time", "10", "--interface", "127.0.0.9",
-                              url, NULL};
+        const char *curl[] = {"curl",        "-sS",       "--max-time", "10",
+                              "--interface", "127.0.0.9", url,          NULL};
         pid_t cp = spawn_quiet(curl, gwt_path(&dir, "curl.out", out, sizeof(out)));
         cr_assert_eq(wait_exit(cp, 20000), 0, "curl failed");
         FILE *f = fopen(out, "r");
@@ -390,12 +390,12 @@ Test(gw_relay, iperf3_udp_tcp_control_and_udp_data_on_one_port)
 
     snprintf(tb, sizeof(tb), "127.0.0.1:%u", ip);
     snprintf(ub, sizeof(ub), "127.0.0.1:%u", ip);
-    const char *args[] = {"--tcp-backend", tb, "--udp-backend", ub, "--nat-ports",
-                          "21400-21499", NULL};
+    const char *args[] = {"--tcp-backend", tb,  "--udp-backend", ub, "--nat-ports",
+                          "21400-21499",   NULL};
     cr_assert_eq(gwd_start(&gwd, &dir, args, 0), 0);
     snprintf(gp, sizeof(gp), "%u", gwd.port);
-    const char *cli[] = {"iperf3", "-c", "127.0.0.1", "-p", gp, "-u", "-b", "20M", "-t", "2",
-                         "-l", "1200", "--json", NULL};
+    const char *cli[] = {"iperf3", "-c", "127.0.0.1", "-p", gp,     "-u",     "-b",
+                         "20M",    "-t", "2",         "-l", "1200", "--json", NULL};
     pid_t cpid = spawn_quiet(cli, gwt_path(&dir, "iperf-c.json", out, sizeof(out)));
     int rc = wait_exit(cpid, 60000);
     FILE *f = fopen(out, "r");
@@ -405,17 +405,15 @@ Test(gw_relay, iperf3_udp_tcp_control_and_udp_data_on_one_port)
     json[n] = '\0';
     cr_assert_eq(rc, 0, "iperf3 client: %s", json);
     /* The UDP data went through a UDP mapping, the control through a TCP one. */
-    cr_assert_geq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions WHERE proto='udp'", 1,
-                             3000),
-                  1);
-    cr_assert_geq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions WHERE proto='tcp'", 1,
-                             3000),
-                  1);
+    cr_assert_geq(
+        gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions WHERE proto='udp'", 1, 3000), 1);
+    cr_assert_geq(
+        gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions WHERE proto='tcp'", 1, 3000), 1);
     /* 20 Mbit/s for 2 s is 5 MB; the live row's byte counts are final once closed. */
     cr_assert_eq(gwd_stop(&gwd), 0);
-    cr_assert_gt(gwt_db_int(gwd.db, "SELECT max(bytes_in) FROM nat_sessions WHERE proto='udp'",
-                            -1, 0),
-                 1000000);
+    cr_assert_gt(
+        gwt_db_int(gwd.db, "SELECT max(bytes_in) FROM nat_sessions WHERE proto='udp'", -1, 0),
+        1000000);
     char *lost = strstr(json, "\"lost_percent\"");
     cr_assert_not_null(lost, "no lost_percent in %s", json);
     kill(spid, SIGTERM);
@@ -428,10 +426,10 @@ Test(gw_relay, iperf3_udp_tcp_control_and_udp_data_on_one_port)
 static void proxy_config(char *json, size_t len, unsigned port, const char *route)
 {
     snprintf(json, len,
-        "{\"nat\":{\"ports\":\"21500-21599\"},\"backends\":[{\"name\":\"web\",\"proto\":"
-        "\"tcp\",\"proxy_protocol\":\"v1\",\"servers\":[\"127.0.0.1:%u\"]},{\"name\":"
-        "\"web2\",\"proto\":\"tcp\",\"proxy_protocol\":\"v2\",\"servers\":["
-        "\"127.0.0.1:%u\"]}],\"routes\":[{\"proto\":\"tcp\",\"backend\":\"%s\"}]}",
+             "{\"nat\":{\"ports\":\"21500-21599\"},\"backends\":[{\"name\":\"web\",\"proto\":"
+             "\"tcp\",\"proxy_protocol\":\"v1\",\"servers\":[\"127.0.0.1:%u\"]},{\"name\":"
+             "\"web2\",\"proto\":\"tcp\",\"proxy_protocol\":\"v2\",\"servers\":["
+             "\"127.0.0.1:%u\"]}],\"routes\":[{\"proto\":\"tcp\",\"backend\":\"%s\"}]}",
              port, port, route);
 }
 
@@ -486,8 +484,9 @@ Test(gw_relay, udp_reply_from_the_address_written_to_and_ipv6)
     cr_assert_eq(gwt_backend_start(&be, &dir, "a", 0), 0);
     snprintf(tb, sizeof(tb), "127.0.0.1:%u", be.port);
     snprintf(ub, sizeof(ub), "127.0.0.1:%u", be.port);
-    const char *args[] = {"-b", "0.0.0.0", "-b", "::", "--tcp-backend", tb, "--udp-backend", ub,
-                          "--nat-ports", "21600-21699", NULL};
+    const char *args[] = {"-b", "0.0.0.0",       "-b", "::",          "--tcp-backend",
+                          tb,   "--udp-backend", ub,   "--nat-ports", "21600-21699",
+                          NULL};
     cr_assert_eq(gwd_start(&gwd, &dir, args, 0), 0);
     for (int i = 20; i < 24; i++) {
         char dst[32];
@@ -526,7 +525,6 @@ Test(gw_relay, udp_reply_from_the_address_written_to_and_ipv6)
     ssize_t n = recv(u6, buf, sizeof(buf) - 1, 0);
     cr_assert_gt(n, 0);
     close(u6);
-    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions WHERE client_ip='::1'", 2,
-                            5000),
-                 2);
+    cr_assert_eq(
+        gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions WHERE client_ip='::1'", 2, 5000), 2);
 }

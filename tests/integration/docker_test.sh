@@ -66,12 +66,11 @@ compose() { timeout 600 docker-compose -p "$PROJECT" -f "$COMPOSE_FILE" "$@"; }
 
 # restore_iptables: the filter and nat tables as they were before dockerd ran. With
 # iptables-nft a table dockerd created is deleted; with legacy iptables it is emptied.
-restore_iptables() {
+restore_iptables() { # restore_iptables SNAPSHOT
     local t
-    iptables-restore <"$WORK/iptables.before" ||
-        echo "docker_test: could not restore iptables (saved in $WORK/iptables.before)"
+    iptables-restore <"$1" || echo "docker_test: could not restore iptables (saved in $1)"
     for t in filter nat; do
-        grep -q "^\*$t\$" "$WORK/iptables.before" && continue
+        grep -q "^\*$t\$" "$1" && continue
         if iptables -V | grep -q nf_tables; then
             nft delete table ip "$t" 2>/dev/null
         else
@@ -102,7 +101,7 @@ cleanup() {
         wait "$DOCKERD_PID" 2>/dev/null
     fi
     # Undo what dockerd does to the host: its rules, its bridge, forwarding.
-    [ "$IPT_SAVED" = 1 ] && restore_iptables
+    [ "$IPT_SAVED" = 1 ] && restore_iptables "$RUN/iptables.before"
     [ "$BRIDGE_MADE" = 1 ] && ip link del "$BRIDGE" 2>/dev/null
     echo "$FWD_BEFORE" >/proc/sys/net/ipv4/ip_forward
     if [ -d "$RUN" ]; then
@@ -125,6 +124,28 @@ flock -w 900 8 || {
     exit 1
 }
 
+# A run that was killed (ctest kills a test at its timeout) could not clean up: its
+# dockerd may still run. Its run directory has the PID and the iptables snapshot.
+for dir in /run/gw-docker-test-*; do
+    [ -d "$dir" ] || continue
+    kill -0 "${dir##*-}" 2>/dev/null && continue # that run is alive (it cannot be: lock)
+    log "cleaning up after an earlier run that was killed: $dir"
+    pid=$(cat "$dir/docker.pid" 2>/dev/null)
+    if [ -n "$pid" ] && grep -q dockerd "/proc/$pid/cmdline" 2>/dev/null; then
+        kill -TERM "$pid"
+        for ((i = 0; i < 300; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+    fi
+    if [ -f "$dir/iptables.before" ] && ! grep -q '^:DOCKER ' "$dir/iptables.before"; then
+        restore_iptables "$dir/iptables.before"
+    fi
+    umount -R "$dir" 2>/dev/null
+    rm -rf "$dir"
+done
+
 # The default bridge gets a /24 that no route here uses yet. A bridge left by a run
 # that was killed is ours (we hold the lock): remove it first.
 ip link del "$BRIDGE" 2>/dev/null
@@ -140,11 +161,11 @@ BRIDGE_MADE=1
 ip addr add "$subnet.1/24" dev "$BRIDGE" && ip link set "$BRIDGE" up
 
 # Another dockerd owns the DOCKER chains already: then ours are left for it to keep.
-if iptables-save >"$WORK/iptables.before" 2>/dev/null; then
-    grep -q '^:DOCKER ' "$WORK/iptables.before" || IPT_SAVED=1
+mkdir -p "$RUN"
+if iptables-save >"$RUN/iptables.before" 2>/dev/null; then
+    grep -q '^:DOCKER ' "$RUN/iptables.before" || IPT_SAVED=1
 fi
 
-mkdir -p "$RUN"
 log "starting dockerd: data-root $DATA_ROOT, socket $RUN/docker.sock, bridge $BRIDGE ($subnet.0/24)"
 # Own containerd namespaces too: dockerd uses a system containerd when one runs.
 dockerd --data-root "$DATA_ROOT" --exec-root "$RUN/exec" --host "$DOCKER_HOST" \
@@ -166,6 +187,10 @@ if [ $up = 0 ]; then
     skip "dockerd did not come up in 60 s here (log above)"
 fi
 log "dockerd $(docker version -f '{{.Server.Version}}') is up (pid $DOCKERD_PID)"
+# The data-root is ours alone: containers, networks and volumes left by a killed run go.
+docker container prune -f >/dev/null 2>&1
+docker network prune -f >/dev/null 2>&1
+docker volume prune -f >/dev/null 2>&1
 
 # ---- 2. the base image -----------------------------------------------------------------
 start=$SECONDS

@@ -4,8 +4,8 @@
  * and byte by byte), HTTP keep-alive JSON, UDP replies, TCP and UDP served
  * by two processes on one port number, the fault flags, SIGTERM.
  */
-#include <criterion/criterion.h>
 #include <arpa/inet.h>
+#include <criterion/criterion.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -165,7 +165,8 @@ Test(sim_backend, http_keep_alive, .fini = teardown)
     }
     buf[got] = '\0';
     snprintf(body, sizeof(body),
-             "{\"backend\":\"t1\",\"peer\":\"127.0.0.1:%u\",\"method\":\"GET\",\"path\":\"/a?b=\\\"c\\\"\"}",
+             "{\"backend\":\"t1\",\"peer\":\"127.0.0.1:%u\",\"method\":\"GET\",\"path\":\"/"
+             "a?b=\\\"c\\\"\"}",
              ntohs(local.sin_port));
     cr_assert(strstr(buf, body) != NULL, "%s", buf);
     cr_assert(strstr(buf, "\"method\":\"POST\",\"path\":\"/p\"") != NULL, "%s", buf);
@@ -303,8 +304,8 @@ Test(sim_backend, delay, .fini = teardown)
 Test(sim_backend, usage_errors, .fini = teardown)
 {
     char *bad[][3] = {
-        {"--port", "70000", NULL}, {"--bind", "localhost", NULL}, {"--name", "a b", NULL},
-        {"--max-conns", "0", NULL}, {"--bogus", NULL, NULL}, {"extra", NULL, NULL},
+        {"--port", "70000", NULL},  {"--bind", "localhost", NULL}, {"--name", "a b", NULL},
+        {"--max-conns", "0", NULL}, {"--bogus", NULL, NULL},       {"extra", NULL, NULL},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char *argv[] = {GWSIM_PATH, "backend", bad[i][0], bad[i][1], NULL};

@@ -5,11 +5,11 @@
  * good and bad).
  */
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -80,8 +80,8 @@ Test(sim_cli, model_bad_options)
     expect_exit(2, "--arrival", (char *[]){"model", "--arrival", "burst:0", NULL});
     expect_exit(2, "--arrival", (char *[]){"model", "--arrival", "uniform", NULL});
     expect_exit(2, "--duration", (char *[]){"model", "--duration", "soon", NULL});
-    expect_exit(2, "--sharing-ratio", (char *[]){"model", "--nat-ports", "1000-1099",
-                                                 "--sharing-ratio", "101", NULL});
+    expect_exit(2, "--sharing-ratio",
+                (char *[]){"model", "--nat-ports", "1000-1099", "--sharing-ratio", "101", NULL});
     expect_exit(2, "flows", (char *[]){"model", "--flows", "0", NULL});
     expect_exit(2, NULL, (char *[]){"model", "--no-such-option", NULL});
     expect_exit(2, "unexpected", (char *[]){"model", "extra", NULL});
@@ -107,8 +107,7 @@ Test(sim_cli, model_runs)
     json_decref(j);
     free(out);
 
-    cr_assert_eq(run((char *[]){"model", "--flows", "2000", "--csv", "-", "--interval", "1s",
-                                NULL},
+    cr_assert_eq(run((char *[]){"model", "--flows", "2000", "--csv", "-", "--interval", "1s", NULL},
                      &out, err, sizeof(err)),
                  0);
     cr_assert(strncmp(out, "time_s,arrivals,opened,refused,refused_interval,active,",
@@ -163,9 +162,9 @@ Test(sim_cli, model_trace)
     {
         char arg[64];
         snprintf(arg, sizeof(arg), "trace:%s", path);
-        cr_assert_eq(run((char *[]){"model", "--arrival", arg, "--json", NULL}, &out, err,
-                         sizeof(err)),
-                     0, "%s", err);
+        cr_assert_eq(
+            run((char *[]){"model", "--arrival", arg, "--json", NULL}, &out, err, sizeof(err)), 0,
+            "%s", err);
         j = json_loads(out, 0, &je);
         cr_assert_not_null(j);
         cr_assert_eq(json_integer_value(json_object_get(j, "arrivals")), 3);
@@ -180,4 +179,45 @@ Test(sim_cli, model_trace)
         expect_exit(2, "line 2: proto: 'icmp'", (char *[]){"model", "--arrival", arg, NULL});
     }
     unlink(path);
+}
+
+/* gwsim clients straight at a slow UDP backend (no gateway): resends are
+ * answered, their late duplicates ignored; without resends the flows time out. */
+Test(sim_cli, clients_udp_resend, .timeout = 60)
+{
+    char *bargv[] = {GWSIM_PATH, "backend", "--udp", "--delay-ms", "400", NULL};
+    struct sim_proc be;
+    unsigned t, u;
+    char gw[32], *out, err[4096];
+    json_t *j;
+    json_error_t je;
+    int rc;
+
+    cr_assert_eq(sim_proc_start(&be, bargv, "/dev/null"), 0);
+    cr_assert_eq(sim_proc_wait_line(&be, "listening", 5000), 0);
+    cr_assert_eq(sim_parse_listening(be.ready, &t, &u), 0);
+    snprintf(gw, sizeof(gw), "127.0.0.1:%u", u);
+    rc = run((char *[]){"clients", "--gateway", gw, "--proto", "udp", "--clients", "5",
+                        "--requests", "3", "--io-timeout", "1050ms", "--json", NULL},
+             &out, err, sizeof(err));
+    j = json_loads(out, 0, &je);
+    free(out);
+    cr_assert_eq(rc, 0, "%s", err);
+    cr_assert_eq(json_integer_value(json_object_get(j, "ok")), 5);
+    /* each attempt waits 350 ms, the answer takes 400: every request is sent
+     * at least twice, and the answers to requests 1 and 2 come twice (the
+     * third's duplicate may come after the flow ended) */
+    cr_assert_geq(json_integer_value(json_object_get(j, "udp_resent")), 15);
+    cr_assert_geq(json_integer_value(json_object_get(j, "udp_duplicates")), 10);
+    json_decref(j);
+    rc = run((char *[]){"clients", "--gateway", gw, "--proto", "udp", "--clients", "5",
+                        "--io-timeout", "300ms", "--udp-retries", "0", "--json", NULL},
+             &out, err, sizeof(err));
+    j = json_loads(out, 0, &je);
+    free(out);
+    cr_assert_eq(rc, 1);
+    cr_assert_eq(
+        json_integer_value(json_object_get(json_object_get(j, "failed_by_reason"), "timeout")), 5);
+    json_decref(j);
+    cr_assert_eq(sim_proc_stop(&be, 3000), 0);
 }

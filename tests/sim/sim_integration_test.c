@@ -53,10 +53,16 @@ static void world_up(struct world *w, char *ports)
     snprintf(b2, sizeof(b2), "web=127.0.0.1:%u", w->be_port[1]);
     snprintf(u1, sizeof(u1), "dns=127.0.0.1:%u", w->be_port[0]);
     {
-        char *argv[] = {GWD_PATH,        "-p",     "0",          "-b",          "127.0.0.1",
-                        "--tcp-backend", b1,       "--tcp-backend", b2,         "--udp-backend",
-                        u1,              "--nat-ports", ports,   "--nat-ip",    "127.0.0.1",
-                        "--db",          w->db,    "--control",  w->sock,       NULL};
+        char *argv[] = {GWD_PATH,    "-p",
+                        "0",         "-b",
+                        "127.0.0.1", "--tcp-backend",
+                        b1,          "--tcp-backend",
+                        b2,          "--udp-backend",
+                        u1,          "--nat-ports",
+                        ports,       "--nat-ip",
+                        "127.0.0.1", "--db",
+                        w->db,       "--control",
+                        w->sock,     NULL};
         cr_assert_eq(sim_proc_start(&w->gwd, argv, w->log), 0);
     }
     cr_assert_eq(sim_wait_file_line(w->log, "ready: port ", line, sizeof(line), 10000), 0,
@@ -72,8 +78,8 @@ static json_t *S;
 
 static int world_clean(struct world *w)
 {
-    static const char *const files[] = {"gwd.sock", "gwd.log", "gwd.db", "gwd.db-wal",
-                                        "gwd.db-shm", NULL};
+    static const char *const files[] = {"gwd.sock",   "gwd.log",    "gwd.db",
+                                        "gwd.db-wal", "gwd.db-shm", NULL};
     char path[400];
 
     if (w->dir[0] == '\0')
@@ -151,8 +157,9 @@ Test(sim_integration, clients_tcp_udp_checked, .timeout = 240, .fini = teardown)
     json_t *s;
     /* UDP has no retransmission: keep bursts well inside the default socket
      * buffers (a slow sanitized gwd must not drop a datagram). */
-    char *args[] = {"--clients", "200", "--ips", "20", "--proto", "both", "--requests", "3",
-                    "--size", "1000", "--hold", "50ms", "--concurrency", "40", SLOW, NULL};
+    char *args[] = {"--clients",     "200", "--ips",  "20",   "--proto", "both",
+                    "--requests",    "3",   "--size", "1000", "--hold",  "50ms",
+                    "--concurrency", "40",  SLOW,     NULL};
 
     world_up(w, "27000-27999");
     cr_assert_eq(run_clients(w, args, &S), 0, "failed: %s",
@@ -176,8 +183,8 @@ Test(sim_integration, clients_pool_exhausted, .timeout = 240, .fini = teardown)
 {
     struct world *w = &W;
     json_t *s, *gw;
-    char *args[] = {"--clients", "8", "--ips", "8", "--hold", "3s", "--concurrency", "8",
-                    SLOW, NULL};
+    char *args[] = {"--clients",     "8", "--ips", "8", "--hold", "3s",
+                    "--concurrency", "8", SLOW,    NULL};
 
     world_up(w, "27100-27104");
     cr_assert_eq(run_clients(w, args, &S), 1, "failed flows make exit 1");
@@ -194,8 +201,8 @@ Test(sim_integration, clients_fixed_port_collides, .timeout = 240, .fini = teard
 {
     struct world *w = &W;
     json_t *s, *f;
-    char *args[] = {"--clients", "3", "--ips", "1", "--src", "127.1.9.9", "--src-port",
-                    "fixed:47123", "--hold", "3s", SLOW, NULL};
+    char *args[] = {"--clients",  "3",           "--ips",  "1",  "--src", "127.1.9.9",
+                    "--src-port", "fixed:47123", "--hold", "3s", SLOW,    NULL};
 
     world_up(w, "27200-27299");
     cr_assert_eq(run_clients(w, args, &S), 1);
@@ -217,8 +224,8 @@ Test(sim_integration, clients_usage_and_unreachable, .timeout = 120, .fini = tea
                       {"--clients", "0", NULL}};
 
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        char *argv[] = {GWSIM_PATH, "clients", "--gateway", "127.0.0.1:9", bad[i][0],
-                        bad[i][1],  NULL};
+        char *argv[] = {GWSIM_PATH, "clients", "--gateway", "127.0.0.1:9",
+                        bad[i][0],  bad[i][1], NULL};
         struct sim_proc p;
         char *out;
         cr_assert_eq(sim_proc_start(&p, argv, "/dev/null"), 0);
@@ -231,8 +238,8 @@ Test(sim_integration, clients_usage_and_unreachable, .timeout = 120, .fini = tea
     {
         char *args[] = {"--clients", "1", NULL};
         char gw[64];
-        char *argv[] = {GWSIM_PATH, "clients", "--gateway", gw, "--control", w->sock, args[0],
-                        args[1], NULL};
+        char *argv[] = {GWSIM_PATH, "clients", "--gateway", gw,  "--control",
+                        w->sock,    args[0],   args[1],     NULL};
         struct sim_proc p;
         char *out;
         snprintf(gw, sizeof(gw), "127.0.0.1:%u", w->port);
@@ -247,8 +254,8 @@ Test(sim_integration, clients_usage_and_unreachable, .timeout = 120, .fini = tea
 
 Test(sim_integration, lab_all, .timeout = 400)
 {
-    char *argv[] = {GWSIM_PATH, "lab", "--gwd", GWD_PATH, "--nat-ports", "26000-26999",
-                    "--json", "all", NULL};
+    char *argv[] = {GWSIM_PATH,    "lab",    "--gwd", GWD_PATH, "--nat-ports",
+                    "26000-26999", "--json", "all",   NULL};
     struct sim_proc p;
     char *out;
     json_t *all, *e;

@@ -323,3 +323,51 @@ Test(sim_model, bad_config)
     c.arrival = SIM_ARRIVAL_TRACE;
     cr_assert_eq(sim_model_run(&c, NULL, NULL, &r, NULL, NULL, err, sizeof(err)), -EINVAL);
 }
+
+Test(sim_model, bursts_refuse_more_than_poisson, .timeout = 120)
+{
+    /* Same mean rate, same pool: arrivals in bursts of 10 at one instant
+     * overflow the pool far more often than Poisson arrivals do. */
+    struct sim_model_config c;
+    struct sim_model_result p, b;
+    char err[256];
+
+    erlang_config(&c, 20, 10, 100000);
+    cr_assert_eq(sim_model_run(&c, NULL, NULL, &p, NULL, NULL, err, sizeof(err)), 0, "%s", err);
+    c.arrival = SIM_ARRIVAL_BURST;
+    c.burst_size = 10;
+    cr_assert_eq(sim_model_run(&c, NULL, NULL, &b, NULL, NULL, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(b.arrivals, 100000);
+    cr_assert_lt(b.erlang_b, 0, "Erlang-B does not apply to bursts");
+    cr_assert_gt(b.p_refuse, 3 * p.p_refuse, "bursts %.4f vs Poisson %.4f", b.p_refuse, p.p_refuse);
+    /* the mean rate is kept: the same number of arrivals takes about as long */
+    cr_assert_float_eq(b.end_ms, p.end_ms, 0.05 * p.end_ms);
+}
+
+Test(sim_model, per_client_quota)
+{
+    /* 4 subscribers, a quota of 3 live mappings each, flows that never end:
+     * 12 carried, the rest refused for client_quota while the pool has room. */
+    struct sim_model_config c;
+    struct sim_model_result r;
+    struct sim_model_client *cl = NULL;
+    size_t n = 0;
+    char err[256];
+
+    sim_model_config_default(&c);
+    c.nat.port_lo = 26300;
+    c.nat.port_hi = 26399;
+    c.nat.per_client_limit = 3;
+    c.subscribers = 4;
+    c.hold.kind = SIM_DIST_FIXED;
+    c.hold.mean_ms = 1e9;
+    c.max_flows = 200;
+    cr_assert_eq(sim_model_run(&c, NULL, NULL, &r, &cl, &n, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(r.opened, 12);
+    cr_assert_eq(r.refused[NAT_ERR_CLIENT_QUOTA], 188);
+    cr_assert_eq(r.peak_ports_per_client, 3);
+    cr_assert_lt(r.erlang_b, 0);
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(cl[i].peak, 3);
+    free(cl);
+}

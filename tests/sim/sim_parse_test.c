@@ -179,9 +179,9 @@ Test(sim_trace, good_lines)
     static const uint8_t c5[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 100, 64, 0, 5};
     static const uint8_t d[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 51, 100, 7};
 
-    cr_assert_eq(sim_trace_parse_line("1.5,5,tcp,198.51.100.7:443,30\n", false, &r, err,
-                                      sizeof(err)),
-                 SIM_TRACE_ROW);
+    cr_assert_eq(
+        sim_trace_parse_line("1.5,5,tcp,198.51.100.7:443,30\n", false, &r, err, sizeof(err)),
+        SIM_TRACE_ROW);
     cr_assert_float_eq(r.time_ms, 1500, 1e-9);
     cr_assert_arr_eq(r.client, c5, 16);
     cr_assert_arr_eq(r.dst, d, 16);
@@ -197,9 +197,9 @@ Test(sim_trace, good_lines)
     cr_assert_eq(r.dst_port, 53);
     cr_assert_eq(sim_trace_parse_line("# comment", false, &r, err, sizeof(err)), SIM_TRACE_SKIP);
     cr_assert_eq(sim_trace_parse_line("   \r\n", false, &r, err, sizeof(err)), SIM_TRACE_SKIP);
-    cr_assert_eq(sim_trace_parse_line("time,client,proto,destination,duration", true, &r, err,
-                                      sizeof(err)),
-                 SIM_TRACE_SKIP);
+    cr_assert_eq(
+        sim_trace_parse_line("time,client,proto,destination,duration", true, &r, err, sizeof(err)),
+        SIM_TRACE_SKIP);
 }
 
 Test(sim_trace, bad_lines)
@@ -274,15 +274,15 @@ Test(sim_trace, reader)
                           &rows, err, sizeof(err)),
                  0);
     cr_assert_eq(rows, 3);
-    cr_assert_eq(read_all("2,1,tcp,198.51.100.1:80,1\n1,1,tcp,198.51.100.1:80,1\n", &rows, err,
-                          sizeof(err)),
-                 -EINVAL);
+    cr_assert_eq(
+        read_all("2,1,tcp,198.51.100.1:80,1\n1,1,tcp,198.51.100.1:80,1\n", &rows, err, sizeof(err)),
+        -EINVAL);
     cr_assert_eq(rows, 1);
     cr_assert(strncmp(err, "line 2:", 7) == 0, "%s", err);
     cr_assert(strstr(err, "before") != NULL, "%s", err);
-    cr_assert_eq(read_all("0,1,tcp,198.51.100.1:80,1\n\n# x\n0,1,tcp,nowhere,1\n", &rows, err,
-                          sizeof(err)),
-                 -EINVAL);
+    cr_assert_eq(
+        read_all("0,1,tcp,198.51.100.1:80,1\n\n# x\n0,1,tcp,nowhere,1\n", &rows, err, sizeof(err)),
+        -EINVAL);
     cr_assert(strncmp(err, "line 4:", 7) == 0, "%s", err);
     cr_assert_eq(read_all("", &rows, err, sizeof(err)), 0);
     cr_assert_eq(rows, 0);
