@@ -8,13 +8,14 @@
  * claims a slot with one compare-and-swap on the enqueue position, copies the
  * record in and publishes it with a release store. No lock on the data path,
  * so a producer never waits for the writer, whatever the writer is doing
- * (even a 100 ms fsync or a busy timeout). The writer sleeps on a condition
- * variable when the ring is empty; the first producer after that pays one
- * futex wake (see db_wake_writer), every other hand-over is lock-free.
+ * (even a 100 ms fsync or a busy timeout). The writer sleeps on a semaphore
+ * when the ring is empty; the first producer after that posts it (one futex
+ * wake, no lock: see db_wake_writer), every other hand-over is one CAS.
  */
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <semaphore.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,9 +128,17 @@ struct db {
 
     /* Shared, under mu. */
     pthread_mutex_t mu;
-    pthread_cond_t cv_writer; /* the writer waits here */
-    pthread_cond_t cv_done;   /* db_flush / db_writer_exec wait here */
-    bool wake, stop;
+    sem_t wake_sem; /* the writer waits here; anyone posts, never blocking */
+    /* The checkpointer: its own thread and connection (see ckpt_main). */
+    sqlite3 *ckpt_conn; /* owned; NULL for :memory: */
+    pthread_t ckpt_thread;
+    bool ckpt_running;
+    sem_t ckpt_sem;
+    _Atomic int ckpt_stop;
+    _Atomic int ckpt_asked;
+    _Atomic int wake;       /* a producer's wake-up is pending */
+    pthread_cond_t cv_done; /* db_flush / db_writer_exec wait here */
+    bool stop;
     unsigned flush_waiters;
     uint64_t committed_pos; /* ring position everything before which is settled */
     uint64_t fail_count;
@@ -172,13 +181,15 @@ static uint64_t db_clock(const struct db *db)
 
 /* ---- the data path ------------------------------------------------------ */
 
-/* The slow path of a hand-over: the writer sleeps; wake it. */
+/*
+ * The slow path of a hand-over: the writer sleeps; wake it. sem_post takes
+ * no lock (a futex wake at most), so even this path never waits for the
+ * writer thread, whatever it is doing.
+ */
 static void db_wake_writer(struct db *db)
 {
-    pthread_mutex_lock(&db->mu);
-    db->wake = true;
-    pthread_cond_signal(&db->cv_writer);
-    pthread_mutex_unlock(&db->mu);
+    atomic_store_explicit(&db->wake, 1, memory_order_release);
+    sem_post(&db->wake_sem);
 }
 
 /* Claims a cell. Returns it, or NULL when the ring is full. */
@@ -705,19 +716,21 @@ static void writer_wait(struct db *db, uint64_t ms, int wake_on)
 {
     struct timespec ts;
     abs_deadline(&ts, ms);
-    pthread_mutex_lock(&db->mu);
     for (;;) {
+        pthread_mutex_lock(&db->mu);
         if (db->exec_sql != NULL)
             run_exec_locked(db);
-        if (((wake_on & WAKE_STOP) && db->stop) ||
-            ((wake_on & WAKE_FLUSH) && db->flush_waiters > 0) ||
-            ((wake_on & WAKE_DATA) && db->wake))
+        bool go = ((wake_on & WAKE_STOP) && db->stop) ||
+                  ((wake_on & WAKE_FLUSH) && db->flush_waiters > 0) ||
+                  ((wake_on & WAKE_DATA) && atomic_load(&db->wake));
+        pthread_mutex_unlock(&db->mu);
+        if (go)
             break;
-        if (pthread_cond_timedwait(&db->cv_writer, &db->mu, &ts) == ETIMEDOUT)
+        /* Posts that found nothing to do are spurious: loop and re-check. */
+        if (sem_clockwait(&db->wake_sem, CLOCK_MONOTONIC, &ts) != 0 && errno == ETIMEDOUT)
             break;
     }
-    db->wake = false;
-    pthread_mutex_unlock(&db->mu);
+    atomic_store(&db->wake, 0);
 }
 
 static bool writer_stopping(struct db *db, bool *flushing)
@@ -982,8 +995,7 @@ static int open_connection(struct db *db, char *err, size_t errlen)
      * checkpoints; a kill -9 loses nothing committed, a power cut at most the
      * last commits, never consistency. A larger page cache keeps the indexes'
      * hot pages in memory between batches. */
-    snprintf(sql, sizeof(sql),
-             "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-%u; PRAGMA wal_autocheckpoint=2000",
+    snprintf(sql, sizeof(sql), "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-%u",
              db->opt.cache_kib);
     sqlite3_exec(db->conn, sql, NULL, NULL, NULL);
     if (version < DB_SCHEMA_VERSION &&
@@ -1007,16 +1019,106 @@ static int open_connection(struct db *db, char *err, size_t errlen)
     return 0;
 }
 
+/*
+ * Checkpoints run on a thread and connection of their own: copying WAL pages
+ * back into the database and the fsync that ends it can take hundreds of
+ * milliseconds on a busy disk, and inside the writer's COMMIT (SQLite's
+ * auto-checkpoint) they would hold up the next batch. A PASSIVE checkpoint
+ * runs beside the writer's transactions; the WAL restarts from its start once
+ * a checkpoint has caught up. The writer's WAL hook asks for one every
+ * CKPT_PAGES pages.
+ */
+#define CKPT_PAGES 2000
+/*
+ * Under sustained load the background checkpoint never quite catches up
+ * (the writer appends while it copies), and the WAL only restarts from its
+ * beginning after a checkpoint has copied every frame. Past WAL_MAX_PAGES
+ * (64 MiB) the writer checkpoints itself, right after its commit: nobody
+ * appends meanwhile, so it completes, and what is left to copy is only what
+ * the background one has not copied yet.
+ */
+#define WAL_MAX_PAGES 16384
+
+static int wal_hook(void *arg, sqlite3 *conn, const char *name, int pages)
+{
+    struct db *db = arg;
+    if (pages >= WAL_MAX_PAGES)
+        sqlite3_wal_checkpoint_v2(conn, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    else if (pages >= CKPT_PAGES && !atomic_exchange(&db->ckpt_asked, 1))
+        sem_post(&db->ckpt_sem);
+    return SQLITE_OK;
+}
+
+static void *ckpt_main(void *arg)
+{
+    struct db *db = arg;
+    while (!atomic_load(&db->ckpt_stop)) {
+        sem_wait(&db->ckpt_sem);
+        if (atomic_load(&db->ckpt_stop))
+            break;
+        atomic_store(&db->ckpt_asked, 0);
+        /* Failures (busy, I/O) only let the WAL grow; the next one retries. */
+        sqlite3_wal_checkpoint_v2(db->ckpt_conn, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    }
+    return NULL;
+}
+
+/* Starts the checkpointer for a file store. Returns 0 or a negative errno. */
+static int ckpt_start(struct db *db, char *err, size_t errlen)
+{
+    if (strcmp(db->path, ":memory:") == 0)
+        return 0;
+    int rc = sqlite3_open_v2(db->path, &db->ckpt_conn, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+                             NULL);
+    if (rc != SQLITE_OK) {
+        db__err(err, errlen, "cannot open %s for checkpoints: %s", db->path, sqlite3_errstr(rc));
+        return db__errno_of(rc);
+    }
+    sqlite3_busy_timeout(db->ckpt_conn, 1000);
+    /* A connection learns the file is in WAL mode on its first read; until
+     * then a checkpoint on it is a silent no-op. */
+    rc = sqlite3_exec(db->ckpt_conn, "SELECT count(*) FROM sqlite_master", NULL, NULL, NULL);
+    if (rc != SQLITE_OK) {
+        db__err(err, errlen, "cannot read %s for checkpoints: %s", db->path,
+                sqlite3_errmsg(db->ckpt_conn));
+        return db__errno_of(rc);
+    }
+    if (pthread_create(&db->ckpt_thread, NULL, ckpt_main, db) != 0) {
+        db__err(err, errlen, "cannot start the store's checkpoint thread");
+        return -EAGAIN;
+    }
+    db->ckpt_running = true;
+    sqlite3_wal_hook(db->conn, wal_hook, db);
+    return 0;
+}
+
+/* Stops the checkpointer (before the writer's connection closes). */
+static void ckpt_stop(struct db *db)
+{
+    if (db->ckpt_running) {
+        atomic_store(&db->ckpt_stop, 1);
+        sem_post(&db->ckpt_sem);
+        pthread_join(db->ckpt_thread, NULL);
+        db->ckpt_running = false;
+    }
+    if (db->conn != NULL)
+        sqlite3_wal_hook(db->conn, NULL, NULL);
+    sqlite3_close(db->ckpt_conn);
+    db->ckpt_conn = NULL;
+}
+
 static void db_free(struct db *db)
 {
     if (db == NULL)
         return;
+    ckpt_stop(db);
     for (int i = 0; i < STMT_COUNT; i++)
         sqlite3_finalize(db->stmt[i]);
     if (db->conn != NULL)
         sqlite3_close(db->conn);
     pthread_cond_destroy(&db->cv_done);
-    pthread_cond_destroy(&db->cv_writer);
+    sem_destroy(&db->wake_sem);
+    sem_destroy(&db->ckpt_sem);
     pthread_mutex_destroy(&db->mu);
     free(db->slots);
     free(db->batch);
@@ -1030,13 +1132,12 @@ static int init_sync(struct db *db)
     pthread_condattr_t ca;
     if (pthread_mutex_init(&db->mu, NULL) != 0)
         return -ENOMEM;
+    if (sem_init(&db->wake_sem, 0, 0) != 0 || sem_init(&db->ckpt_sem, 0, 0) != 0)
+        return -ENOMEM;
     if (pthread_condattr_init(&ca) != 0)
         return -ENOMEM;
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    int rc =
-        pthread_cond_init(&db->cv_writer, &ca) == 0 && pthread_cond_init(&db->cv_done, &ca) == 0
-            ? 0
-            : -ENOMEM;
+    int rc = pthread_cond_init(&db->cv_done, &ca) == 0 ? 0 : -ENOMEM;
     pthread_condattr_destroy(&ca);
     return rc;
 }
@@ -1088,6 +1189,8 @@ int db_open(struct db **out, const struct db_options *o, char *err, size_t errle
     if ((rc = open_connection(db, err, errlen)) < 0)
         goto out_free;
     db->next_prune = db_clock(db); /* first pass soon after start */
+    if ((rc = ckpt_start(db, err, errlen)) < 0)
+        goto out_free;
     if (pthread_create(&db->thread, NULL, writer_main, db) != 0) {
         db__err(err, errlen, "cannot start the store's writer thread");
         rc = -EAGAIN;
@@ -1108,7 +1211,7 @@ int db_flush(struct db *db)
     pthread_mutex_lock(&db->mu);
     uint64_t fails = db->fail_count;
     db->flush_waiters++;
-    pthread_cond_signal(&db->cv_writer);
+    sem_post(&db->wake_sem);
     while (db->committed_pos < target) {
         if (db->fail_count != fails) {
             rc = db->last_errno != 0 ? db->last_errno : -EIO;
@@ -1134,7 +1237,7 @@ int db_writer_exec(struct db *db, const char *sql, char *err, size_t errlen)
     db->exec_err = err;
     db->exec_errlen = errlen;
     db->exec_done = false;
-    pthread_cond_signal(&db->cv_writer);
+    sem_post(&db->wake_sem);
     while (!db->exec_done)
         pthread_cond_wait(&db->cv_done, &db->mu);
     int rc = db->exec_rc;
@@ -1148,7 +1251,7 @@ int db_close(struct db *db)
         return 0;
     pthread_mutex_lock(&db->mu);
     db->stop = true;
-    pthread_cond_signal(&db->cv_writer);
+    sem_post(&db->wake_sem);
     pthread_mutex_unlock(&db->mu);
     pthread_join(db->thread, NULL);
     int rc = db->lost_at_close > 0 ? (db->last_errno != 0 ? db->last_errno : -EIO) : 0;

@@ -160,4 +160,3 @@ void gw_shutdown(struct gw_ctx *ctx)
     ctx->drain_timer.data = ctx;
     ev_timer_start(ctx->loop, &ctx->drain_timer);
 }
-

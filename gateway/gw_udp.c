@@ -374,6 +374,39 @@ static struct gw_flow *flow_new(struct gw_listener *l, const struct nat_endpoint
 
 /* ---- the listener ----------------------------------------------------------- */
 
+/* Sends datagrams [i, j) of the batch (all from flow's client) upstream. */
+static void forward_up(struct gw_flow *flow, struct gw_udp_batch *b, int i, int j)
+{
+    struct gw_ctx *ctx = flow->ctx;
+    uint64_t bytes = 0;
+
+    for (int k = i; k < j; k++) {
+        struct msghdr *m = &b->msgs[k].msg_hdr;
+        b->iov[k].iov_len = b->msgs[k].msg_len;
+        m->msg_name = NULL;
+        m->msg_namelen = 0;
+        m->msg_control = NULL;
+        m->msg_controllen = 0;
+    }
+    int sent = 0;
+    while (sent < j - i) {
+        int r = sendmmsg(flow->u.udp.fd, b->msgs + i + sent, (unsigned)(j - i - sent),
+                         MSG_DONTWAIT);
+        if (r <= 0) {
+            /* The datagram that failed is dropped; the rest are tried. */
+            ctx->counters.udp_dropped++;
+            sent++;
+            continue;
+        }
+        for (int k = i + sent; k < i + sent + r; k++)
+            bytes += b->msgs[k].msg_len;
+        sent += r;
+    }
+    ctx->counters.bytes_in += bytes;
+    if (flow->sess && bytes)
+        nat_session_touch(ctx->nat, flow->sess, gw_loop_ms(ctx->loop), bytes, 0);
+}
+
 /* Receives up to UDP_ROUNDS batches on l and forwards each datagram. */
 void gw_udp_receive(struct gw_listener *l)
 {
@@ -402,25 +435,28 @@ void gw_udp_receive(struct gw_listener *l)
         int n = recvmmsg(l->udp_fd, b->msgs, GW_UDP_BATCH, MSG_DONTWAIT, NULL);
         if (n <= 0)
             return;
-        for (int i = 0; i < n; i++) {
+        for (int i = 0; i < n;) {
             struct nat_endpoint client;
-            size_t len = b->msgs[i].msg_len;
             gw_endpoint_from_sockaddr(&client, (const struct sockaddr *)&b->addrs[i]);
-            ctx->counters.udp_datagrams_in++;
             struct gw_flow *flow = index_find(ctx, &client);
             if (!flow)
                 flow = flow_new(l, &client, &b->msgs[i].msg_hdr);
-            if (!flow) {
-                ctx->counters.udp_dropped++;
-                continue;
+            /* The datagrams that follow from the same client go out in one
+             * sendmmsg on its upstream socket. */
+            int j = i + 1;
+            while (j < n) {
+                struct nat_endpoint next;
+                gw_endpoint_from_sockaddr(&next, (const struct sockaddr *)&b->addrs[j]);
+                if (!ep_equal(&next, &client))
+                    break;
+                j++;
             }
-            if (send(flow->u.udp.fd, b->data[i], len, MSG_DONTWAIT) < 0) {
-                ctx->counters.udp_dropped++;
-                continue;
-            }
-            ctx->counters.bytes_in += len;
-            if (flow->sess)
-                nat_session_touch(ctx->nat, flow->sess, gw_loop_ms(ctx->loop), len, 0);
+            ctx->counters.udp_datagrams_in += (uint64_t)(j - i);
+            if (flow)
+                forward_up(flow, b, i, j);
+            else
+                ctx->counters.udp_dropped += (uint64_t)(j - i);
+            i = j;
         }
         if (n < GW_UDP_BATCH)
             return;

@@ -61,11 +61,11 @@ _Static_assert(sizeof(struct nat_sess) == 128, "a session is two cache lines");
 
 struct nat_client {
     struct nat_addr addr;
-    uint32_t sessions;   /* live sessions */
-    uint8_t ip[2];       /* paired external IP per family ([0] IPv4, [1] IPv6), NO_IP */
-    uint32_t nblocks;    /* NAT_POLICY_BLOCK: blocks held */
+    uint32_t sessions; /* live sessions */
+    uint8_t ip[2];     /* paired external IP per family ([0] IPv4, [1] IPv6), NO_IP */
+    uint32_t nblocks;  /* NAT_POLICY_BLOCK: blocks held */
     uint32_t cap_blocks;
-    uint32_t *blocks;    /* owned: (ip << 16) | block number */
+    uint32_t *blocks; /* owned: (ip << 16) | block number */
     uint32_t next_free;
 };
 
@@ -74,7 +74,7 @@ struct nat_portset {
     struct nat_endpoint dst; /* adm: port 0; eim: unused */
     uint32_t refs;           /* bits set: ports used or cooling in this set */
     uint32_t self;
-    uint64_t bits[];         /* n_ips x words */
+    uint64_t bits[]; /* n_ips x words */
 };
 
 struct nat_cool {
@@ -97,7 +97,7 @@ struct nat_table {
     uint32_t nblocks, blk_words; /* NAT_POLICY_BLOCK: blocks per IP */
     uint64_t rng;
     uint64_t hs[7]; /* hash secrets, from the seed */
-    uint64_t clock;   /* latest `now` seen: time never goes back inside */
+    uint64_t clock; /* latest `now` seen: time never goes back inside */
     uint64_t next_id;
     nat_event_fn ev_fn;
     void *ev_arg; /* borrowed */
@@ -106,6 +106,7 @@ struct nat_table {
     uint32_t n_chunks, cap_chunks;
     uint32_t hi;        /* slots ever handed out */
     uint32_t free_head; /* free slots below hi */
+    uint32_t dying;     /* the session whose CLOSE/EXPIRE is being emitted, or NIL */
     uint32_t lru_head[NAT_TIMEOUT_COUNT], lru_tail[NAT_TIMEOUT_COUNT];
 
     struct nat_hash by_inside, by_outside, by_mapping, by_client, by_set;
@@ -240,15 +241,16 @@ static uint64_t hash_inside(const struct nat_table *t, const struct nat_key *k)
     uint64_t h = fold_addr(&k->client.addr, t->hs[0], t->hs[1]) ^
                  fold_addr(&k->dst.addr, t->hs[2], t->hs[3]);
 
-    return mum(h ^ t->hs[4], ((uint64_t)k->client.port | (uint64_t)k->dst.port << 16 |
-                              (uint64_t)k->proto << 32) ^ t->hs[5]);
+    return mum(h ^ t->hs[4],
+               ((uint64_t)k->client.port | (uint64_t)k->dst.port << 16 | (uint64_t)k->proto << 32) ^
+                   t->hs[5]);
 }
 
 static uint64_t hash_outside(const struct nat_table *t, uint8_t proto,
                              const struct nat_endpoint *ext, const struct nat_endpoint *dst)
 {
-    uint64_t h = fold_addr(&ext->addr, t->hs[1], t->hs[0]) ^
-                 fold_addr(&dst->addr, t->hs[3], t->hs[2]);
+    uint64_t h =
+        fold_addr(&ext->addr, t->hs[1], t->hs[0]) ^ fold_addr(&dst->addr, t->hs[3], t->hs[2]);
 
     return mum(h ^ t->hs[5],
                ((uint64_t)ext->port | (uint64_t)dst->port << 16 | (uint64_t)proto << 32) ^
@@ -638,8 +640,7 @@ static int cool_push(struct nat_table *t, uint32_t si, unsigned ip, uint32_t off
 
 /* The last user of (ip, off) in set si went: the port cools for the reuse
  * delay (or is free at once when the delay is 0 or the queue cannot grow). */
-static void port_release(struct nat_table *t, uint32_t si, unsigned ip, uint32_t off,
-                         uint64_t now)
+static void port_release(struct nat_table *t, uint32_t si, unsigned ip, uint32_t off, uint64_t now)
 {
     unsigned pi = proto_index(t->sets[si]->proto);
 
@@ -703,8 +704,8 @@ static int busy_mark(struct nat_table *t, unsigned pi, unsigned ip, uint32_t off
     }
     *w |= 1ULL << (off % 64);
     i = t->bheap_n++;
-    t->bheap[i] = (struct nat_busy){.until = until, .off = off, .ip = (uint8_t)ip,
-                                    .pi = (uint8_t)pi};
+    t->bheap[i] =
+        (struct nat_busy){.until = until, .off = off, .ip = (uint8_t)ip, .pi = (uint8_t)pi};
     while (i > 0 && t->bheap[(i - 1) / 2].until > t->bheap[i].until) {
         struct nat_busy tmp = t->bheap[i];
 
@@ -797,8 +798,7 @@ static int port_pick(struct nat_table *t, uint32_t si, unsigned ip, uint16_t cli
 
 /* NAT_POLICY_BLOCK: a free port in one of the client's blocks on `ip`, taking
  * a new block when they are full. -1 with *err set when none. */
-static int block_pick(struct nat_table *t, uint32_t ci, uint32_t si, unsigned ip,
-                      enum nat_err *err)
+static int block_pick(struct nat_table *t, uint32_t ci, uint32_t si, unsigned ip, enum nat_err *err)
 {
     struct nat_client *c = &t->clients[ci];
     struct nat_portset *ps = t->sets[si];
@@ -939,7 +939,7 @@ void nat_config_default(struct nat_config *cfg)
     *cfg = (struct nat_config){0};
     cfg->policy = NAT_POLICY_RANDOM;
     cfg->mapping = NAT_MAPPING_EIM;
-    cfg->ips[0] = nat_addr_from_v4(__builtin_bswap32(0x7f000001)); /* 127.0.0.1 */
+    cfg->ips[0] = (struct nat_addr){{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1}};
     cfg->n_ips = 1;
     cfg->port_lo = 20000;
     cfg->port_hi = 32767;
@@ -1023,6 +1023,7 @@ enum nat_err nat_table_new(struct nat_table **out, const struct nat_config *cfg)
     }
     t->next_id = cfg->first_id ? cfg->first_id : 1;
     t->free_head = NIL;
+    t->dying = NIL;
     t->client_free = NIL;
     for (int c = 0; c < NAT_TIMEOUT_COUNT; c++)
         t->lru_head[c] = t->lru_tail[c] = NIL;
@@ -1079,8 +1080,7 @@ enum nat_err nat_table_reconfigure(struct nat_table *t, const struct nat_config 
 
     if (cfg == NULL || cfg->policy != c->policy || cfg->mapping != c->mapping ||
         cfg->n_ips != c->n_ips || cfg->port_lo != c->port_lo || cfg->port_hi != c->port_hi ||
-        cfg->block_size != c->block_size ||
-        cfg->max_blocks_per_client != c->max_blocks_per_client)
+        cfg->block_size != c->block_size || cfg->max_blocks_per_client != c->max_blocks_per_client)
         return NAT_ERR_INVAL;
     for (unsigned i = 0; i < c->n_ips; i++)
         if (!addr_eq(&cfg->ips[i], &c->ips[i]))
@@ -1104,8 +1104,7 @@ static enum nat_err refuse(struct nat_table *t, enum nat_err err, const struct n
                            uint32_t backend, uint64_t now)
 {
     t->st.refused[err]++;
-    if (err == NAT_ERR_POOL_EXHAUSTED || err == NAT_ERR_CLIENT_QUOTA ||
-        err == NAT_ERR_TABLE_FULL) {
+    if (err == NAT_ERR_POOL_EXHAUSTED || err == NAT_ERR_CLIENT_QUOTA || err == NAT_ERR_TABLE_FULL) {
         struct nat_session s = {.key = *key, .backend = backend, .opened_at = now};
 
         emit(t, NAT_EV_REFUSE, now, nat_err_name(err), &s);
@@ -1236,8 +1235,7 @@ struct nat_session *nat_lookup_outside(const struct nat_table *t, uint8_t proto,
                                        const struct nat_endpoint *dst)
 {
     struct outside_key k = {.proto = proto, .ext = ext, .dst = dst};
-    uint32_t slot =
-        nh_find(&t->by_outside, hash_outside(t, proto, ext, dst), eq_outside, t, &k);
+    uint32_t slot = nh_find(&t->by_outside, hash_outside(t, proto, ext, dst), eq_outside, t, &k);
 
     return slot == NH_NONE ? NULL : &sess(t, slot)->pub;
 }
@@ -1311,8 +1309,8 @@ size_t nat_lookup_outside_many(const struct nat_table *t, const struct nat_outsi
         }
         if (i >= 2 * LOOKAHEAD) {
             size_t j = i - 2 * LOOKAHEAD;
-            struct outside_key ok = {.proto = keys[j].proto, .ext = &keys[j].ext,
-                                     .dst = &keys[j].dst};
+            struct outside_key ok = {
+                .proto = keys[j].proto, .ext = &keys[j].ext, .dst = &keys[j].dst};
             uint32_t slot = cand[j % RING];
 
             if (slot == NH_NONE ? hx->old != NULL : !eq_outside(t, slot, &ok))
@@ -1324,8 +1322,8 @@ size_t nat_lookup_outside_many(const struct nat_table *t, const struct nat_outsi
     return found;
 }
 
-void nat_session_touch(struct nat_table *t, struct nat_session *s, uint64_t now,
-                       uint64_t bytes_in, uint64_t bytes_out)
+void nat_session_touch(struct nat_table *t, struct nat_session *s, uint64_t now, uint64_t bytes_in,
+                       uint64_t bytes_out)
 {
     struct nat_sess *is = sess_of(s);
 
@@ -1421,20 +1419,21 @@ static void session_end(struct nat_table *t, struct nat_sess *is, uint64_t now,
     nh_delete(&t->by_inside, hin, is->self);
     nh_delete(&t->by_outside, hout, is->self);
     if (map_leave(t, is, hm))
-        port_release(t, set_find(t, &copy.key), copy.ip_index, copy.ext.port - t->cfg.port_lo,
-                     now);
+        port_release(t, set_find(t, &copy.key), copy.ip_index, copy.ext.port - t->cfg.port_lo, now);
     lru_unlink(t, is);
     ci = client_find_h(t, &copy.key.client.addr, hc);
     if (ci != NIL && --t->clients[ci].sessions == 0)
         client_drop(t, ci, hc);
     t->st.live--;
     t->st.live_by[pi][copy.state]--;
-    slab_put(t, is->self);
+    /* the caller's pointer stays valid through its event; listings skip it */
+    t->dying = is->self;
     emit(t, type, now, reason, &copy);
+    t->dying = NIL;
+    slab_put(t, is->self);
 }
 
-void nat_session_close(struct nat_table *t, struct nat_session *s, uint64_t now,
-                       const char *reason)
+void nat_session_close(struct nat_table *t, struct nat_session *s, uint64_t now, const char *reason)
 {
     now = advance(t, now);
     t->st.closed++;
@@ -1566,7 +1565,7 @@ static size_t select_ids(const struct nat_table *t, const struct nat_filter *f, 
     for (uint32_t slot = 0; slot < t->hi; slot++) {
         const struct nat_session *s = &sess(t, slot)->pub;
 
-        if (s->id == 0 || s->id <= after || !nat_filter_match(f, s))
+        if (s->id == 0 || s->id <= after || slot == t->dying || !nat_filter_match(f, s))
             continue;
         if (n < k) {
             h[n] = (struct id_slot){s->id, slot};
@@ -1626,8 +1625,28 @@ out:
     return called;
 }
 
-size_t nat_flush(struct nat_table *t, const struct nat_filter *f, uint64_t now,
-                 const char *reason)
+size_t nat_walk(const struct nat_table *t, const struct nat_filter *f, uint32_t *cursor, size_t max,
+                int (*fn)(void *arg, const struct nat_session *s), void *arg)
+{
+    size_t called = 0;
+    uint32_t slot;
+
+    for (slot = *cursor; slot < t->hi; slot++) {
+        const struct nat_session *s = &sess(t, slot)->pub;
+
+        if (s->id == 0 || slot == t->dying || !nat_filter_match(f, s))
+            continue;
+        called++;
+        if (fn(arg, s) != 0 || (max != 0 && called >= max)) {
+            slot++;
+            break;
+        }
+    }
+    *cursor = slot < t->hi ? slot : 0;
+    return called;
+}
+
+size_t nat_flush(struct nat_table *t, const struct nat_filter *f, uint64_t now, const char *reason)
 {
     struct id_slot *h;
     size_t n = 0, live = t->st.live;

@@ -373,6 +373,20 @@ size_t nat_foreach(const struct nat_table *t, const struct nat_filter *f, uint64
                    int (*fn)(void *arg, const struct nat_session *s), void *arg);
 
 /*
+ * Walks live sessions that pass `f` (NULL = all) in storage order, not id
+ * order, resuming at *cursor (0 to start), calling fn until it returns
+ * non-zero or `max` sessions were visited (0 = no limit). Writes to *cursor
+ * where the next call resumes, or 0 when the walk is over. Returns how many
+ * sessions fn was called for. Cost: O(slots looked at), so a whole walk is
+ * one pass over the table however it is cut (nat_foreach in id order costs a
+ * scan per call). A session that lives through the whole walk is seen
+ * exactly once; one opened meanwhile may or may not be seen. fn must not
+ * open or close sessions; between two calls anything may happen.
+ */
+size_t nat_walk(const struct nat_table *t, const struct nat_filter *f, uint32_t *cursor,
+                size_t max, int (*fn)(void *arg, const struct nat_session *s), void *arg);
+
+/*
  * Closes every live session that passes `f` with `reason`, emitting CLOSE for
  * each in id order (the callback learns which flows to tear down via
  * s.udata). Returns how many were closed.

@@ -154,8 +154,7 @@ const char *nat_proto_name(uint8_t proto)
     }
 }
 
-static const char *const state_names[NAT_STATE_COUNT] = {"new", "established", "closing",
-                                                         "closed"};
+static const char *const state_names[NAT_STATE_COUNT] = {"new", "established", "closing", "closed"};
 
 const char *nat_state_name(enum nat_state st)
 {

@@ -36,8 +36,7 @@ void *nh_huge_alloc(size_t bytes)
 
     bytes = (bytes + NH_HUGE - 1) & ~(NH_HUGE - 1);
     /* map 2 MiB more and trim to alignment */
-    raw = mmap(NULL, bytes + NH_HUGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
-               0);
+    raw = mmap(NULL, bytes + NH_HUGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (raw == MAP_FAILED)
         return NULL;
     p = (uint8_t *)(((uintptr_t)raw + NH_HUGE - 1) & ~(uintptr_t)(NH_HUGE - 1));

@@ -67,8 +67,8 @@ static inline uint32_t nh_count(const struct nat_hash *h)
 
 /* The slot holding `key` (hashing to `hash`), or NH_NONE. Always inlined so
  * that `eq` is inlined too. */
-__attribute__((always_inline)) static inline uint32_t nh_find(const struct nat_hash *h, uint64_t hash, nh_eq_fn eq,
-                               const void *ctx, const void *key)
+__attribute__((always_inline)) static inline uint32_t
+nh_find(const struct nat_hash *h, uint64_t hash, nh_eq_fn eq, const void *ctx, const void *key)
 {
     uint32_t tag = (uint32_t)hash;
     uint32_t mask = h->cur_mask;

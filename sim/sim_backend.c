@@ -100,6 +100,7 @@ struct be_ctx {
     struct be_conn *conns; /* owned list */
     uint64_t n_conns;
     struct be_udp_item udpq[BE_UDP_QUEUE];
+    char udp_in[65536], udp_out[65536 + 256]; /* one datagram in, its reply out */
     size_t udpq_head, udpq_len;
     /* counters, printed at exit */
     uint64_t accepted, refused_max, http_requests, echo_bytes, datagrams, udp_dropped, resets,
@@ -776,14 +777,14 @@ static void be_udp_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 static void be_udp_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct be_ctx *ctx = (struct be_ctx *)((char *)w - offsetof(struct be_ctx, udp_w));
-    static char in[65536], out[65536 + 256];
+    char *in = ctx->udp_in, *out = ctx->udp_out;
 
     (void)revents;
     for (int i = 0; i < 64; i++) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof(ss);
         char peer[SIM_ADDR_STRLEN];
-        ssize_t n = recvfrom(ctx->udp_fd, in, sizeof(in), 0, (struct sockaddr *)&ss, &sl);
+        ssize_t n = recvfrom(ctx->udp_fd, in, sizeof(ctx->udp_in), 0, (struct sockaddr *)&ss, &sl);
         int hl;
         size_t pl;
 
@@ -791,7 +792,7 @@ static void be_udp_cb(struct ev_loop *loop, ev_io *w, int revents)
             return;
         ctx->datagrams++;
         sim_sockaddr_format((struct sockaddr *)&ss, peer);
-        hl = snprintf(out, sizeof(out), "gwsim-backend %s peer=%s\n", ctx->o.name, peer);
+        hl = snprintf(out, sizeof(ctx->udp_out), "gwsim-backend %s peer=%s\n", ctx->o.name, peer);
         pl = (size_t)n;
         if ((size_t)hl + pl > BE_UDP_MAX)
             pl = BE_UDP_MAX - (size_t)hl; /* documented: the echo is cut to fit */

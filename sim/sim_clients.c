@@ -185,7 +185,8 @@ struct cl_ctx {
     uint64_t results[SIM_FLOW_RESULT_COUNT];
     uint64_t tcp_ok, udp_ok;
     uint64_t udp_resent, udp_duplicates;
-    uint16_t *seq_port; /* owned: per source IP */
+    unsigned char udp_buf[65536 + 512]; /* one reply datagram */
+    uint16_t *seq_port;                 /* owned: per source IP */
     struct sim_rng rng;
     struct strset tuples, nat_ports, client_ips, backends;
     uint64_t reused_across_backends;
@@ -671,8 +672,8 @@ static int on_tcp_readable(struct flow *f)
 static int on_udp_readable(struct flow *f)
 {
     const struct sim_clients_opts *o = f->ctx->o;
-    static unsigned char buf[65536 + 512];
-    ssize_t n = recv(f->fd, buf, sizeof(buf), 0);
+    unsigned char *buf = f->ctx->udp_buf;
+    ssize_t n = recv(f->fd, buf, sizeof(f->ctx->udp_buf), 0);
     unsigned char *nl;
     size_t hl;
 

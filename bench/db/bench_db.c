@@ -125,7 +125,7 @@ static struct db *open_store(const char *path, uint32_t queue, uint32_t batch)
 
 int main(int argc, char **argv)
 {
-    uint64_t n = 2000000;
+    uint64_t n = 1000000;
     struct db_options defaults;
     db_options_default(&defaults);
     uint32_t queue = defaults.queue_capacity, batch = defaults.batch_max;
@@ -226,7 +226,8 @@ int main(int argc, char **argv)
     printf("transactions: longest %u ms (the writer sizes batches to keep commits < 100 ms "
            "apart under load)\n",
            st.max_txn_ms);
-    printf("cpu: %.2f s for producer + writer, %.2f us/event, i.e. %.0f events per CPU-second\n",
+    printf("cpu: %.2f s for producer + writer + checkpointer, %.2f us/event, i.e. %.0f events "
+           "per CPU-second\n",
            cpu, cpu * 1e6 / (double)st.written, (double)st.written / cpu);
     db_close(db);
     if (keep) {

@@ -72,8 +72,8 @@ static void die(const char *what, enum nat_err e)
     exit(1);
 }
 
-static struct nat_table *make(enum nat_policy p, enum nat_mapping m, unsigned n_ips,
-                              uint16_t lo, uint16_t hi, uint32_t max_sessions)
+static struct nat_table *make(enum nat_policy p, enum nat_mapping m, unsigned n_ips, uint16_t lo,
+                              uint16_t hi, uint32_t max_sessions)
 {
     struct nat_config c;
     struct nat_table *t;
@@ -139,19 +139,19 @@ static double churn(struct nat_table *t, uint32_t base, uint32_t window, double 
 
 /* Runs `body` over all `live` inputs until `secs` of CPU time have passed;
  * prints the rate. */
-#define TIMED(label, mapping, live, secs, body)                                                \
-    do {                                                                                       \
-        uint64_t n_ = 0;                                                                       \
-        double t0_ = now_s(), el_;                                                             \
-        found = 0;                                                                             \
-        do {                                                                                   \
-            body;                                                                              \
-            n_ += (live);                                                                      \
-            el_ = now_s() - t0_;                                                               \
-        } while (el_ < (secs));                                                                \
-        printf("%s: %s (%u live): %.2f M lookups/s (%llu of %llu found)\n",                  \
-               nat_mapping_name(mapping), label, (live), n_ / el_ / 1e6,                       \
-               (unsigned long long)found, (unsigned long long)n_);                             \
+#define TIMED(label, mapping, live, secs, body)                                                    \
+    do {                                                                                           \
+        uint64_t n_ = 0;                                                                           \
+        double t0_ = now_s(), el_;                                                                 \
+        found = 0;                                                                                 \
+        do {                                                                                       \
+            body;                                                                                  \
+            n_ += (live);                                                                          \
+            el_ = now_s() - t0_;                                                                   \
+        } while (el_ < (secs));                                                                    \
+        printf("%s: %s (%u live): %.2f M lookups/s (%llu of %llu found)\n",                        \
+               nat_mapping_name(mapping), label, (live), n_ / el_ / 1e6,                           \
+               (unsigned long long)found, (unsigned long long)n_);                                 \
     } while (0)
 
 static void bench_live(uint32_t live, double secs, enum nat_mapping mapping)
@@ -212,8 +212,7 @@ static void bench_live(uint32_t live, double secs, enum nat_mapping mapping)
            100.0 * (double)st.ports_in_use / (double)st.ports_total, fill_rate / 1e6);
     printf("%s: memory: nat_stats.memory_bytes %.1f bytes/session; resident set grew by "
            "%.1f bytes/session\n",
-           nat_mapping_name(mapping), (double)st.memory_bytes / live,
-           (double)(rss1 - rss0) / live);
+           nat_mapping_name(mapping), (double)st.memory_bytes / live, (double)(rss1 - rss0) / live);
     /* keys were opened in this order: look them up in another one */
     for (uint32_t i = live - 1; i > 0; i--) {
         uint32_t j = (uint32_t)(xr() % (i + 1));
@@ -244,8 +243,7 @@ static void bench_live(uint32_t live, double secs, enum nat_mapping mapping)
     });
     TIMED("lookup outside, nat_lookup_outside_many by 256", mapping, live, secs, {
         for (uint32_t i = 0; i < live; i += 256)
-            found +=
-                nat_lookup_outside_many(t, outs + i, live - i < 256 ? live - i : 256, res + i);
+            found += nat_lookup_outside_many(t, outs + i, live - i < 256 ? live - i : 256, res + i);
     });
     printf("%s: alloc+release with %u live (tcp, other keys): %.2f M pairs/s\n",
            nat_mapping_name(mapping), live, churn(t, 0x40000000u, 4096, secs) / 1e6);
@@ -298,8 +296,8 @@ static void bench_full(double full, double secs, enum nat_policy p)
         }
         el = now_s() - t0;
     } while (el < secs);
-    printf("pool %.0f%% full (%u of %u ports, %s): %.2f M alloc+release/s\n", full * 100, live,
-           cap, nat_policy_name(p), pairs / el / 1e6);
+    printf("pool %.0f%% full (%u of %u ports, %s): %.2f M alloc+release/s\n", full * 100, live, cap,
+           nat_policy_name(p), pairs / el / 1e6);
     nat_table_free(t);
     free(s);
     free(keys);

@@ -11,6 +11,7 @@
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <pwd.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sqlite3.h>
@@ -552,8 +553,8 @@ Test(gw_faults, store_locked_forwarding_goes_on)
     cr_assert_eq(gwd_start(&gwd, &dir, args, 0), 0);
     cr_assert_eq(sqlite3_open(gwd.db, &h), SQLITE_OK);
     sqlite3_busy_timeout(h, 5000);
-    cr_assert_eq(sqlite3_exec(h, "BEGIN EXCLUSIVE", NULL, NULL, NULL), SQLITE_OK,
-                 "%s", sqlite3_errmsg(h));
+    cr_assert_eq(sqlite3_exec(h, "BEGIN EXCLUSIVE", NULL, NULL, NULL), SQLITE_OK, "%s",
+                 sqlite3_errmsg(h));
     for (int i = 0; i < 20; i++)
         close(hello("127.0.0.13", seen, sizeof(seen)));
     cr_assert(gwd_log_wait(&gwd, "store degraded (forwarding goes on)", 1, 10000));
@@ -609,4 +610,38 @@ Test(gw_faults, connect_timeout_then_failover)
     for (int i = 0; i < 3; i++)
         close(fill[i]);
     close(stuck);
+}
+
+/* Started as root with --user: binds first, then runs as that user and still
+ * serves (the store and control socket were opened before the switch). */
+Test(gw_faults, user_drops_privileges_after_binding)
+{
+    char tb[64], seen[64], status[4096], want[64];
+    struct passwd *pw = getpwnam("nobody");
+
+    if (geteuid() != 0 || !pw) {
+        cr_skip_test("needs root and a user named nobody");
+        return;
+    }
+    cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
+    snprintf(tb, sizeof(tb), "127.0.0.1:%u", be[0].port);
+    const char *args[] = {"--tcp-backend", tb, "--nat-ports", "23700-23799", "--user", "nobody",
+                          NULL};
+    cr_assert_eq(gwd_start(&gwd, &dir, args, 0), 0);
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)gwd.pid);
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f);
+    size_t n = fread(status, 1, sizeof(status) - 1, f);
+    fclose(f);
+    status[n] = '\0';
+    snprintf(want, sizeof(want), "Uid:\t%u\t%u\t%u\t%u", (unsigned)pw->pw_uid,
+             (unsigned)pw->pw_uid, (unsigned)pw->pw_uid, (unsigned)pw->pw_uid);
+    cr_assert(strstr(status, want) != NULL, "%s", status);
+    for (int i = 0; i < 3; i++)
+        close(hello("127.0.0.15", seen, sizeof(seen)));
+    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions WHERE closed_at IS NOT NULL",
+                            3, 5000),
+                 3);
+    cr_assert_eq(gwd_stop(&gwd), 0);
 }

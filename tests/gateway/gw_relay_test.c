@@ -371,7 +371,8 @@ Test(gw_relay, curl_through_gwd_to_an_http_server)
 
 Test(gw_relay, iperf3_udp_tcp_control_and_udp_data_on_one_port)
 {
-    char portarg[16], tb[64], ub[64], gp[16], out[256], json[1 << 16];
+    char portarg[16], gp[16], out[256], cfg[512], cfgpath[256];
+    static char json[1 << 16];
 
     uint16_t ip = gwt_free_port();
     cr_assert_neq(ip, 0);
@@ -388,10 +389,14 @@ Test(gw_relay, iperf3_udp_tcp_control_and_udp_data_on_one_port)
     close(up); /* the server shrugs this probe off and keeps listening */
     gwt_sleep_ms(100);
 
-    snprintf(tb, sizeof(tb), "127.0.0.1:%u", ip);
-    snprintf(ub, sizeof(ub), "127.0.0.1:%u", ip);
-    const char *args[] = {"--tcp-backend", tb,  "--udp-backend", ub, "--nat-ports",
-                          "21400-21499",   NULL};
+    /* No health checks here: iperf3's server takes every connection for a test. */
+    snprintf(cfg, sizeof(cfg),
+             "{\"nat\":{\"ports\":\"21400-21499\"},\"backends\":[{\"name\":\"t\",\"proto\":"
+             "\"tcp\",\"health\":{\"enabled\":false},\"servers\":[\"127.0.0.1:%u\"]},{\"name\":"
+             "\"u\",\"proto\":\"udp\",\"servers\":[\"127.0.0.1:%u\"]}]}",
+             ip, ip);
+    cr_assert_eq(gwt_write_file(&dir, "gwd.json", cfg), 0);
+    const char *args[] = {"-c", gwt_path(&dir, "gwd.json", cfgpath, sizeof(cfgpath)), NULL};
     cr_assert_eq(gwd_start(&gwd, &dir, args, 0), 0);
     snprintf(gp, sizeof(gp), "%u", gwd.port);
     const char *cli[] = {"iperf3", "-c", "127.0.0.1", "-p", gp,     "-u",     "-b",
@@ -473,6 +478,8 @@ Test(gw_relay, proxy_protocol_v1_and_v2)
     cr_assert_eq(memcmp(hdr + 20, "\x7f\x00\x00\x01", 4), 0);
     cr_assert_eq((hdr[26] << 8 | hdr[27]), gwd.port);
     close(fd);
+    /* The second run continued the first one's session ids. */
+    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(DISTINCT id) FROM nat_sessions", 2, 5000), 2);
 }
 
 /* Bound to 0.0.0.0, a UDP reply leaves from the address the client wrote to

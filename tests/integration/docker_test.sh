@@ -117,6 +117,8 @@ trap 'exit 1' INT TERM
 
 # ---- 1. our own dockerd -------------------------------------------------------------
 mkdir -p "$(dirname "$DATA_ROOT")" /run/lock
+# fd 8 holds the lock; dockerd must not inherit it (a dockerd left by a killed run
+# would hold the lock forever).
 exec 8>/run/lock/gw-docker-test.lock
 log "waiting for the lock (one run at a time per data-root)"
 flock -w 900 8 || {
@@ -171,7 +173,7 @@ log "starting dockerd: data-root $DATA_ROOT, socket $RUN/docker.sock, bridge $BR
 dockerd --data-root "$DATA_ROOT" --exec-root "$RUN/exec" --host "$DOCKER_HOST" \
     --pidfile "$RUN/docker.pid" --bridge "$BRIDGE" --iptables=true --ip-masq=true \
     --containerd-namespace gw-docker-test --containerd-plugins-namespace gw-docker-test-plugins \
-    >"$WORK/dockerd.log" 2>&1 &
+    >"$WORK/dockerd.log" 2>&1 8>&- &
 DOCKERD_PID=$!
 up=0
 for ((i = 0; i < 600; i++)); do

@@ -12,16 +12,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-static inline struct nat_addr A(const char *s)
-{
+static inline struct nat_addr A(const char *s) {
     struct nat_addr a;
 
     cr_assert_eq(nat_addr_parse(&a, s), 0, "bad address %s", s);
     return a;
 }
 
-static inline struct nat_endpoint EP(const char *s, uint16_t port)
-{
+static inline struct nat_endpoint
+EP(const char *s, uint16_t port) {
     struct nat_endpoint e;
 
     memset(&e, 0, sizeof(e));
@@ -30,9 +29,8 @@ static inline struct nat_endpoint EP(const char *s, uint16_t port)
     return e;
 }
 
-static inline struct nat_key KEY(uint8_t proto, const char *c, uint16_t cport, const char *d,
-                                 uint16_t dport)
-{
+static inline struct nat_key
+KEY(uint8_t proto, const char *c, uint16_t cport, const char *d, uint16_t dport) {
     struct nat_key k;
 
     memset(&k, 0, sizeof(k));

@@ -42,9 +42,9 @@ Test(nat_addr, from_v4)
 
 Test(nat_addr, parse_bad_input_leaves_out_untouched)
 {
-    static const char *bad[] = {"",          "1.2.3",     "1.2.3.4.5", "256.1.1.1", "1.2.3.4 ",
-                                " 1.2.3.4",  "1.2.3.-4",  "::1::2",    "gggg::1",   "1.2.3.4/8",
-                                "localhost", "0x7f.0.0.1", "12345::",  ":::"};
+    static const char *bad[] = {"",          "1.2.3",      "1.2.3.4.5", "256.1.1.1", "1.2.3.4 ",
+                                " 1.2.3.4",  "1.2.3.-4",   "::1::2",    "gggg::1",   "1.2.3.4/8",
+                                "localhost", "0x7f.0.0.1", "12345::",   ":::"};
     struct nat_addr a, keep;
 
     memset(&keep, 0xab, sizeof(keep));

@@ -244,8 +244,7 @@ static void check_pick(struct model *m, struct mclient *c, const struct nat_key 
     cr_assert(port_free(m, k->proto, ip, port, &k->dst), "port %u not free", port);
     off = port - m->cfg.port_lo;
     if (m->cfg.policy == NAT_POLICY_PRESERVE && k->client.port >= m->cfg.port_lo &&
-        k->client.port <= m->cfg.port_hi &&
-        port_free(m, k->proto, ip, k->client.port, &k->dst))
+        k->client.port <= m->cfg.port_hi && port_free(m, k->proto, ip, k->client.port, &k->dst))
         cr_assert_eq(port, k->client.port, "preserve did not keep a free client port");
     if (m->cfg.policy != NAT_POLICY_BLOCK)
         return;
@@ -285,8 +284,8 @@ static void release(struct model *m, const struct msess *x, uint64_t now)
     if (m->cfg.reuse_delay_ms == 0)
         return;
     cr_assert(m->ncool < M_MAXC);
-    m->cool[m->ncool++] = (struct mcool){.proto = x->key.proto, .dst = x->key.dst,
-                                         .ip = x->ip, .port = x->port, .at = now};
+    m->cool[m->ncool++] = (struct mcool){
+        .proto = x->key.proto, .dst = x->key.dst, .ip = x->ip, .port = x->port, .at = now};
 }
 
 static void client_leave(struct model *m, const struct nat_addr *a)
@@ -450,10 +449,16 @@ static void op_open(struct model *m, struct nat_table *t, struct rec *r, uint64_
     if (m->n == M_MAXS)
         compact(m);
     cr_assert(m->n < M_MAXS);
-    m->s[m->n++] = (struct msess){.live = true, .in_map = true, .id = m->next_id++, .key = k,
-                                  .ip = s->ip_index, .port = s->ext.port,
-                                  .state = NAT_STATE_NEW, .last_seen = now,
-                                  .backend = backend, .real = s};
+    m->s[m->n++] = (struct msess){.live = true,
+                                  .in_map = true,
+                                  .id = m->next_id++,
+                                  .key = k,
+                                  .ip = s->ip_index,
+                                  .port = s->ext.port,
+                                  .state = NAT_STATE_NEW,
+                                  .last_seen = now,
+                                  .backend = backend,
+                                  .real = s};
     cr_assert_eq(s->id, m->s[m->n - 1].id);
     m->st.opened++;
     m->st.live++;
@@ -572,15 +577,14 @@ static void op_repick(struct model *m, struct nat_table *t, struct rec *r, uint6
     }
     if (!found) {
         cr_assert(m->nbusy < M_MAXB);
-        m->busy[m->nbusy++] = (struct mbusy){.proto = x->key.proto, .ip = x->ip,
-                                             .port = x->port, .until = now + busy_ms};
+        m->busy[m->nbusy++] = (struct mbusy){
+            .proto = x->key.proto, .ip = x->ip, .port = x->port, .until = now + busy_ms};
     }
     c = mclient(m, &x->key.client.addr, false);
     cr_assert_not_null(c);
     want = expect_pick(m, c, &x->key);
     got = nat_session_repick(t, x->real, now, busy_ms);
-    cr_assert_eq(got, want, "repick: engine %s, model %s", nat_err_name(got),
-                 nat_err_name(want));
+    cr_assert_eq(got, want, "repick: engine %s, model %s", nat_err_name(got), nat_err_name(want));
     if (got != NAT_OK) {
         cr_assert_eq(r->n, n0);
         cr_assert_eq(x->real->ext.port, x->port);
@@ -720,8 +724,7 @@ static void compare_all(struct model *m, struct nat_table *t)
         for (size_t k = i + 1; k < m->n; k++) {
             const struct msess *y = &m->s[k];
 
-            if (!y->live || y->key.proto != x->key.proto || y->ip != x->ip ||
-                y->port != x->port)
+            if (!y->live || y->key.proto != x->key.proto || y->ip != x->ip || y->port != x->port)
                 continue;
             if (m->cfg.mapping == NAT_MAPPING_EIM)
                 cr_assert(ep_eq(&x->key.client, &y->key.client), "eim port shared");
@@ -745,8 +748,8 @@ static void compare_all(struct model *m, struct nat_table *t)
             const struct msess *x = &m->s[i];
 
             keys[i] = x->key;
-            oks[i] = (struct nat_outside_key){x->key.proto, {m->cfg.ips[x->ip], x->port},
-                                              x->key.dst};
+            oks[i] =
+                (struct nat_outside_key){x->key.proto, {m->cfg.ips[x->ip], x->port}, x->key.dst};
             want_in += m_find(m, &keys[i]) != NULL;
             want_out += m_find_outside(m, &oks[i]) != NULL;
         }
@@ -811,8 +814,7 @@ static void compare_all(struct model *m, struct nat_table *t)
     compact(m); /* keeps the model's scans short */
 }
 
-static void run(enum nat_policy policy, enum nat_mapping mapping, bool v6, uint64_t seed,
-                int ops)
+static void run(enum nat_policy policy, enum nat_mapping mapping, bool v6, uint64_t seed, int ops)
 {
     static struct model m;
     static struct rec r;
@@ -892,10 +894,10 @@ static void run(enum nat_policy policy, enum nat_mapping mapping, bool v6, uint6
 
 #define DIFF_OPS 20000
 
-#define DIFF_TEST(pol, map)                                                                    \
-    Test(nat_diff, pol##_##map)                                                                \
-    {                                                                                          \
-        for (uint64_t seed = 1; seed <= 6; seed++)                                             \
+#define DIFF_TEST(pol, map)                                                                        \
+    Test(nat_diff, pol##_##map)                                                                    \
+    {                                                                                              \
+        for (uint64_t seed = 1; seed <= 6; seed++)                                                 \
             run(NAT_POLICY_##pol, NAT_MAPPING_##map, seed % 2 == 0, seed, DIFF_OPS);               \
     }
 

@@ -455,6 +455,13 @@ Test(nat_ops, filter_match_fields)
 }
 
 static struct nat_table *cb_table;
+
+static int count_cb(void *arg, const struct nat_session *s)
+{
+    (void)arg;
+    (void)s;
+    return 0;
+}
 static size_t cb_seen_live;
 
 static void reading_cb(void *arg, const struct nat_event *ev)
@@ -464,6 +471,10 @@ static void reading_cb(void *arg, const struct nat_event *ev)
     rec_cb(arg, ev);
     nat_get_stats(cb_table, &st); /* a callback may read the table */
     cb_seen_live = st.live;
+    cr_assert_eq(nat_foreach(cb_table, NULL, 0, count_cb, NULL), st.live,
+                 "a listing in a callback sees the live sessions only");
+    uint32_t cur = 0;
+    cr_assert_eq(nat_walk(cb_table, NULL, &cur, 0, count_cb, NULL), st.live);
     if (ev->type == NAT_EV_CLOSE)
         cr_assert_null(nat_lookup_inside(cb_table, &ev->s.key), "gone before its event");
 }
@@ -481,16 +492,16 @@ Test(nat_ops, flush_and_events)
     cb_table = t;
     nat_table_set_event_cb(t, reading_cb, &r);
     for (uint16_t i = 0; i < 10; i++) {
-        struct nat_key k = KEY(i < 4 ? NAT_PROTO_UDP : NAT_PROTO_TCP, "10.0.0.1",
-                               (uint16_t)(1 + i), "192.0.2.1", 80);
+        struct nat_key k = KEY(i < 4 ? NAT_PROTO_UDP : NAT_PROTO_TCP, "10.0.0.1", (uint16_t)(1 + i),
+                               "192.0.2.1", 80);
         struct nat_session *s = NULL;
 
         cr_assert_eq(nat_session_open(t, &k, i % 2, 100 + i, &s), NAT_OK);
         s->udata = &dummy;
     }
     for (uint16_t i = 0; i < 10; i++) {
-        struct nat_key k = KEY(i < 4 ? NAT_PROTO_UDP : NAT_PROTO_TCP, "10.0.0.1",
-                               (uint16_t)(1 + i), "192.0.2.1", 80);
+        struct nat_key k = KEY(i < 4 ? NAT_PROTO_UDP : NAT_PROTO_TCP, "10.0.0.1", (uint16_t)(1 + i),
+                               "192.0.2.1", 80);
 
         nat_session_touch(t, nat_lookup_inside(t, &k), 200, 10, 1);
     }
@@ -535,8 +546,8 @@ Test(nat_ops, stats_by_state)
     struct nat_stats st;
 
     for (uint16_t i = 0; i < 6; i++) {
-        struct nat_key k = KEY(i < 2 ? NAT_PROTO_UDP : NAT_PROTO_TCP, "10.0.0.1",
-                               (uint16_t)(1 + i), "192.0.2.1", 80);
+        struct nat_key k = KEY(i < 2 ? NAT_PROTO_UDP : NAT_PROTO_TCP, "10.0.0.1", (uint16_t)(1 + i),
+                               "192.0.2.1", 80);
 
         s[i] = open_ok(t, &k, 0);
     }
@@ -620,8 +631,9 @@ Test(nat_ops, growth_and_batched_lookups, .timeout = 120)
     cr_assert_eq(nat_lookup_outside_many(t, ok, N, out), live);
     for (uint32_t i = 0; i < N; i++)
         cr_assert_eq(out[i], s[i]);
-    cr_assert_eq(nat_lookup_inside_many(t, keys, 5, out), (size_t)(s[0] != NULL) +
-                 (s[1] != NULL) + (s[2] != NULL) + (s[3] != NULL) + (s[4] != NULL));
+    cr_assert_eq(nat_lookup_inside_many(t, keys, 5, out), (size_t)(s[0] != NULL) + (s[1] != NULL) +
+                                                              (s[2] != NULL) + (s[3] != NULL) +
+                                                              (s[4] != NULL));
     cr_assert_eq(nat_lookup_inside_many(t, keys, 0, out), 0);
     /* everything goes; memory stays bounded and counters return to zero */
     cr_assert_eq(nat_flush(t, NULL, N, "shutdown"), live);
@@ -654,5 +666,83 @@ Test(nat_ops, bad_arguments)
     cr_assert_eq(nat_ip_ports_in_use(t, 7), 0);
     cr_assert_eq(nat_table_new(NULL, &c), NAT_ERR_INVAL);
     cr_assert_eq(nat_table_new(&t, NULL), NAT_ERR_INVAL);
+    nat_table_free(t);
+}
+
+struct seen {
+    uint8_t count[2048];
+    size_t calls;
+};
+
+static int seen_cb(void *arg, const struct nat_session *s)
+{
+    struct seen *v = arg;
+
+    cr_assert_lt(s->id, 2048);
+    v->count[s->id]++;
+    v->calls++;
+    return 0;
+}
+
+Test(nat_ops, walk_in_steps)
+{
+    struct nat_config c = small_cfg(NAT_POLICY_RANDOM, NAT_MAPPING_APDM, 30000, 30999);
+    struct nat_table *t = mk(&c, NULL);
+    struct nat_session *s[1000];
+    static struct seen v;
+    struct nat_filter f;
+    uint32_t cur = 0;
+    size_t steps = 0, n;
+
+    memset(&v, 0, sizeof(v));
+    cr_assert_eq(nat_walk(t, NULL, &cur, 10, seen_cb, &v), 0, "empty table");
+    cr_assert_eq(cur, 0);
+    for (uint16_t i = 0; i < 1000; i++) {
+        struct nat_key k = KEY(i % 2 ? NAT_PROTO_TCP : NAT_PROTO_UDP, "10.0.0.1",
+                               (uint16_t)(1000 + i), "192.0.2.1", 80);
+
+        s[i] = open_ok(t, &k, 0);
+    }
+    /* walk 37 at a time; between steps close some sessions and open others */
+    do {
+        n = nat_walk(t, NULL, &cur, 37, seen_cb, &v);
+        cr_assert_leq(n, 37);
+        steps++;
+        if (steps % 3 == 0) {
+            uint16_t i = (uint16_t)(steps * 7 % 1000);
+
+            if (s[i] != NULL) {
+                nat_session_close(t, s[i], 1, "flush");
+                s[i] = NULL;
+            }
+            struct nat_key k =
+                KEY(NAT_PROTO_TCP, "10.0.0.2", (uint16_t)(3000 + steps), "192.0.2.1", 80);
+            open_ok(t, &k, 1);
+        }
+    } while (cur != 0);
+    cr_assert_gt(steps, 27);
+    for (uint16_t i = 0; i < 1000; i++) {
+        if (s[i] != NULL) /* lived through the walk: seen exactly once */
+            cr_assert_eq(v.count[s[i]->id], 1, "id %llu", (unsigned long long)s[i]->id);
+        else
+            cr_assert_leq(v.count[i + 1], 1);
+    }
+    for (size_t id = 0; id < 2048; id++)
+        cr_assert_leq(v.count[id], 1);
+    /* a filter, no limit, and a callback that stops the walk */
+    memset(&v, 0, sizeof(v));
+    nat_filter_init(&f);
+    f.proto = NAT_PROTO_UDP;
+    cur = 0;
+    n = nat_walk(t, &f, &cur, 0, seen_cb, &v);
+    cr_assert_eq(cur, 0);
+    size_t udp = 0;
+    for (uint16_t i = 0; i < 1000; i++)
+        udp += s[i] != NULL && s[i]->key.proto == NAT_PROTO_UDP;
+    cr_assert_eq(n, udp);
+    struct ids stop = {.stop_after = 5};
+    cur = 0;
+    cr_assert_eq(nat_walk(t, NULL, &cur, 0, ids_cb, &stop), 5);
+    cr_assert_neq(cur, 0);
     nat_table_free(t);
 }

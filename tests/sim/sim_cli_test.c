@@ -117,9 +117,20 @@ Test(sim_cli, model_runs)
     free(out);
 }
 
-Test(sim_cli, model_svg)
+/* A temporary file of the running test, removed by the .fini fixture even
+ * when an assertion failed half-way. */
+static char tmp_path[64];
+
+static void remove_tmp(void)
 {
-    char path[] = "/tmp/sim_cli_svg.XXXXXX";
+    if (tmp_path[0] != '\0')
+        unlink(tmp_path);
+    tmp_path[0] = '\0';
+}
+
+Test(sim_cli, model_svg, .fini = remove_tmp)
+{
+    char *path = strcpy(tmp_path, "/tmp/sim_cli_svg.XXXXXX");
     char *out, err[4096], buf[256];
     int fd = mkstemp(path);
     FILE *f;
@@ -144,9 +155,9 @@ Test(sim_cli, model_svg)
     unlink(path);
 }
 
-Test(sim_cli, model_trace)
+Test(sim_cli, model_trace, .fini = remove_tmp)
 {
-    char path[] = "/tmp/sim_cli_trace.XXXXXX";
+    char *path = strcpy(tmp_path, "/tmp/sim_cli_trace.XXXXXX");
     char *out, err[4096];
     int fd = mkstemp(path);
     const char good[] = "time,client,proto,destination,duration\n"
