@@ -7,7 +7,8 @@
  * Two halves:
  *   - struct db: the writer. gwd opens one, hands events over with
  *     db_submit() (O(1), never blocks, never touches SQLite) and a thread of
- *     its own writes them in batches. See docs/store.md for the design.
+ *     its own writes them in batches (a second one runs the checkpoints).
+ *     See docs/store.md for the design.
  *   - struct db_reader: a read-only connection for queries (gwctl --db, gwd's
  *     own reads). Works while another process writes (WAL mode).
  *
@@ -225,7 +226,7 @@ struct db_session_query {
     uint8_t client_plen;    /* 128 = that address only */
     bool has_nat_ip;
     struct nat_addr nat_ip;
-    uint16_t nat_port_lo, nat_port_hi; /* 0,0 = any; inclusive */
+    uint16_t nat_port_lo, nat_port_hi; /* inclusive; 0,0 = any; hi 0 = up to 65535 */
     const char *backend;               /* borrowed; NULL = any */
     int state;                         /* -1 = any, else enum nat_state */
     enum db_open_filter open;

@@ -1,7 +1,8 @@
 /*
  * db_writer.c - the write-behind half of the store: struct db, the bounded
- * queue the data path hands records to, and the writer thread that commits
- * them in batches, retries when the store cannot write, and prunes.
+ * queue the data path hands records to, the writer thread that commits them
+ * in batches, retries when the store cannot write, and prunes, and the
+ * checkpoint thread beside it.
  *
  * The queue is a bounded multi-producer single-consumer ring of fixed-size
  * cells, each with a sequence number (D. Vyukov's bounded queue): a producer
@@ -775,8 +776,10 @@ static void *writer_main(void *arg)
         if (db->batch_n == 0) {
             db->batch_n = ring_drain(db, db->batch_cap);
             db->batch_end = atomic_load_explicit(&db->deq_pos, memory_order_relaxed);
-            coalesce(db);
+            if (db->batch_n > 0)
+                coalesce(db);
         }
+        bool full = false;
         if (db->batch_n > 0) {
             uint64_t skipped = 0;
             uint32_t n = db->batch_n;
@@ -793,16 +796,17 @@ static void *writer_main(void *arg)
             }
             db->batch_n = 0;
             note_success(db, n, skipped, db->batch_end);
-            bool full = n == db->batch_cap;
+            full = n == db->batch_cap;
             uint64_t took = mono_us() - began;
             adapt_batch(db, n, took);
             note_txn_time(db, took);
-            if (full)
-                continue; /* more is waiting: no pause under load */
         }
-        /* Here no failed batch is pending (that path retried above). */
+        /* Here no failed batch is pending (that path retried above). Pruning
+         * steps interleave with batches, also under sustained load. */
         if (!stop)
             maybe_prune(db);
+        if (full)
+            continue; /* more is waiting: no pause under load */
 
         if (!ring_empty(db)) {
             /* A partial batch went out, or a producer is mid-copy: let the

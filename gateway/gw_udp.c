@@ -390,8 +390,8 @@ static void forward_up(struct gw_flow *flow, struct gw_udp_batch *b, int i, int 
     }
     int sent = 0;
     while (sent < j - i) {
-        int r = sendmmsg(flow->u.udp.fd, b->msgs + i + sent, (unsigned)(j - i - sent),
-                         MSG_DONTWAIT);
+        int r =
+            sendmmsg(flow->u.udp.fd, b->msgs + i + sent, (unsigned)(j - i - sent), MSG_DONTWAIT);
         if (r <= 0) {
             /* The datagram that failed is dropped; the rest are tried. */
             ctx->counters.udp_dropped++;

@@ -281,7 +281,10 @@ static uint64_t hash_set(const struct nat_table *t, uint8_t proto, const struct 
     return mum(h ^ t->hs[6], ((uint64_t)d->port | (uint64_t)proto << 32) ^ t->hs[2]);
 }
 
-static bool eq_inside(const void *ctx, uint32_t slot, const void *key)
+/* The eq callbacks are always inlined into nh_find: a call per probe costs
+ * the lookup loops a measurable share. */
+__attribute__((always_inline)) static inline bool eq_inside(const void *ctx, uint32_t slot,
+                                                            const void *key)
 {
     const struct nat_key *a = &sess(ctx, slot)->pub.key;
     const struct nat_key *b = key;
@@ -294,7 +297,8 @@ struct outside_key {
     const struct nat_endpoint *ext, *dst;
 };
 
-static bool eq_outside(const void *ctx, uint32_t slot, const void *key)
+__attribute__((always_inline)) static inline bool eq_outside(const void *ctx, uint32_t slot,
+                                                             const void *key)
 {
     const struct nat_session *s = &sess(ctx, slot)->pub;
     const struct outside_key *k = key;
@@ -1327,6 +1331,8 @@ void nat_session_touch(struct nat_table *t, struct nat_session *s, uint64_t now,
 {
     struct nat_sess *is = sess_of(s);
 
+    if (is->self == t->dying) /* touched from its own CLOSE/EXPIRE event */
+        return;
     now = advance(t, now);
     s->bytes_in += bytes_in;
     s->bytes_out += bytes_out;
@@ -1343,7 +1349,7 @@ void nat_session_set_state(struct nat_table *t, struct nat_session *s, enum nat_
     struct nat_sess *is = sess_of(s);
     unsigned pi = proto_index(s->key.proto);
 
-    if ((unsigned)st >= NAT_STATE_CLOSED)
+    if ((unsigned)st >= NAT_STATE_CLOSED || is->self == t->dying)
         return;
     now = advance(t, now);
     lru_unlink(t, is);
@@ -1364,6 +1370,8 @@ enum nat_err nat_session_repick(struct nat_table *t, struct nat_session *s, uint
     enum nat_err err;
     bool last;
 
+    if (is->self == t->dying)
+        return NAT_ERR_INVAL;
     now = advance(t, now);
     pool_maintain(t, now);
     t->st.repicks++;

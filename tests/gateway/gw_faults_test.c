@@ -11,8 +11,8 @@
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
-#include <pwd.h>
 #include <netinet/in.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -625,8 +625,8 @@ Test(gw_faults, user_drops_privileges_after_binding)
     }
     cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
     snprintf(tb, sizeof(tb), "127.0.0.1:%u", be[0].port);
-    const char *args[] = {"--tcp-backend", tb, "--nat-ports", "23700-23799", "--user", "nobody",
-                          NULL};
+    const char *args[] = {"--tcp-backend", tb,       "--nat-ports", "23700-23799",
+                          "--user",        "nobody", NULL};
     cr_assert_eq(gwd_start(&gwd, &dir, args, 0), 0);
     char path[64];
     snprintf(path, sizeof(path), "/proc/%d/status", (int)gwd.pid);
@@ -635,8 +635,8 @@ Test(gw_faults, user_drops_privileges_after_binding)
     size_t n = fread(status, 1, sizeof(status) - 1, f);
     fclose(f);
     status[n] = '\0';
-    snprintf(want, sizeof(want), "Uid:\t%u\t%u\t%u\t%u", (unsigned)pw->pw_uid,
-             (unsigned)pw->pw_uid, (unsigned)pw->pw_uid, (unsigned)pw->pw_uid);
+    snprintf(want, sizeof(want), "Uid:\t%u\t%u\t%u\t%u", (unsigned)pw->pw_uid, (unsigned)pw->pw_uid,
+             (unsigned)pw->pw_uid, (unsigned)pw->pw_uid);
     cr_assert(strstr(status, want) != NULL, "%s", status);
     for (int i = 0; i < 3; i++)
         close(hello("127.0.0.15", seen, sizeof(seen)));

@@ -31,8 +31,19 @@ static void setup(void)
     cr_assert_eq(gwt_dir_new(&dir), 0);
 }
 
+/* Helper processes (http.server, iperf3 server) stopped even when a test fails. */
+static pid_t helpers[4];
+static int n_helpers;
+
 static void teardown(void)
 {
+    for (int i = 0; i < n_helpers; i++) {
+        if (helpers[i] > 0) {
+            kill(helpers[i], SIGKILL);
+            waitpid(helpers[i], NULL, 0);
+        }
+    }
+    n_helpers = 0;
     if (gwd.pid > 0)
         gwd_stop(&gwd);
     gwt_backend_stop(&be, false);
@@ -335,6 +346,7 @@ Test(gw_relay, curl_through_gwd_to_an_http_server)
                           "--directory", p,    NULL};
     pid_t hpid = spawn_quiet(http, gwt_path(&dir, "http.log", out, sizeof(out)));
     cr_assert_gt(hpid, 0);
+    helpers[n_helpers++] = hpid;
     /* Wait until it accepts. */
     int up = -1;
     for (int i = 0; i < 200 && up < 0; i++) {
@@ -367,6 +379,7 @@ Test(gw_relay, curl_through_gwd_to_an_http_server)
                  5);
     kill(hpid, SIGTERM);
     wait_exit(hpid, 5000);
+    n_helpers = 0;
 }
 
 Test(gw_relay, iperf3_udp_tcp_control_and_udp_data_on_one_port)
@@ -379,6 +392,8 @@ Test(gw_relay, iperf3_udp_tcp_control_and_udp_data_on_one_port)
     snprintf(portarg, sizeof(portarg), "%u", ip);
     const char *srv[] = {"iperf3", "-s", "-B", "127.0.0.1", "-p", portarg, NULL};
     pid_t spid = spawn_quiet(srv, gwt_path(&dir, "iperf-s.log", out, sizeof(out)));
+    cr_assert_gt(spid, 0);
+    helpers[n_helpers++] = spid;
     int up = -1;
     for (int i = 0; i < 200 && up < 0; i++) {
         up = gwt_tcp_connect("127.0.0.1", ip);
@@ -423,6 +438,7 @@ Test(gw_relay, iperf3_udp_tcp_control_and_udp_data_on_one_port)
     cr_assert_not_null(lost, "no lost_percent in %s", json);
     kill(spid, SIGTERM);
     wait_exit(spid, 10000);
+    n_helpers = 0;
 }
 
 /* ---- addresses: PROXY protocol, multi-homed replies, IPv6 ------------------- */

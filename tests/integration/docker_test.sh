@@ -110,7 +110,7 @@ cleanup() {
     fi
     [ "${GW_DOCKER_CLEAN:-0}" = 1 ] && rm -rf "$DATA_ROOT"
     rm -rf "$WORK"
-    exit $rc
+    exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 1' INT TERM
@@ -145,7 +145,7 @@ for dir in /run/gw-docker-test-*; do
         restore_iptables "$dir/iptables.before"
     fi
     umount -R "$dir" 2>/dev/null
-    rm -rf "$dir"
+    rm -rf "$dir" "${TMPDIR:-/tmp}/gw-docker-${dir##*-}".*
 done
 
 # The default bridge gets a /24 that no route here uses yet. A bridge left by a run

@@ -26,7 +26,7 @@
 #   both (default): both, then gw's `show nat` and the kernel's `conntrack -L` printed
 #           side by side for the same client hosts.
 # Everything is removed at exit, also on failure. Exit 0 pass, 1 fail, 77 skipped (why
-# is printed: not root, no network namespaces, a tool missing).
+# is printed: not root, a tool missing, no namespaces/veth/bridge/nftables nat here).
 set -uo pipefail
 
 if [ $# -lt 4 ]; then
@@ -153,7 +153,7 @@ wait_for() {
 
 start_backend() {
     ip netns exec "$T-b" "$GWSIM" backend --bind 0.0.0.0 --port "$BE_PORT" --name b1 >"$WORK/backend.out" 2>&1 &
-    PIDS+=($!)
+    PIDS+=("$!")
     wait_for 10 grep -q listening "$WORK/backend.out" || {
         cat "$WORK/backend.out"
         return 1
@@ -170,8 +170,8 @@ run_probes() {
         for proto in tcp udp; do
             ip netns exec "$T-$h" "$NETPROBE" -b "${HOST_IP[$h]}:$port" -t 5 -H 60 "$proto" "$GW_IP" 80 \
                 >"$WORK/$phase-$h-$proto.json" 2>"$WORK/$phase-$h-$proto.err" &
-            PROBE_PIDS+=($!)
-            PIDS+=($!)
+            PROBE_PIDS+=("$!")
+            PIDS+=("$!")
         done
     done
     # A probe prints its line once its flow has been answered, then holds the flow.
@@ -254,7 +254,7 @@ phase_gw() {
         --nat-ip "$BACK_GW" --nat-ports "$POOL_LO-$POOL_HI" \
         --db "$WORK/gw.db" --control "$WORK/gwd.sock" >"$WORK/gwd.log" 2>&1 &
     GWD_PID=$!
-    PIDS+=($GWD_PID)
+    PIDS+=("$GWD_PID")
     if ! wait_for 15 "$GWCTL" --socket "$WORK/gwd.sock" show nat --json; then
         bad "gw: gwd did not answer on its control socket"
         cat "$WORK/gwd.log"
@@ -408,7 +408,7 @@ side_by_side() {
     echo "== the same client hosts through gw and through the kernel's NAT"
     printf '%-5s %-5s %-22s %-22s %-22s %-22s\n' HOST PROTO "GW: CLIENT AS SEEN" "GW: NAT" \
         "KERNEL: CLIENT AS SEEN" "KERNEL: NAT"
-    local h proto gwc gwn kc kn inner
+    local h proto gwc gwn kc kn
     for h in "${HOSTS[@]}"; do
         for proto in tcp udp; do
             gwn=$(probe gw "$h" "$proto" seen)
@@ -434,6 +434,22 @@ side_by_side() {
     cat "$WORK/conntrack-plain.txt"
     echo
 }
+
+# Can this kernel (and sandbox) do it at all? A throwaway namespace says.
+probe_ns=$T-probe
+if ! ip netns add "$probe_ns" 2>"$WORK/probe.err"; then
+    skip "cannot make a network namespace here: $(cat "$WORK/probe.err")"
+fi
+NSES+=("$probe_ns")
+ip -n "$probe_ns" link add p0 type veth peer name p1 2>"$WORK/probe.err" ||
+    skip "no veth support: $(cat "$WORK/probe.err")"
+ip -n "$probe_ns" link add b0 type bridge 2>"$WORK/probe.err" ||
+    skip "no bridge support: $(cat "$WORK/probe.err")"
+ip netns exec "$probe_ns" nft add table ip gwprobe 2>"$WORK/probe.err" ||
+    skip "no nftables in this kernel: $(cat "$WORK/probe.err")"
+ip netns exec "$probe_ns" nft add chain ip gwprobe post \
+    '{ type nat hook postrouting priority srcnat; }' 2>"$WORK/probe.err" ||
+    skip "no nftables nat in this kernel: $(cat "$WORK/probe.err")"
 
 log "building the network (namespaces $T-*)"
 build_network || {

@@ -475,8 +475,19 @@ static void reading_cb(void *arg, const struct nat_event *ev)
                  "a listing in a callback sees the live sessions only");
     uint32_t cur = 0;
     cr_assert_eq(nat_walk(cb_table, NULL, &cur, 0, count_cb, NULL), st.live);
-    if (ev->type == NAT_EV_CLOSE)
+    if (ev->type == NAT_EV_CLOSE) {
+        struct nat_session *self = ev->s.udata != NULL ? *(struct nat_session **)ev->s.udata : NULL;
+
         cr_assert_null(nat_lookup_inside(cb_table, &ev->s.key), "gone before its event");
+        if (self != NULL && self->id == ev->s.id) {
+            /* the caller's pointer is still valid in its own CLOSE event;
+             * touching it there is ignored */
+            nat_session_touch(cb_table, self, 999999, 5, 5);
+            nat_session_set_state(cb_table, self, NAT_STATE_ESTABLISHED, 999999);
+            cr_assert_eq(nat_session_repick(cb_table, self, 999999, 1), NAT_ERR_INVAL);
+            cr_assert_eq(self->bytes_in, ev->s.bytes_in);
+        }
+    }
 }
 
 Test(nat_ops, flush_and_events)
@@ -486,7 +497,7 @@ Test(nat_ops, flush_and_events)
     struct nat_table *t = mk(&c, NULL);
     struct nat_filter f;
     struct nat_stats st;
-    int dummy;
+    static struct nat_session *selfs[10];
 
     memset(&r, 0, sizeof(r));
     cb_table = t;
@@ -497,7 +508,8 @@ Test(nat_ops, flush_and_events)
         struct nat_session *s = NULL;
 
         cr_assert_eq(nat_session_open(t, &k, i % 2, 100 + i, &s), NAT_OK);
-        s->udata = &dummy;
+        selfs[i] = s;
+        s->udata = &selfs[i];
     }
     for (uint16_t i = 0; i < 10; i++) {
         struct nat_key k = KEY(i < 4 ? NAT_PROTO_UDP : NAT_PROTO_TCP, "10.0.0.1", (uint16_t)(1 + i),
@@ -516,7 +528,7 @@ Test(nat_ops, flush_and_events)
         cr_assert_eq(r.ev[i].s.id, i - 9, "flush in id order");
         cr_assert_eq(r.ev[i].time, 300);
         cr_assert_str_eq(r.ev[i].reason, "flush");
-        cr_assert_eq(r.ev[i].s.udata, &dummy);
+        cr_assert_eq(r.ev[i].s.udata, &selfs[i - 10]);
         cr_assert_eq(r.ev[i].s.bytes_in, 10);
         cr_assert_eq(r.ev[i].s.opened_at, 100 + i - 10);
         cr_assert_eq(r.ev[i].s.key.proto, NAT_PROTO_UDP);
@@ -533,7 +545,7 @@ Test(nat_ops, flush_and_events)
     cr_assert_eq(st.live, 0);
     nat_table_set_event_cb(t, NULL, NULL);
     struct nat_key k = KEY(NAT_PROTO_TCP, "10.0.0.1", 99, "192.0.2.1", 80);
-    open_ok(t, &k, 600);
+    cr_assert_eq(open_ok(t, &k, 600)->opened_at, 600, "the ignored touches moved no clock");
     cr_assert_eq(r.n, 20, "no callback after it was removed");
     nat_table_free(t);
 }
