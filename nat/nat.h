@@ -227,7 +227,8 @@ struct nat_event {
  * Called synchronously from inside nat_session_open/close, nat_expire and
  * nat_flush. It may read the table but must not open, close or flush sessions
  * (it may drop its own references: after an EXPIRE event the session is
- * gone).
+ * gone). During a CLOSE or EXPIRE event the session's pointer is still valid
+ * (lookups and listings no longer find it; touching it is ignored).
  */
 typedef void (*nat_event_fn)(void *arg, const struct nat_event *ev);
 

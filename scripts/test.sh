@@ -26,4 +26,8 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 echo "== unit tests, release build"
 ctest --test-dir build/release -L unit --output-on-failure -j "$jobs"
 echo "== every test, ASan+UBSan build"
-ctest --test-dir build/asan --output-on-failure --timeout 1200
+rc=0
+ctest --test-dir build/asan --output-on-failure --timeout 1200 || rc=$?
+# ctest lists skipped tests without their reason: show the SKIP lines they printed.
+grep -h '^SKIP ' build/asan/Testing/Temporary/LastTest.log 2>/dev/null || true
+exit $rc
