@@ -5,13 +5,16 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <grp.h>
 #include <netdb.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "gwd.h"
+#include "gateway/gw_control.h"
 
 /* Parse state: the first error wins and is kept in err. */
 struct pctx {
@@ -238,6 +241,8 @@ void gw_config_free(struct gw_config *cfg)
     free(cfg->routes);
     free(cfg->db_path);
     free(cfg->control_path);
+    free(cfg->control_owner);
+    free(cfg->control_group);
     free(cfg->user);
     free(cfg->file);
     free(cfg);
@@ -275,6 +280,10 @@ static struct gw_config *config_new_default(void)
     cfg->buffer_size = GW_DEFAULT_BUFFER;
     cfg->splice_after = GW_DEFAULT_SPLICE_AFTER;
     cfg->log_level = GW_LOG_INFO;
+    cfg->control_mode = CTL_DEFAULT_MODE;
+    cfg->control_max_clients = CTL_DEFAULT_MAX_CLIENTS;
+    cfg->control_idle_ms = CTL_DEFAULT_IDLE_MS;
+    cfg->control_max_output = CTL_DEFAULT_OUT_MAX;
     cfg->db_path = default_db_path();
     cfg->db_path_default = true;
     if (!cfg->db_path) {
@@ -849,6 +858,84 @@ static int parse_routes(struct pctx *p, struct gw_config *cfg, json_t *a)
     return 0;
 }
 
+/* control.owner / control.group: a name that exists here, or a number
+ * (integer or digits); null = leave as created. *dst gets the text. */
+static int parse_control_id(struct pctx *p, json_t *o, const char *key, bool user, char **dst)
+{
+    json_t *v = json_object_get(o, key);
+    char kp[64], num[24];
+    const char *s;
+
+    if (!v)
+        return 0;
+    subpath(kp, sizeof(kp), "control", key);
+    if (json_is_null(v)) {
+        free(*dst);
+        *dst = NULL;
+        return 0;
+    }
+    if (json_is_integer(v)) {
+        if (json_integer_value(v) < 0 || json_integer_value(v) >= UINT32_MAX)
+            return fail(p, kp, "must be a %s name or a number below 4294967295",
+                        user ? "user" : "group");
+        snprintf(num, sizeof(num), "%lld", (long long)json_integer_value(v));
+        s = num;
+    } else if (json_is_string(v) && json_string_length(v) > 0) {
+        s = json_string_value(v);
+        bool digits = strspn(s, "0123456789") == strlen(s);
+        bool known = user ? getpwnam(s) != NULL : getgrnam(s) != NULL;
+        if (!digits && !known)
+            return fail(p, kp, "no such %s \"%s\"", user ? "user" : "group", s);
+        if (digits && (strlen(s) > 10 || strtoull(s, NULL, 10) >= UINT32_MAX))
+            return fail(p, kp, "must be a %s name or a number below 4294967295",
+                        user ? "user" : "group");
+    } else {
+        return fail(p, kp, "must be a %s name, a number or null", user ? "user" : "group");
+    }
+    char *c = strdup(s);
+    if (!c)
+        return fail(p, kp, "out of memory");
+    free(*dst);
+    *dst = c;
+    return 0;
+}
+
+/* "control": "PATH" (the path alone), null, or an object with path, mode,
+ * owner, group, max_clients, idle_timeout, max_output. */
+static int parse_control(struct pctx *p, struct gw_config *cfg, json_t *root)
+{
+    static const char *const keys[] = {"path",        "mode",         "owner",      "group",
+                                       "max_clients", "idle_timeout", "max_output", NULL};
+    json_t *o = json_object_get(root, "control");
+    const char *mode = NULL;
+    long long x;
+
+    if (!o || !json_is_object(o))
+        return get_owned_string(p, root, "", "control", &cfg->control_path, true);
+    if (check_keys(p, o, "control", keys) ||
+        get_owned_string(p, o, "control", "path", &cfg->control_path, true) ||
+        get_string(p, o, "control", "mode", &mode) ||
+        parse_control_id(p, o, "owner", true, &cfg->control_owner) ||
+        parse_control_id(p, o, "group", false, &cfg->control_group) ||
+        get_seconds(p, o, "control", "idle_timeout", 86400, &cfg->control_idle_ms))
+        return -EINVAL;
+    if (mode) {
+        size_t n = strlen(mode);
+        if (n < 3 || n > 4 || strspn(mode, "01234567") != n || (n == 4 && mode[0] != '0'))
+            return fail(p, "control.mode", "must be an octal mode like \"0660\" (0000-0777)");
+        cfg->control_mode = (uint32_t)strtoul(mode, NULL, 8);
+    }
+    x = cfg->control_max_clients;
+    if (get_int(p, o, "control", "max_clients", 1, 100000, &x))
+        return -EINVAL;
+    cfg->control_max_clients = (uint32_t)x;
+    x = (long long)cfg->control_max_output;
+    if (get_int(p, o, "control", "max_output", 4096, 1LL << 32, &x))
+        return -EINVAL;
+    cfg->control_max_output = (uint64_t)x;
+    return 0;
+}
+
 static int parse_root(struct pctx *p, struct gw_config *cfg, json_t *root)
 {
     static const char *const keys[] = {"listen",   "nat",       "backends", "routes",
@@ -902,7 +989,7 @@ static int parse_root(struct pctx *p, struct gw_config *cfg, json_t *root)
     if (json_object_get(root, "db"))
         cfg->db_path_default = false;
     if (get_owned_string(p, root, "", "db", &cfg->db_path, true) ||
-        get_owned_string(p, root, "", "control", &cfg->control_path, true) ||
+        parse_control(p, cfg, root) ||
         get_owned_string(p, root, "", "user", &cfg->user, true))
         return -EINVAL;
     const char *lvl = NULL;
@@ -1351,8 +1438,17 @@ json_t *gw_config_to_json(const struct gw_config *cfg)
     if (!root)
         return NULL;
     json_object_set_new(root, "db", cfg->db_path ? json_string(cfg->db_path) : json_null());
-    json_object_set_new(root, "control",
-                        cfg->control_path ? json_string(cfg->control_path) : json_null());
+    char mode[8];
+    snprintf(mode, sizeof(mode), "%04o", (unsigned)cfg->control_mode);
+    json_object_set_new(
+        root, "control",
+        json_pack("{s:o, s:s, s:o, s:o, s:I, s:o, s:I}", "path",
+                  cfg->control_path ? json_string(cfg->control_path) : json_null(), "mode", mode,
+                  "owner", cfg->control_owner ? json_string(cfg->control_owner) : json_null(),
+                  "group", cfg->control_group ? json_string(cfg->control_group) : json_null(),
+                  "max_clients", (json_int_t)cfg->control_max_clients, "idle_timeout",
+                  seconds_json(cfg->control_idle_ms), "max_output",
+                  (json_int_t)cfg->control_max_output));
     json_object_set_new(root, "user", cfg->user ? json_string(cfg->user) : json_null());
     return root;
 }

@@ -788,11 +788,56 @@ void gw_control_opts_from_env(struct gw_control_opts *o)
     }
 }
 
+/* A user or group of the config: a name known here, else a number. */
+static long id_lookup(const char *s, bool user)
+{
+    if (user) {
+        struct passwd *pw = getpwnam(s);
+        if (pw)
+            return (long)pw->pw_uid;
+    } else {
+        struct group *gr = getgrnam(s);
+        if (gr)
+            return (long)gr->gr_gid;
+    }
+    if (*s && strspn(s, "0123456789") == strlen(s))
+        return (long)strtoul(s, NULL, 10);
+    return -1;
+}
+
+int gw_control_opts_from_config(struct gw_control_opts *o, const struct gw_config *cfg)
+{
+    long id;
+
+    o->mode = (mode_t)cfg->control_mode;
+    o->max_clients = cfg->control_max_clients;
+    o->idle_ms = cfg->control_idle_ms;
+    o->out_max = (size_t)cfg->control_max_output;
+    if (cfg->control_owner) {
+        if ((id = id_lookup(cfg->control_owner, true)) < 0) {
+            gw_log(GW_LOG_ERROR, "control.owner: no such user \"%s\"", cfg->control_owner);
+            return -ENOENT;
+        }
+        o->owner = (uid_t)id;
+    }
+    if (cfg->control_group) {
+        if ((id = id_lookup(cfg->control_group, false)) < 0) {
+            gw_log(GW_LOG_ERROR, "control.group: no such group \"%s\"", cfg->control_group);
+            return -ENOENT;
+        }
+        o->group = (gid_t)id;
+    }
+    return 0;
+}
+
 int gw_control_start(struct gw_ctx *ctx, const char *path)
 {
     struct gw_control_opts o;
+    int rc;
 
     gw_control_opts_default(&o);
+    if (ctx->cfg && (rc = gw_control_opts_from_config(&o, ctx->cfg)) < 0)
+        return rc;
     gw_control_opts_from_env(&o);
     return gw_control_start_opts(ctx, path, &o);
 }

@@ -17,6 +17,7 @@
 #include "gateway/gw_ctlproto.h"
 
 struct gw_ctx;
+struct gw_config;
 struct gw_control;
 struct ctl_client;
 
@@ -42,11 +43,19 @@ struct gw_control_opts {
 void gw_control_opts_default(struct gw_control_opts *o);
 
 /*
- * Overrides *o from the environment (what gw_control_start does, for want of
- * config keys): GW_CONTROL_MODE (octal, e.g. 0600), GW_CONTROL_OWNER and
- * GW_CONTROL_GROUP (name or number), GW_CONTROL_MAX_CLIENTS,
- * GW_CONTROL_IDLE_MS (0 = no idle timeout), GW_CONTROL_OUT_MAX (bytes).
- * Malformed values are ignored with a warning.
+ * Sets *o from the config's "control" section (mode, owner, group,
+ * max_clients, idle_timeout, max_output); owner and group names are looked
+ * up here. Returns 0, or -ENOENT (logged) when a name is not known.
+ */
+int gw_control_opts_from_config(struct gw_control_opts *o, const struct gw_config *cfg);
+
+/*
+ * Overrides *o from the environment: GW_CONTROL_MODE (octal, e.g. 0600),
+ * GW_CONTROL_OWNER and GW_CONTROL_GROUP (name or number),
+ * GW_CONTROL_MAX_CLIENTS, GW_CONTROL_IDLE_MS (0 = no idle timeout),
+ * GW_CONTROL_OUT_MAX (bytes). gw_control_start applies the defaults, then the
+ * config, then these (the environment wins). Malformed values are ignored
+ * with a warning.
  */
 void gw_control_opts_from_env(struct gw_control_opts *o);
 

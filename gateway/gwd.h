@@ -121,6 +121,13 @@ struct gw_config {
     char *db_path;        /* owned; NULL = none ("none"), ":memory:" or a file */
     bool db_path_default; /* db_path is the default: its folders are made at start */
     char *control_path;   /* owned; NULL = the default rule (gw_default_socket_path) */
+    /* "control" section: the socket file and its clients (gw_control.c) */
+    uint32_t control_mode;        /* socket file mode, default 0660 */
+    char *control_owner;          /* owned; user name or uid; NULL = leave as created */
+    char *control_group;          /* owned; group name or gid; NULL = leave as created */
+    uint32_t control_max_clients; /* connected at once, default 64 */
+    uint32_t control_idle_ms;     /* idle/stalled client cut after this; 0 = never */
+    uint64_t control_max_output;  /* pending output per client before it is cut off */
     char *user;           /* owned; NULL = keep the current user */
     int log_level;        /* enum gw_log_level */
     char *file;           /* owned; the -c file, for SIGHUP; NULL when none */
