@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "db/db.h"
 #include "gwd.h"
 
 static void check_schedule(struct gw_server *s, uint32_t after_ms);
@@ -593,7 +594,7 @@ json_t *gw_backend_to_json(const struct gw_backend *b)
 {
     json_t *servers = json_array();
     const struct gw_server *s;
-    char addr[80], ts[32];
+    char addr[80], ts[DB_TIME_STRLEN];
 
     TAILQ_FOREACH(s, &b->servers, link)
     {
@@ -608,7 +609,7 @@ json_t *gw_backend_to_json(const struct gw_backend *b)
             continue;
         json_object_set_new(o, "last_check",
                             s->last_check_ms
-                                ? json_string(gw_time_format(s->last_check_ms, ts, sizeof(ts)))
+                                ? json_string(db_time_format(s->last_check_ms, ts))
                                 : json_null());
         json_object_set_new(o, "last_check_error",
                             s->last_check_error[0] ? json_string(s->last_check_error)

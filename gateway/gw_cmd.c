@@ -391,11 +391,53 @@ static void cmd_subscribe(struct ctl_client *c, const struct ctl_request *req)
     ctl_client_reply(c, req->id, json_pack("{s:o}", "events", ev));
 }
 
+/* ---- stepped jobs over the NAT table (show nat, show clients) ------------- */
+
+/* What every job starts with. */
+struct cmd_job {
+    struct gw_ctx *ctx; /* borrowed */
+    json_t *id;         /* owned */
+};
+
+/*
+ * Allocates a zeroed job of `size` bytes (struct cmd_job first) for a command
+ * that walks the NAT table, with ctx set (id not yet). Replies the error
+ * itself and returns NULL when the table is not running or memory is short.
+ */
+static void *cmd_job_new(struct ctl_client *c, const struct ctl_request *req, size_t size)
+{
+    struct gw_ctx *ctx = ctl_client_ctx(c);
+    struct cmd_job *j;
+
+    if (!ctx->nat) {
+        ctl_client_fail(c, req->id, CTL_ERR_UNAVAILABLE, "the NAT table is not running");
+        return NULL;
+    }
+    j = calloc(1, size);
+    if (!j) {
+        ctl_client_fail(c, req->id, CTL_ERR_INTERNAL, "out of memory");
+        return NULL;
+    }
+    j->ctx = ctx;
+    return j;
+}
+
+/* Takes a reference to the request id and starts job j; when the client
+ * runs one already, frees j (ops->done) and replies busy. */
+static void cmd_job_start(struct ctl_client *c, const struct ctl_request *req,
+                          const struct ctl_job_ops *ops, struct cmd_job *j)
+{
+    j->id = req->id ? json_incref(req->id) : NULL;
+    if (ctl_client_start_job(c, ops, j) < 0) {
+        ops->done(j);
+        ctl_client_fail(c, req->id, CTL_ERR_BUSY, "a command is already running");
+    }
+}
+
 /* ---- show nat ------------------------------------------------------------- */
 
 struct nat_job {
-    struct gw_ctx *ctx; /* borrowed */
-    json_t *id;         /* owned */
+    struct cmd_job base; /* first */
     struct ctl_nat_query q;
     uint64_t cursor;  /* id of the last session the walk saw */
     uint64_t matched; /* sessions that passed the filter */
@@ -440,7 +482,7 @@ static int job_cmp(const struct nat_job *j, const struct nat_session *a,
         r = addr_cmp(&a->ext, &b->ext);
         break;
     case CTL_SORT_BACKEND:
-        r = strcmp(gw_backend_name(j->ctx, a->backend), gw_backend_name(j->ctx, b->backend));
+        r = strcmp(gw_backend_name(j->base.ctx, a->backend), gw_backend_name(j->base.ctx, b->backend));
         break;
     case CTL_SORT_STATE:
         r = CMP3(a->state, b->state);
@@ -524,7 +566,7 @@ static int job_write_row(struct nat_job *j, const struct nat_session *s)
     if (j->emitted > 0)
         row[0] = ',';
     n = ctl_session_format(row + (j->emitted > 0), sizeof(row) - 1, s,
-                           gw_backend_name(j->ctx, s->backend), -1, 0, NULL);
+                           gw_backend_name(j->base.ctx, s->backend), -1, 0, NULL);
     if (n < 0)
         return -EINVAL;
     j->emitted++;
@@ -574,7 +616,7 @@ static int nat_job_step(struct ctl_client *c, void *state)
 
     j->c = c;
     if (!j->head_sent) {
-        n = ctl_reply_stream_head(buf, sizeof(buf), j->id);
+        n = ctl_reply_stream_head(buf, sizeof(buf), j->base.id);
         if (n < 0)
             return -EINVAL;
         n += snprintf(buf + n, sizeof(buf) - (size_t)n,
@@ -588,7 +630,7 @@ static int nat_job_step(struct ctl_client *c, void *state)
         j->q.after_id == 0) {
         /* nothing left to write and nothing filtered: total is the live count */
         struct nat_stats ns;
-        nat_get_stats(j->ctx->nat, &ns);
+        nat_get_stats(j->base.ctx->nat, &ns);
         if (ns.live > j->matched)
             j->matched = ns.live;
         j->walked = true;
@@ -597,7 +639,7 @@ static int nat_job_step(struct ctl_client *c, void *state)
         bool emitting = !job_sorted(j) && j->emitted < j->q.limit;
         j->budget = emitting ? NAT_STEP_ROWS : NAT_STEP_SCAN;
         j->deadline = 0;
-        nat_foreach(j->ctx->nat, &j->q.filter, j->cursor, nat_job_visit, j);
+        nat_foreach(j->base.ctx->nat, &j->q.filter, j->cursor, nat_job_visit, j);
         if (j->err)
             return j->err;
         /* the walk stopped on its own, not on the step's budget: it is done */
@@ -628,7 +670,7 @@ static void nat_job_done(void *state)
 {
     struct nat_job *j = state;
 
-    json_decref(j->id);
+    json_decref(j->base.id);
     free(j->keep);
     free(j);
 }
@@ -640,19 +682,10 @@ static const struct ctl_job_ops nat_job_ops = {
 
 static void cmd_show_nat(struct ctl_client *c, const struct ctl_request *req)
 {
-    struct gw_ctx *ctx = ctl_client_ctx(c);
-    struct nat_job *j;
+    struct nat_job *j = cmd_job_new(c, req, sizeof(*j));
 
-    if (!ctx->nat) {
-        ctl_client_fail(c, req->id, CTL_ERR_UNAVAILABLE, "the NAT table is not running");
+    if (!j)
         return;
-    }
-    j = calloc(1, sizeof(*j));
-    if (!j) {
-        ctl_client_fail(c, req->id, CTL_ERR_INTERNAL, "out of memory");
-        return;
-    }
-    j->ctx = ctx;
     j->q = req->u.nat;
     j->cursor = j->q.after_id;
     if (resolve_filter(c, req->id, &j->q) < 0) {
@@ -668,11 +701,7 @@ static void cmd_show_nat(struct ctl_client *c, const struct ctl_request *req)
             return;
         }
     }
-    j->id = req->id ? json_incref(req->id) : NULL;
-    if (ctl_client_start_job(c, &nat_job_ops, j) < 0) {
-        nat_job_done(j);
-        ctl_client_fail(c, req->id, CTL_ERR_BUSY, "a command is already running");
-    }
+    cmd_job_start(c, req, &nat_job_ops, &j->base);
 }
 
 /* ---- show clients --------------------------------------------------------- */
@@ -687,8 +716,7 @@ struct client_count {
 };
 
 struct clients_job {
-    struct gw_ctx *ctx; /* borrowed */
-    json_t *id;         /* owned */
+    struct cmd_job base; /* first */
     struct ctl_clients_args a;
     struct client_count *tab; /* owned; open addressing, size a power of 2 */
     size_t size, n;
@@ -780,7 +808,7 @@ static int clients_job_step(struct ctl_client *c, void *state)
         return -ENOMEM;
     j->budget = NAT_STEP_SCAN;
     j->deadline = 0;
-    nat_foreach(j->ctx->nat, NULL, j->cursor, clients_visit, j);
+    nat_foreach(j->base.ctx->nat, NULL, j->cursor, clients_visit, j);
     if (j->budget == 0)
         return 0;
     /* walked: compact, sort, reply */
@@ -802,7 +830,7 @@ static int clients_job_step(struct ctl_client *c, void *state)
     json_object_set_new(r, "sessions", jint(j->sessions));
     json_object_set_new(r, "truncated", json_boolean(j->truncated));
     json_object_set_new(r, "clients", arr);
-    ctl_client_reply(c, j->id, r);
+    ctl_client_reply(c, j->base.id, r);
     return 1;
 }
 
@@ -810,7 +838,7 @@ static void clients_job_done(void *state)
 {
     struct clients_job *j = state;
 
-    json_decref(j->id);
+    json_decref(j->base.id);
     free(j->tab);
     free(j);
 }
@@ -822,25 +850,12 @@ static const struct ctl_job_ops clients_job_ops = {
 
 static void cmd_show_clients(struct ctl_client *c, const struct ctl_request *req)
 {
-    struct gw_ctx *ctx = ctl_client_ctx(c);
-    struct clients_job *j;
+    struct clients_job *j = cmd_job_new(c, req, sizeof(*j));
 
-    if (!ctx->nat) {
-        ctl_client_fail(c, req->id, CTL_ERR_UNAVAILABLE, "the NAT table is not running");
+    if (!j)
         return;
-    }
-    j = calloc(1, sizeof(*j));
-    if (!j) {
-        ctl_client_fail(c, req->id, CTL_ERR_INTERNAL, "out of memory");
-        return;
-    }
-    j->ctx = ctx;
     j->a = req->u.clients;
-    j->id = req->id ? json_incref(req->id) : NULL;
-    if (ctl_client_start_job(c, &clients_job_ops, j) < 0) {
-        clients_job_done(j);
-        ctl_client_fail(c, req->id, CTL_ERR_BUSY, "a command is already running");
-    }
+    cmd_job_start(c, req, &clients_job_ops, &j->base);
 }
 
 /* ---- dispatch ------------------------------------------------------------- */

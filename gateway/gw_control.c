@@ -739,6 +739,23 @@ int gw_control_start_opts(struct gw_ctx *ctx, const char *path, const struct gw_
     return 0;
 }
 
+/* A user (or group) name known here, else a number: the id, or -1. */
+static long id_lookup(const char *s, bool user)
+{
+    if (user) {
+        struct passwd *pw = getpwnam(s);
+        if (pw)
+            return (long)pw->pw_uid;
+    } else {
+        struct group *gr = getgrnam(s);
+        if (gr)
+            return (long)gr->gr_gid;
+    }
+    if (*s && strspn(s, "0123456789") == strlen(s))
+        return (long)strtoul(s, NULL, 10);
+    return -1;
+}
+
 /* Reads an unsigned number from the environment variable `name` (base 0:
  * 0660 is octal). Returns 0 and *out, or -1 when unset or not a number. */
 static int env_number(const char *name, unsigned long *out)
@@ -759,10 +776,25 @@ static int env_number(const char *name, unsigned long *out)
     return 0;
 }
 
+/* A user (or group) from the environment variable `name`: the id, or -1 when
+ * unset or unknown (with a warning). */
+static long env_id(const char *name, bool user)
+{
+    const char *s = getenv(name);
+    long id;
+
+    if (!s || !*s)
+        return -1;
+    if ((id = id_lookup(s, user)) < 0)
+        gw_log(GW_LOG_WARN, "control: ignoring %s=%s: no such %s", name, s,
+               user ? "user" : "group");
+    return id;
+}
+
 void gw_control_opts_from_env(struct gw_control_opts *o)
 {
     unsigned long v;
-    const char *s;
+    long id;
 
     if (env_number("GW_CONTROL_MODE", &v) == 0 && v <= 07777)
         o->mode = (mode_t)v;
@@ -772,61 +804,40 @@ void gw_control_opts_from_env(struct gw_control_opts *o)
         o->idle_ms = (uint32_t)v;
     if (env_number("GW_CONTROL_OUT_MAX", &v) == 0)
         o->out_max = v;
-    if ((s = getenv("GW_CONTROL_OWNER")) && *s) {
-        struct passwd *pw = getpwnam(s);
-        if (pw)
-            o->owner = pw->pw_uid;
-        else if (env_number("GW_CONTROL_OWNER", &v) == 0)
-            o->owner = (uid_t)v;
-    }
-    if ((s = getenv("GW_CONTROL_GROUP")) && *s) {
-        struct group *gr = getgrnam(s);
-        if (gr)
-            o->group = gr->gr_gid;
-        else if (env_number("GW_CONTROL_GROUP", &v) == 0)
-            o->group = (gid_t)v;
-    }
+    if ((id = env_id("GW_CONTROL_OWNER", true)) >= 0)
+        o->owner = (uid_t)id;
+    if ((id = env_id("GW_CONTROL_GROUP", false)) >= 0)
+        o->group = (gid_t)id;
 }
 
-/* A user or group of the config: a name known here, else a number. */
-static long id_lookup(const char *s, bool user)
+/* The config's owner (user) or group `s`: 0 and *id (-1 when s is NULL), or
+ * -ENOENT (logged) when it is not known here. */
+static int config_id(const char *s, bool user, long *id)
 {
-    if (user) {
-        struct passwd *pw = getpwnam(s);
-        if (pw)
-            return (long)pw->pw_uid;
-    } else {
-        struct group *gr = getgrnam(s);
-        if (gr)
-            return (long)gr->gr_gid;
+    *id = -1;
+    if (s && (*id = id_lookup(s, user)) < 0) {
+        gw_log(GW_LOG_ERROR, "control.%s: no such %s \"%s\"", user ? "owner" : "group",
+               user ? "user" : "group", s);
+        return -ENOENT;
     }
-    if (*s && strspn(s, "0123456789") == strlen(s))
-        return (long)strtoul(s, NULL, 10);
-    return -1;
+    return 0;
 }
 
 int gw_control_opts_from_config(struct gw_control_opts *o, const struct gw_config *cfg)
 {
-    long id;
+    long uid, gid;
 
+    if (config_id(cfg->control_owner, true, &uid) < 0 ||
+        config_id(cfg->control_group, false, &gid) < 0)
+        return -ENOENT;
     o->mode = (mode_t)cfg->control_mode;
     o->max_clients = cfg->control_max_clients;
     o->idle_ms = cfg->control_idle_ms;
     o->out_max = (size_t)cfg->control_max_output;
-    if (cfg->control_owner) {
-        if ((id = id_lookup(cfg->control_owner, true)) < 0) {
-            gw_log(GW_LOG_ERROR, "control.owner: no such user \"%s\"", cfg->control_owner);
-            return -ENOENT;
-        }
-        o->owner = (uid_t)id;
-    }
-    if (cfg->control_group) {
-        if ((id = id_lookup(cfg->control_group, false)) < 0) {
-            gw_log(GW_LOG_ERROR, "control.group: no such group \"%s\"", cfg->control_group);
-            return -ENOENT;
-        }
-        o->group = (gid_t)id;
-    }
+    if (uid >= 0)
+        o->owner = (uid_t)uid;
+    if (gid >= 0)
+        o->group = (gid_t)gid;
     return 0;
 }
 

@@ -6,6 +6,7 @@
 #include <sys/time.h>
 #include <time.h>
 
+#include "db/db.h"
 #include "gwd.h"
 
 int gw_log_level = GW_LOG_INFO;
@@ -19,18 +20,6 @@ uint64_t gw_now_ms(void)
 
     clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-/* Formats ms as ISO-8601 UTC with milliseconds. */
-char *gw_time_format(uint64_t ms, char *buf, size_t len)
-{
-    time_t sec = (time_t)(ms / 1000);
-    struct tm tm;
-
-    gmtime_r(&sec, &tm);
-    snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (unsigned)(ms % 1000));
-    return buf;
 }
 
 /* Level name to enum; -1 when unknown. */
@@ -55,13 +44,13 @@ const char *gw_log_level_name(int level)
 /* One line to stderr, written with a single write so lines do not interleave. */
 void gw_log(int level, const char *fmt, ...)
 {
-    char line[1024], ts[32];
+    char line[1024], ts[DB_TIME_STRLEN];
     va_list ap;
     int n;
 
     if (level > gw_log_level)
         return;
-    n = snprintf(line, sizeof(line), "%s gwd[%s] ", gw_time_format(gw_now_ms(), ts, sizeof(ts)),
+    n = snprintf(line, sizeof(line), "%s gwd[%s] ", db_time_format(gw_now_ms(), ts),
                  gw_log_level_name(level));
     va_start(ap, fmt);
     n += vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);

@@ -1048,6 +1048,13 @@ struct db_print {
     uint64_t rows;
 };
 
+/* --limit and --offset for a store query (0 = no limit / from the start). */
+static void db_paging(const struct opts *o, uint32_t *limit, uint32_t *offset)
+{
+    *limit = o->limit > 0 ? (uint32_t)o->limit : 0;
+    *offset = o->offset > 0 ? (uint32_t)o->offset : 0;
+}
+
 static int db_session_cb(void *arg, const struct db_session_row *r)
 {
     struct db_print *p = arg;
@@ -1085,8 +1092,7 @@ static int db_show_nat(struct db_reader *r, const struct opts *o)
         q.open = DB_SESSIONS_OPEN;
     }
     q.sort = o->sort;
-    q.limit = o->limit > 0 ? (uint32_t)o->limit : 0;
-    q.offset = o->offset > 0 ? (uint32_t)o->offset : 0;
+    db_paging(o, &q.limit, &q.offset);
     if (o->json)
         p.arr = json_array();
     else
@@ -1173,8 +1179,7 @@ static int db_log(struct db_reader *r, const struct opts *o)
         return EXIT_USAGE;
     if (o->until && parse_time_opt("--until", o->until, &q.until_ms))
         return EXIT_USAGE;
-    q.limit = o->limit > 0 ? (uint32_t)o->limit : 0;
-    q.offset = o->offset > 0 ? (uint32_t)o->offset : 0;
+    db_paging(o, &q.limit, &q.offset);
     if (o->json)
         p.arr = json_array();
     else

@@ -223,8 +223,8 @@ static inline uint64_t gw_loop_ms(struct ev_loop *loop)
 {
     return (uint64_t)(ev_now(loop) * 1000.0);
 }
-/* Formats ms since the epoch as "2026-11-27T16:31:25.123Z" into buf (>= 25 bytes). */
-char *gw_time_format(uint64_t ms, char *buf, size_t len);
+/* Times are formatted with db_time_format() (db/db.h): one ISO-8601 form for
+ * the log, the store and the control socket. */
 
 /* ---- events for subscribers (gw_nat.c) ---------------------------------- */
 

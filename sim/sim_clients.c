@@ -73,7 +73,8 @@ static uint64_t str_hash(const char *s)
     return h;
 }
 
-/* Adds key (with val); returns the slot index, or -1 when out of memory. *added says if new. */
+/* Adds key (with val); returns the slot index, or -1 when out of memory. *added (if
+ * added is not NULL) says if new. */
 static long strset_add(struct strset *s, const char *key, const char *val, bool *added)
 {
     size_t i;
@@ -108,7 +109,8 @@ static long strset_add(struct strset *s, const char *key, const char *val, bool 
     }
     for (i = str_hash(key) & (s->cap - 1); s->keys[i] != NULL; i = (i + 1) & (s->cap - 1)) {
         if (strcmp(s->keys[i], key) == 0) {
-            *added = false;
+            if (added != NULL)
+                *added = false;
             return (long)i;
         }
     }
@@ -117,7 +119,8 @@ static long strset_add(struct strset *s, const char *key, const char *val, bool 
     if (s->keys[i] == NULL || (val != NULL && s->vals[i] == NULL))
         return -1;
     s->n++;
-    *added = true;
+    if (added != NULL)
+        *added = true;
     return (long)i;
 }
 
@@ -839,11 +842,8 @@ static void flow_start(struct cl_ctx *ctx, uint64_t index)
     }
     f->live_idx = ctx->n_live;
     ctx->live[ctx->n_live++] = f;
-    {
-        bool added;
-        if (strset_add(&ctx->client_ips, o->src_ips[ipi], NULL, &added) < 0)
-            ctx->oom = 1;
-    }
+    if (!o->src_auto && strset_add(&ctx->client_ips, o->src_ips[ipi], NULL, NULL) < 0)
+        ctx->oom = 1;
     sim_parse_ip(o->src_ips[ipi], 0, &ss, &sl);
     f->fd = socket(ss.ss_family,
                    (f->proto == 6 ? SOCK_STREAM : SOCK_DGRAM) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -873,11 +873,10 @@ static void flow_start(struct cl_ctx *ctx, uint64_t index)
         f->src_port = sim_sockaddr_port((struct sockaddr *)&local);
         sim_sockaddr_format((struct sockaddr *)&local, f->src);
     }
-    {
-        bool added;
-        if (strset_add(&ctx->tuples, f->src, NULL, &added) < 0)
-            ctx->oom = 1;
-    }
+    if (o->src_auto && strset_add(&ctx->client_ips, f->src_ip, NULL, NULL) < 0)
+        ctx->oom = 1;
+    if (strset_add(&ctx->tuples, f->src, NULL, NULL) < 0)
+        ctx->oom = 1;
     if (f->proto == 6) {
         f->state = FS_CONNECTING;
         arm_timer(f, o->io_timeout_ms);
@@ -1217,16 +1216,21 @@ out:
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: gwsim clients --gateway ADDR:PORT [OPTIONS]\n"
+            "usage: gwsim clients --gateway HOST:PORT [OPTIONS]\n"
             "N clients from M source IPs, K flows each, to one gateway address; every reply is\n"
             "checked byte for byte; with --control, the peer each backend saw is checked against\n"
             "gwd's NAT table. Exit 0 when every flow passed, 1 when any failed, 2 usage, 3 when\n"
             "the control socket cannot be reached.\n"
-            "  --gateway ADDR:PORT   where to send (the only address gwsim sends to)\n"
+            "  --gateway HOST:PORT   where to send (the only address gwsim sends to); HOST is\n"
+            "                        an IPv4 address, [IPv6], or a name (resolved once, at start:\n"
+            "                        its first IPv4 address, else its first IPv6 one)\n"
             "  --clients N           clients (default 10)\n"
-            "  --ips M               source IPs used (default: min(N, 50))\n"
-            "  --src LIST            source addresses: comma-separated IPs and/or CIDRs\n"
-            "                        (default 127.1.0.0/16: 127.1.0.1, 127.1.0.2, ...)\n"
+            "  --ips M               source IPs used (default: min(N, 50); one with --src auto)\n"
+            "  --src LIST|auto       source addresses: comma-separated IPs and/or IPv4 CIDRs,\n"
+            "                        or auto: the kernel picks the address (by its routes),\n"
+            "                        gwsim binds only the --src-port policy. Default:\n"
+            "                        127.1.0.0/16 (127.1.0.1, 127.1.0.2, ...) toward an IPv4\n"
+            "                        loopback gateway, auto toward any other\n"
             "  --flows K             flows per client (default 1)\n"
             "  --proto P             tcp (default) | udp | both (alternating)\n"
             "  --concurrency C       flows open at once at most (default 100)\n"
@@ -1303,6 +1307,75 @@ static int cbad(const char *opt, const char *val, const char *why)
     return 2;
 }
 
+/* Fills o->src_ips from the comma-separated --src list (default 127.1.0.0/16),
+ * at most `ips` addresses, all of one family. Returns 0 or the exit code 2. */
+static int add_src_list(struct sim_clients_opts *o, const char *src, size_t ips)
+{
+    char *list = strdup(src != NULL ? src : "127.1.0.0/16"), *save = NULL;
+    int rc = 0;
+
+    if (list == NULL)
+        return cbad("--src", src, strerror(ENOMEM));
+    for (char *it = strtok_r(list, ",", &save); it != NULL && o->n_src < ips;
+         it = strtok_r(NULL, ",", &save)) {
+        if (add_src(o, it, ips) < 0) {
+            rc = cbad("--src", it, "expected auto, or IPs and/or IPv4 CIDRs (/8 to /32)");
+            break;
+        }
+    }
+    free(list);
+    if (rc == 0 && o->n_src == 0)
+        rc = cbad("--src", src, "no address");
+    for (size_t i = 1; rc == 0 && i < o->n_src; i++) {
+        if ((strchr(o->src_ips[i], ':') != NULL) != (strchr(o->src_ips[0], ':') != NULL))
+            rc = cbad("--src", src, "IPv4 and IPv6 sources cannot be mixed");
+    }
+    if (rc != 0)
+        sim_clients_opts_free(o);
+    return rc;
+}
+
+/*
+ * Resolves --gateway into o->gateway: toward the family of the listed sources,
+ * else any family (the first IPv4 answer first). With no source list
+ * (o->n_src == 0), the sources become the kernel's choice (o->src_auto), except
+ * when `src_default` and the gateway is an IPv4 loopback address: then the
+ * default 127.1.0.0/16 list (`ips` addresses). Returns 0 or the exit code 2.
+ */
+static int resolve_gateway(struct sim_clients_opts *o, const char *gw, bool src_default,
+                           size_t ips)
+{
+    int family = AF_UNSPEC, r;
+    const char *why;
+    char msg[160];
+    struct sockaddr_storage ss;
+    socklen_t sl;
+
+    if (o->n_src > 0 && sim_parse_ip(o->src_ips[0], 0, &ss, &sl) == 0)
+        family = ss.ss_family;
+    r = sim_resolve_sockaddr(gw, family, &o->gateway, &o->gateway_len, &why);
+    if (r == -ENOENT) {
+        snprintf(msg, sizeof(msg), "cannot resolve the name: %s", why);
+        return cbad("--gateway", gw, msg);
+    }
+    if (r < 0)
+        return cbad("--gateway", gw, why);
+    if (sim_sockaddr_port((struct sockaddr *)&o->gateway) == 0)
+        return cbad("--gateway", gw, "the port must be 1-65535");
+    if (o->n_src > 0)
+        return 0;
+    if (src_default && o->gateway.ss_family == AF_INET &&
+        sim_sockaddr_is_loopback((struct sockaddr *)&o->gateway))
+        return add_src_list(o, NULL, ips);
+    o->src_ips = calloc(1, sizeof(char *));
+    if (o->src_ips == NULL ||
+        (o->src_ips[0] = strdup(o->gateway.ss_family == AF_INET6 ? "::" : "0.0.0.0")) == NULL)
+        return cbad("--src", "auto", strerror(ENOMEM));
+    o->n_src = 1;
+    o->src_auto = true;
+    return 0;
+}
+
 int sim_clients_main(int argc, char **argv)
 {
     enum {
@@ -1351,7 +1424,8 @@ int sim_clients_main(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     struct sim_clients_opts o;
-    const char *src = "127.1.0.0/16", *gw = NULL;
+    const char *src = NULL, *gw = NULL;
+    bool src_auto = false;
     uint64_t ips = 0, v;
     json_t *summary = NULL;
     int ch, idx, rc;
@@ -1403,6 +1477,7 @@ int sim_clients_main(int argc, char **argv)
             break;
         case O_SRC:
             src = optarg;
+            src_auto = strcmp(optarg, "auto") == 0;
             break;
         case O_PROTO:
             if (strcmp(optarg, "tcp") == 0)
@@ -1466,33 +1541,22 @@ int sim_clients_main(int argc, char **argv)
         return 2;
     }
     if (gw == NULL) {
-        fprintf(stderr, "gwsim clients: --gateway ADDR:PORT is required\n");
+        fprintf(stderr, "gwsim clients: --gateway HOST:PORT is required\n");
         return 2;
     }
-    if (sim_parse_sockaddr(gw, &o.gateway, &o.gateway_len) < 0 ||
-        sim_sockaddr_port((struct sockaddr *)&o.gateway) == 0)
-        return cbad("--gateway", gw, "expected IP:PORT or [IPv6]:PORT, numeric");
     if (o.udp && o.size > 65000)
         return cbad("--size", "udp", "a UDP request is at most 65000 bytes");
     if (o.clients * o.flows > 10000000)
         return cbad("--clients x --flows", "", "at most 10,000,000 flows per run");
     if (ips == 0)
         ips = o.clients < 50 ? o.clients : 50;
-    {
-        char *list = strdup(src), *save = NULL;
-        for (char *it = strtok_r(list, ",", &save); it != NULL && o.n_src < ips;
-             it = strtok_r(NULL, ",", &save)) {
-            if (add_src(&o, it, (size_t)ips) < 0) {
-                free(list);
-                sim_clients_opts_free(&o);
-                return cbad("--src", it, "expected IPs or IPv4 CIDRs (/8 to /32)");
-            }
-        }
-        free(list);
-    }
-    if (o.n_src == 0) {
+    rc = src == NULL || src_auto ? 0 : add_src_list(&o, src, (size_t)ips);
+    if (rc != 0)
+        return rc;
+    rc = resolve_gateway(&o, gw, src == NULL, (size_t)ips);
+    if (rc != 0) {
         sim_clients_opts_free(&o);
-        return cbad("--src", src, "no address");
+        return rc;
     }
     if (o.json || o.quiet)
         o.progress = !o.quiet && !o.json ? true : false;

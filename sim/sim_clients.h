@@ -54,6 +54,8 @@ struct sim_clients_opts {
     socklen_t gateway_len;
     char **src_ips; /* owned: the source addresses, n_src of them */
     size_t n_src;
+    bool src_auto; /* the kernel picks the source address: src_ips is the one wildcard
+                      address of the gateway's family; only the port mode is bound */
     uint64_t clients; /* N */
     uint64_t flows;   /* K per client */
     bool tcp, udp;    /* both: flows alternate tcp, udp */

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -134,12 +135,13 @@ int sim_parse_ip(const char *s, uint16_t port, struct sockaddr_storage *ss, sock
     return -EINVAL;
 }
 
-int sim_parse_sockaddr(const char *s, struct sockaddr_storage *ss, socklen_t *len)
+/* Splits "HOST:PORT" or "[V6]:PORT" into host (SIM_ADDR_STRLEN) and *port
+ * (0-65535). A bare IPv6 address needs brackets. Returns 0 or -EINVAL. */
+static int split_hostport(const char *s, char *host, uint16_t *port)
 {
-    char host[SIM_ADDR_STRLEN];
     const char *colon, *hs;
     size_t hl;
-    uint64_t port;
+    uint64_t p;
 
     if (s == NULL)
         return -EINVAL;
@@ -157,13 +159,89 @@ int sim_parse_sockaddr(const char *s, struct sockaddr_storage *ss, socklen_t *le
         hs = s;
         hl = (size_t)(colon - s);
     }
-    if (hl == 0 || hl >= sizeof(host))
+    if (hl == 0 || hl >= SIM_ADDR_STRLEN)
         return -EINVAL;
     memcpy(host, hs, hl);
     host[hl] = '\0';
-    if (sim_parse_u64(colon + 1, 0, 65535, &port) < 0)
+    if (sim_parse_u64(colon + 1, 0, 65535, &p) < 0)
         return -EINVAL;
-    return sim_parse_ip(host, (uint16_t)port, ss, len);
+    *port = (uint16_t)p;
+    return 0;
+}
+
+int sim_parse_sockaddr(const char *s, struct sockaddr_storage *ss, socklen_t *len)
+{
+    char host[SIM_ADDR_STRLEN];
+    uint16_t port;
+
+    if (split_hostport(s, host, &port) < 0)
+        return -EINVAL;
+    return sim_parse_ip(host, port, ss, len);
+}
+
+int sim_resolve_sockaddr(const char *s, int family, struct sockaddr_storage *ss, socklen_t *len,
+                         const char **why)
+{
+    char host[SIM_ADDR_STRLEN];
+    struct addrinfo hints, *res = NULL, *pick = NULL;
+    uint16_t port;
+    int r;
+
+    *why = "expected HOST:PORT or [IPv6]:PORT";
+    if (split_hostport(s, host, &port) < 0)
+        return -EINVAL;
+    if (sim_parse_ip(host, port, ss, len) == 0) {
+        if (family != AF_UNSPEC && ss->ss_family != family) {
+            *why = family == AF_INET ? "an IPv6 gateway needs IPv6 sources (--src)"
+                                     : "an IPv4 gateway needs IPv4 sources (--src)";
+            return -EAFNOSUPPORT;
+        }
+        return 0;
+    }
+    if (s[0] == '[') {
+        *why = "not a numeric IPv6 address inside the brackets";
+        return -EINVAL;
+    }
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = family;
+    hints.ai_socktype = SOCK_STREAM; /* one entry per address */
+    r = getaddrinfo(host, NULL, &hints, &res);
+    if (r != 0) {
+        *why = r == EAI_SYSTEM ? strerror(errno) : gai_strerror(r);
+        if (family != AF_UNSPEC && (r == EAI_NONAME || r == EAI_NODATA || r == EAI_ADDRFAMILY))
+            *why = family == AF_INET ? "no IPv4 address for this name (the sources are IPv4)"
+                                     : "no IPv6 address for this name (the sources are IPv6)";
+        return -ENOENT;
+    }
+    for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+        if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
+            continue;
+        if (pick == NULL || (pick->ai_family != AF_INET && ai->ai_family == AF_INET))
+            pick = ai;
+    }
+    if (pick == NULL || pick->ai_addrlen > sizeof(*ss)) {
+        freeaddrinfo(res);
+        *why = "the name has no IPv4 or IPv6 address";
+        return -ENOENT;
+    }
+    memset(ss, 0, sizeof(*ss));
+    memcpy(ss, pick->ai_addr, pick->ai_addrlen);
+    *len = (socklen_t)pick->ai_addrlen;
+    sim_sockaddr_set_port((struct sockaddr *)ss, port);
+    freeaddrinfo(res);
+    return 0;
+}
+
+bool sim_sockaddr_is_loopback(const struct sockaddr *sa)
+{
+    const struct sockaddr_in *sin = (const struct sockaddr_in *)(const void *)sa;
+    const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)(const void *)sa;
+
+    if (sa->sa_family == AF_INET)
+        return (ntohl(sin->sin_addr.s_addr) >> 24) == 127;
+    if (sa->sa_family == AF_INET6)
+        return IN6_IS_ADDR_LOOPBACK(&sin6->sin6_addr);
+    return false;
 }
 
 char *sim_sockaddr_ip(const struct sockaddr *sa, char *buf)

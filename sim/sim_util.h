@@ -44,6 +44,21 @@ int sim_parse_port_range(const char *s, uint16_t *lo, uint16_t *hi);
  */
 int sim_parse_sockaddr(const char *s, struct sockaddr_storage *ss, socklen_t *len);
 
+/*
+ * Like sim_parse_sockaddr, but HOST may also be a name: a numeric address is
+ * taken as is (no lookup); otherwise getaddrinfo() resolves it, restricted to
+ * `family` (AF_INET, AF_INET6 or AF_UNSPEC), and the first IPv4 answer is
+ * taken, else the first IPv6 one. A numeric address of another family than a
+ * given `family` is refused. Returns 0, or -EINVAL (syntax), -EAFNOSUPPORT
+ * (family), -ENOENT (the name does not resolve), with *why set to a short
+ * static or resolver message saying why. Blocks while the resolver runs.
+ */
+int sim_resolve_sockaddr(const char *s, int family, struct sockaddr_storage *ss, socklen_t *len,
+                         const char **why);
+
+/* True when sa is a loopback address (127.0.0.0/8 or ::1). */
+bool sim_sockaddr_is_loopback(const struct sockaddr *sa);
+
 /* Parses a bare numeric IPv4/IPv6 address with the given port. Returns 0 or -EINVAL. */
 int sim_parse_ip(const char *s, uint16_t port, struct sockaddr_storage *ss, socklen_t *len);
 

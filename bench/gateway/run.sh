@@ -171,7 +171,7 @@ if [ -z "$report" ]; then
 BE=$(pick_port) && SINK=$(pick_port) && UBE=$(pick_port) || { echo "run.sh: no free port" >&2; exit 1; }
 $LOAD_CPU "$tools/bench_echo" --tcp 127.0.0.1:$BE --sink 127.0.0.1:$SINK --udp 127.0.0.1:$UBE \
     --seconds 3600 >"$tmp/backend.out" 2>"$tmp/backend.log" &
-pids+=($!)
+pids+=("$!")
 wait_listen "$BE" || { echo "run.sh: backend did not start" >&2; exit 1; }
 fi
 
@@ -236,7 +236,7 @@ EOF
         ;;
     esac
     PROXY_PID=$!
-    pids+=($PROXY_PID)
+    pids+=("$PROXY_PID")
     if ! wait_listen "$port"; then
         echo "run.sh: $name did not listen on $port; log:" >&2
         tail -5 "$tmp/$name.log" >&2
@@ -254,7 +254,7 @@ kv() { # kv KEY FILE: value of KEY= in the RESULT line
 res=${report:-$tmp/results.tsv}
 [ -n "$report" ] || : >"$res"
 run_one() { # run_one TEST PROXY ROUND
-    local t=$1 px=$2 r=$3 port tport=$BE target tree c0 c1 out=$tmp/$1-$2-$r.out
+    local t=$1 px=$2 r=$3 port tport=$BE target tree c0 c1 out=$tmp/$1-$2-$3.out
     local m0 m1 lpid perfpid=0
     [ "$t" = bulk ] && tport=$SINK
     [ "$t" = udp ] && [ "$px" = haproxy ] && return 0 # HAProxy 2.6 has no UDP proxy
@@ -272,7 +272,7 @@ run_one() { # run_one TEST PROXY ROUND
     if [ "$perf" = 1 ] && [ "$px" = gwd ] && command -v perf >/dev/null; then
         perf record -q -e cpu-clock -g -o "$tmp/perf-$t.data" -p "$PROXY_PID" >/dev/null 2>&1 &
         perfpid=$!
-        pids+=($perfpid)
+        pids+=("$perfpid")
         sleep 0.2
     fi
     local stpid=0
@@ -280,7 +280,7 @@ run_one() { # run_one TEST PROXY ROUND
         # shellcheck disable=SC2046
         strace -c -f -o "$tmp/strace-$t-$px-$r.txt" $(printf -- '-p %s ' $tree) 2>/dev/null &
         stpid=$!
-        pids+=($stpid)
+        pids+=("$stpid")
         sleep 0.5
     fi
     QUIET="strace"
@@ -297,7 +297,7 @@ run_one() { # run_one TEST PROXY ROUND
         m0=$(mem_kb $tree)
         $LOAD_CPU "$tools/bench_idle" --target "$target" --conc "$flows" --src-ips 16 --seconds 120 >"$out" 2>&1 &
         lpid=$!
-        pids+=($lpid)
+        pids+=("$lpid")
         for i in $(seq 900); do grep -q '^READY' "$out" && break; sleep 0.1; done
         sleep 1
         # shellcheck disable=SC2086

@@ -20,7 +20,7 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 "$dir/bench_echo" --tcp 127.0.0.1:0 --sink 127.0.0.1:0 --udp 127.0.0.1:0 --seconds 60 \
     >"$tmp/echo.out" 2>"$tmp/echo.err" &
 echo_pid=$!
-for i in $(seq 50); do
+for _ in $(seq 50); do
     [ "$(grep -c '^LISTEN' "$tmp/echo.out")" = 3 ] && break
     sleep 0.1
 done

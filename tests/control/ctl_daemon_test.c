@@ -6,7 +6,9 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <grp.h>
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,6 +58,14 @@ static json_t *call(const char *line)
 
     cr_assert_not_null(r, "a reply to %s", line);
     return r;
+}
+
+/* Checks that reply r (consumed) is an error with `code`. */
+static void expect_code(json_t *r, const char *code)
+{
+    cr_assert_not_null(r);
+    cr_assert_str_eq(ctl_error_code(r), code);
+    json_decref(r);
 }
 
 /* Opens n UDP flows from 127.0.0.<ip>, ports chosen by the kernel; fds kept in fds. */
@@ -214,12 +224,8 @@ Test(ctl_daemon, show_nat_lists_and_filters)
     json_decref(r);
 
     /* an unknown backend is not_found, a bad argument is bad_argument */
-    r = show_nat("{\"backend\":\"nope\"}");
-    cr_assert_str_eq(ctl_error_code(r), "not_found");
-    json_decref(r);
-    r = show_nat("{\"limit\":\"ten\"}");
-    cr_assert_str_eq(ctl_error_code(r), "bad_argument");
-    json_decref(r);
+    expect_code(show_nat("{\"backend\":\"nope\"}"), "not_found");
+    expect_code(show_nat("{\"limit\":\"ten\"}"), "bad_argument");
     close_fds(a, 2);
     close_fds(b, 3);
 }
@@ -267,9 +273,7 @@ Test(ctl_daemon, flush_nat_closes_what_matches)
     r = call("{\"cmd\":\"flush nat\",\"args\":{\"proto\":\"tcp\"}}");
     cr_assert_eq(ctl_jint(ctl_result(r), "closed"), 0);
     json_decref(r);
-    r = call("{\"cmd\":\"flush nat\",\"args\":{\"backend\":\"zz\"}}");
-    cr_assert_str_eq(ctl_error_code(r), "not_found");
-    json_decref(r);
+    expect_code(call("{\"cmd\":\"flush nat\",\"args\":{\"backend\":\"zz\"}}"), "not_found");
     r = call("{\"cmd\":\"flush nat\"}");
     cr_assert_eq(ctl_jint(ctl_result(r), "closed"), 3);
     json_decref(r);
@@ -308,12 +312,9 @@ Test(ctl_daemon, backend_drain_enable_disable)
     r = call(line);
     cr_assert_str_eq(server_state(ctl_result(r)), "disabled");
     json_decref(r);
-    r = call("{\"cmd\":\"backend enable\",\"args\":{\"name\":\"u\",\"server\":\"nope\"}}");
-    cr_assert_str_eq(ctl_error_code(r), "not_found");
-    json_decref(r);
-    r = call("{\"cmd\":\"backend drain\",\"args\":{\"name\":\"nope\"}}");
-    cr_assert_str_eq(ctl_error_code(r), "not_found");
-    json_decref(r);
+    expect_code(call("{\"cmd\":\"backend enable\",\"args\":{\"name\":\"u\",\"server\":\"nope\"}}"),
+                "not_found");
+    expect_code(call("{\"cmd\":\"backend drain\",\"args\":{\"name\":\"nope\"}}"), "not_found");
 }
 
 Test(ctl_daemon, subscribe_streams_open_close_and_health)
@@ -390,9 +391,7 @@ Test(ctl_daemon, subscribe_to_some_events_only)
     cr_assert(json_is_true(json_object_get(r, "ok")));
     json_decref(r);
     /* a streamed reply is refused on a subscribed connection; a one-line one is fine */
-    r = ctl_call_raw(sub, "{\"cmd\":\"show nat\"}");
-    cr_assert_str_eq(ctl_error_code(r), "busy");
-    json_decref(r);
+    expect_code(ctl_call_raw(sub, "{\"cmd\":\"show nat\"}"), "busy");
     r = ctl_call_raw(sub, "{\"cmd\":\"version\"}");
     cr_assert(json_is_true(json_object_get(r, "ok")));
     json_decref(r);
@@ -553,17 +552,17 @@ static void no_teardown(void)
     teardown();
 }
 
-Test(ctl_limits, client_cap_turns_the_next_one_away, .init = no_setup, .fini = no_teardown,
-     .timeout = 60)
+/* Connects n clients (each answers version; fds gets them) to a gwd whose
+ * max_clients is n, and checks that one more is told "busy" and closed. */
+static void fill_client_slots(int *fds, int n)
 {
-    const char *env[] = {"GW_CONTROL_MAX_CLIENTS=4", NULL};
-    int fds[4], extra;
     char *line;
     json_t *r;
+    int extra;
 
-    start(env);
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < n; i++) {
         fds[i] = ctl_connect(gwd.sock);
+        cr_assert_geq(fds[i], 0);
         r = ctl_call_raw(fds[i], "{\"cmd\":\"version\"}");
         cr_assert(json_is_true(json_object_get(r, "ok")));
         json_decref(r);
@@ -571,13 +570,24 @@ Test(ctl_limits, client_cap_turns_the_next_one_away, .init = no_setup, .fini = n
     extra = ctl_connect(gwd.sock);
     cr_assert_geq(extra, 0);
     line = ctl_read_line(extra, 5000, 1 << 20);
-    cr_assert_not_null(line, "the fifth client is told why");
+    cr_assert_not_null(line, "client %d (over the cap) is told why", n + 1);
     r = json_loads(line, 0, NULL);
     free(line);
     cr_assert_str_eq(ctl_error_code(r), "busy");
     json_decref(r);
     cr_assert_null(ctl_read_line(extra, 5000, 1 << 20), "and closed");
     close(extra);
+}
+
+Test(ctl_limits, client_cap_turns_the_next_one_away, .init = no_setup, .fini = no_teardown,
+     .timeout = 60)
+{
+    const char *env[] = {"GW_CONTROL_MAX_CLIENTS=4", NULL};
+    int fds[4];
+    json_t *r;
+
+    start(env);
+    fill_client_slots(fds, 4);
     close(fds[0]);
     /* a slot is free again (bounded retry: the close is seen on the next loop turn) */
     int busy_seen = 0;
@@ -671,6 +681,77 @@ Test(ctl_limits, socket_mode_default_and_configured, .init = no_setup, .fini = n
     start(env);
     cr_assert_eq(stat(gwd.sock, &st), 0);
     cr_assert_eq(st.st_mode & 07777, 0600);
+}
+
+/* The "control" section of the config file: mode, owner and group of the
+ * socket file, and max_clients, applied; show config shows them. */
+Test(ctl_limits, control_section_of_the_config_applied, .init = no_setup, .fini = no_teardown,
+     .timeout = 60)
+{
+    char conf[64], owner[32], group[32];
+    const char *args[] = {"-c",          conf,          "--udp-backend", ubackend,
+                          "--nat-ip",    "127.0.0.1",   "--nat-ports",   "24530-24539",
+                          "--log-level", "warn",        NULL};
+    uid_t want_uid = geteuid();
+    gid_t want_gid = getegid();
+    struct stat st;
+    int fds[2];
+    json_t *r, *c;
+    FILE *f;
+
+    /* root: hand the file to another user and group; else to ourselves and,
+     * when we have one, a supplementary group */
+    if (want_uid == 0) {
+        struct passwd *pw = getpwnam("nobody");
+        want_uid = pw ? pw->pw_uid : 65534;
+        want_gid = pw ? pw->pw_gid : 65534;
+    } else {
+        gid_t groups[64];
+        int n = getgroups(64, groups);
+        for (int i = 0; i < n; i++)
+            if (groups[i] != want_gid) {
+                want_gid = groups[i];
+                break;
+            }
+    }
+    snprintf(owner, sizeof(owner), "%u", (unsigned)want_uid);
+    snprintf(group, sizeof(group), "%u", (unsigned)want_gid);
+    cr_assert_eq(ctl_echo_start(&echo), 0);
+    snprintf(ubackend, sizeof(ubackend), "u=127.0.0.1:%u", echo.udp_port);
+    snprintf(conf, sizeof(conf), "/tmp/ctl-section-%d.json", (int)getpid());
+    f = fopen(conf, "w");
+    cr_assert_not_null(f);
+    fprintf(f,
+            "{\"control\":{\"mode\":\"0640\",\"owner\":%s,\"group\":\"%s\","
+            "\"max_clients\":2,\"idle_timeout\":30,\"max_output\":262144}}\n",
+            owner, group);
+    fclose(f);
+    cr_assert_eq(ctl_gwd_start(&gwd, args, NULL), 0);
+    unlink(conf);
+
+    cr_assert_eq(stat(gwd.sock, &st), 0);
+    cr_assert(S_ISSOCK(st.st_mode));
+    cr_assert_eq(st.st_mode & 07777, 0640);
+    cr_assert_eq(st.st_uid, want_uid, "owner %u, want %u", (unsigned)st.st_uid,
+                 (unsigned)want_uid);
+    cr_assert_eq(st.st_gid, want_gid, "group %u, want %u", (unsigned)st.st_gid,
+                 (unsigned)want_gid);
+
+    r = call("{\"cmd\":\"show config\"}");
+    c = json_object_get(ctl_result(r), "control");
+    cr_assert(json_is_object(c), "show config shows the control section");
+    cr_assert_str_eq(json_string_value(json_object_get(c, "path")), gwd.sock);
+    cr_assert_str_eq(json_string_value(json_object_get(c, "mode")), "0640");
+    cr_assert_str_eq(json_string_value(json_object_get(c, "owner")), owner);
+    cr_assert_str_eq(json_string_value(json_object_get(c, "group")), group);
+    cr_assert_eq(ctl_jint(c, "max_clients"), 2);
+    cr_assert_eq(ctl_jint(c, "idle_timeout"), 30);
+    cr_assert_eq(ctl_jint(c, "max_output"), 262144);
+    json_decref(r);
+
+    /* max_clients 2: the third is turned away */
+    fill_client_slots(fds, 2);
+    close_fds(fds, 2);
 }
 
 Test(ctl_limits, stale_socket_replaced_live_one_not_stolen, .init = no_setup, .fini = no_teardown,

@@ -43,6 +43,18 @@ static void stop(void)
     ctl_echo_stop(&echo);
 }
 
+/* Prints how long the phase that ends here took (for the log: where the
+ * test's time goes). */
+static void phase_done(const char *what)
+{
+    static uint64_t last;
+    uint64_t now = ctl_now_us();
+
+    if (last)
+        fprintf(stderr, "ctl_load: %s: %.1f s\n", what, (double)(now - last) / 1e6);
+    last = now;
+}
+
 static int64_t live_sessions(void)
 {
     json_t *r = ctl_call_path(gwd.sock, "{\"cmd\":\"show stats\"}");
@@ -204,6 +216,7 @@ Test(ctl_load, many_sessions_listed_while_traffic_flows, .fini = stop, .timeout 
         n = CTL_LOAD_MAX;
     cr_assert_gt(n, 1000, "open-files limit %llu too low", (unsigned long long)rl.rlim_cur);
 
+    phase_done("start");
     cr_assert_eq(ctl_echo_start(&echo), 0);
     snprintf(ubackend, sizeof(ubackend), "u=127.0.0.1:%u", echo.udp_port);
     /* sessions must outlive the test, also under ASan: a UDP timeout of an hour */
@@ -230,6 +243,7 @@ Test(ctl_load, many_sessions_listed_while_traffic_flows, .fini = stop, .timeout 
     args[na] = NULL;
     cr_assert_eq(ctl_gwd_start(&gwd, args, NULL), 0);
     unlink(conf);
+    phase_done("gwd started");
 
     /* the probe's own session first, then the load */
     pfd = ctl_udp_socket("127.0.0.9", 0, 5000);
@@ -249,6 +263,7 @@ Test(ctl_load, many_sessions_listed_while_traffic_flows, .fini = stop, .timeout 
     cr_assert_geq(have, n + 1 - n / 100, "%lld live sessions, wanted %d", (long long)have, n + 1);
     int sent = n;
     n = (int)have - 1;
+    phase_done("sessions opened");
 
     /* every session listed once, in id order, 1000 per page */
     int fd = ctl_connect(gwd.sock);
@@ -256,6 +271,7 @@ Test(ctl_load, many_sessions_listed_while_traffic_flows, .fini = stop, .timeout 
     cr_assert_eq(total, n + 1);
     cr_assert_eq(rows, n + 1);
     close(fd);
+    phase_done("listed by pages");
 
     /* gwctl's table: header, a row per session, the footer */
     {
@@ -274,6 +290,7 @@ Test(ctl_load, many_sessions_listed_while_traffic_flows, .fini = stop, .timeout 
         free(out);
         free(err);
     }
+    phase_done("gwctl show nat");
 
     /* sorted window and top clients */
     {
@@ -289,6 +306,7 @@ Test(ctl_load, many_sessions_listed_while_traffic_flows, .fini = stop, .timeout 
         cr_assert_eq(json_array_size(json_object_get(ctl_result(r), "clients")), 3);
         json_decref(r);
     }
+    phase_done("sorted window, top clients");
 
     /* many control clients listing everything at once */
     {
@@ -309,9 +327,11 @@ Test(ctl_load, many_sessions_listed_while_traffic_flows, .fini = stop, .timeout 
             cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "lister %d", k);
         }
     }
+    phase_done("12 listers at once");
 
     /* forwarded-traffic latency: idle control socket, then while a client lists all */
     probe(pfd, idle, PROBES);
+    phase_done("idle probes");
     lister = fork();
     cr_assert_geq(lister, 0);
     if (lister == 0) {
@@ -328,6 +348,7 @@ Test(ctl_load, many_sessions_listed_while_traffic_flows, .fini = stop, .timeout 
     cr_assert_eq(waitpid(lister, NULL, WNOHANG), 0, "the lister listed all along");
     kill(lister, SIGKILL);
     waitpid(lister, NULL, 0);
+    phase_done("busy probes");
     double r50 = (double)busy[PROBES / 2] / (double)idle[PROBES / 2];
     double r90 = (double)busy[PROBES * 9 / 10] / (double)idle[PROBES * 9 / 10];
     fprintf(stderr,
