@@ -4,11 +4,14 @@
  *
  * `show nat` never builds its whole result: it walks the table in id order
  * with nat_foreach(after_id) in small steps, formatting rows straight into
- * the client's output while the client drains it. Sorting by another key
- * keeps only the offset+limit best rows (a bounded heap of copies) during
- * the same stepped walk. The walk sees the table as it is at each step:
- * sessions opened behind the cursor or closed before it is reached are not
- * listed, `total` counts what the walk matched.
+ * the client's output while the client drains it. Once the page is written,
+ * the rest of the table is only counted (for `total`), by nat_walk in
+ * storage order. Sorting by another key keeps only the offset+limit best
+ * rows (a bounded heap of copies) during a stepped nat_walk of the whole
+ * table. The walk sees the table as it is at each step: sessions opened
+ * behind the cursor or closed before it is reached are not listed (a
+ * session opened during a storage-order walk may or may not be), `total`
+ * counts what the walk matched.
  */
 #include "gateway/gw_cmd.h"
 
@@ -24,12 +27,13 @@
 #include "gateway/gwd.h"
 
 /*
- * Sessions visited per step. nat_foreach finds the next ids with a scan of
- * the whole table that keeps the smallest 256 (then 1024, 4096...) in a
- * heap: a budget of 256 keeps a step to one scan (about a millisecond at
- * 100,000 sessions), 1024 to two. A whole listing then costs O(n^2 / 1024):
- * about 8 s of CPU for 100,000 sessions, spread over the loop. A cursor in
- * libnat would make it O(n); until then this bounds every loop turn.
+ * Sessions visited per step. nat_foreach (id order) finds the next ids with
+ * a scan of the whole table that keeps the smallest 256 (then 1024...) in a
+ * heap: a budget of 256 rows keeps a step to one scan (about a millisecond
+ * at 100,000 sessions), so writing rows in id order costs a scan per 256
+ * rows. What needs no order (counting the rest of a page's total, sorted
+ * listings, show clients) goes by nat_walk, which resumes at a slot: O(n)
+ * for the whole table, NAT_STEP_SCAN sessions per step.
  */
 #define NAT_STEP_ROWS 256
 #define NAT_STEP_SCAN 1024
@@ -439,7 +443,9 @@ static void cmd_job_start(struct ctl_client *c, const struct ctl_request *req,
 struct nat_job {
     struct cmd_job base; /* first */
     struct ctl_nat_query q;
-    uint64_t cursor;  /* id of the last session the walk saw */
+    uint64_t cursor;  /* id of the last session the id-order walk saw */
+    uint64_t skip_to; /* storage-order walk: sessions with ids up to this were seen */
+    uint32_t slot;    /* nat_walk's cursor (0 = from the start) */
     uint64_t matched; /* sessions that passed the filter */
     uint64_t emitted; /* rows written */
     bool head_sent;
@@ -577,6 +583,8 @@ static int nat_job_visit(void *arg, const struct nat_session *s)
 {
     struct nat_job *j = arg;
 
+    if (s->id <= j->skip_to)
+        return 0; /* storage-order walk: counted before, or before after_id */
     j->cursor = s->id;
     j->matched++;
     if (job_sorted(j)) {
@@ -639,12 +647,23 @@ static int nat_job_step(struct ctl_client *c, void *state)
         bool emitting = !job_sorted(j) && j->emitted < j->q.limit;
         j->budget = emitting ? NAT_STEP_ROWS : NAT_STEP_SCAN;
         j->deadline = 0;
-        nat_foreach(j->base.ctx->nat, &j->q.filter, j->cursor, nat_job_visit, j);
+        if (emitting) {
+            nat_foreach(j->base.ctx->nat, &j->q.filter, j->cursor, nat_job_visit, j);
+            /* the walk stopped on its own, not on the step's budget: it is done */
+            if (j->budget > 0)
+                j->walked = true;
+        } else {
+            /* order does not matter: sorted listings, or counting the rest
+             * of the table once the page is written (ids past the cursor) */
+            if (!job_sorted(j) && j->slot == 0)
+                j->skip_to = j->cursor;
+            nat_walk(j->base.ctx->nat, &j->q.filter, &j->slot, 0, nat_job_visit, j);
+            /* nat_walk sets the cursor to 0 at the end of the table */
+            if (j->slot == 0)
+                j->walked = true;
+        }
         if (j->err)
             return j->err;
-        /* the walk stopped on its own, not on the step's budget: it is done */
-        if (j->budget > 0)
-            j->walked = true;
         if (j->walked && job_sorted(j)) {
             qsort_r(j->keep, j->n_keep, sizeof(*j->keep), qsort_cmp, j);
             j->next_out = (size_t)j->q.offset;
@@ -688,6 +707,7 @@ static void cmd_show_nat(struct ctl_client *c, const struct ctl_request *req)
         return;
     j->q = req->u.nat;
     j->cursor = j->q.after_id;
+    j->skip_to = j->q.after_id;
     if (resolve_filter(c, req->id, &j->q) < 0) {
         free(j);
         return;
@@ -720,7 +740,8 @@ struct clients_job {
     struct ctl_clients_args a;
     struct client_count *tab; /* owned; open addressing, size a power of 2 */
     size_t size, n;
-    uint64_t cursor, sessions;
+    uint32_t slot; /* nat_walk's cursor */
+    uint64_t sessions;
     bool truncated;
     unsigned budget, visits;
     uint64_t deadline;
@@ -762,7 +783,6 @@ static int clients_visit(void *arg, const struct nat_session *s)
     struct client_count *e;
     size_t k;
 
-    j->cursor = s->id;
     j->sessions++;
     if (j->n * 2 >= j->size && j->n < CLIENTS_TRACK_MAX && clients_grow(j) < 0)
         j->truncated = true;
@@ -808,8 +828,8 @@ static int clients_job_step(struct ctl_client *c, void *state)
         return -ENOMEM;
     j->budget = NAT_STEP_SCAN;
     j->deadline = 0;
-    nat_foreach(j->base.ctx->nat, NULL, j->cursor, clients_visit, j);
-    if (j->budget == 0)
+    nat_walk(j->base.ctx->nat, NULL, &j->slot, 0, clients_visit, j);
+    if (j->slot != 0)
         return 0;
     /* walked: compact, sort, reply */
     for (size_t i = 0; i < j->size; i++)

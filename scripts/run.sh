@@ -42,11 +42,11 @@ p1=$(start_backend web1)
 p2=$(start_backend web2)
 
 echo "gw demo: gwd on port $port (TCP and UDP), backends web1=127.0.0.1:$p1 web2=127.0.0.1:$p2"
-echo "  try: curl http://127.0.0.1:$port/   |   echo hi | nc -u -w1 127.0.0.1 $port"
+echo "  try: curl http://127.0.0.1:$port/   |   $bin/sim/gwsim clients --gateway 127.0.0.1:$port --clients 100 --ips 10"
 echo "  look: $bin/gateway/gwctl show nat   |   sqlite3 run/gw.db 'select * from nat_sessions'"
 "$bin/gateway/gwd" -p "$port" -b 127.0.0.1 \
-    --tcp-backend "demo=127.0.0.1:$p1" --tcp-backend "demo=127.0.0.1:$p2" \
-    --udp-backend "demo=127.0.0.1:$p1" --udp-backend "demo=127.0.0.1:$p2" \
+    --tcp-backend "web=127.0.0.1:$p1" --tcp-backend "web=127.0.0.1:$p2" \
+    --udp-backend "echo=127.0.0.1:$p1" --udp-backend "echo=127.0.0.1:$p2" \
     --db run/gw.db &
 pids+=($!)
 wait "${pids[-1]}"

@@ -17,8 +17,8 @@ build() { # build DIR cmake-args...
     cmake --build "$dir" -j "$jobs"
 }
 
-build build/release -DCMAKE_BUILD_TYPE=RelWithDebInfo
-build build/asan -DCMAKE_BUILD_TYPE=Debug -DGW_SANITIZE=ON
+build build/release -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGW_TESTS=ON -DGW_BENCH=ON
+build build/asan -DCMAKE_BUILD_TYPE=Debug -DGW_SANITIZE=ON -DGW_TESTS=ON -DGW_BENCH=ON
 
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1

@@ -211,17 +211,13 @@ static int be_parse(struct be_ctx *ctx, int argc, char **argv)
             o->verbose = true;
             break;
         case 'h':
-            be_usage(stdout);
-            return 0;
+            return sim_usage_exit(be_usage, true);
         default:
-            be_usage(stderr);
-            return 2;
+            return sim_usage_exit(be_usage, false);
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "gwsim backend: unexpected argument '%s'\n", argv[optind]);
+    if (sim_no_operands("backend", optind, argc, argv) != 0)
         return 2;
-    }
     if (!o->tcp && !o->udp)
         o->tcp = o->udp = true;
     if (sim_parse_ip(bind_s, 0, &o->bind, &o->bind_len) < 0) {

@@ -1529,17 +1529,13 @@ int sim_clients_main(int argc, char **argv)
             break;
         case 'h':
         case O_HELP:
-            usage(stdout);
-            return 0;
+            return sim_usage_exit(usage, true);
         default:
-            usage(stderr);
-            return 2;
+            return sim_usage_exit(usage, false);
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "gwsim clients: unexpected argument '%s'\n", argv[optind]);
+    if (sim_no_operands("clients", optind, argc, argv) != 0)
         return 2;
-    }
     if (gw == NULL) {
         fprintf(stderr, "gwsim clients: --gateway HOST:PORT is required\n");
         return 2;

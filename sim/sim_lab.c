@@ -831,11 +831,9 @@ int sim_lab_main(int argc, char **argv)
             break;
         case 'h':
         case O_HELP:
-            usage(stdout);
-            return 0;
+            return sim_usage_exit(usage, true);
         default:
-            usage(stderr);
-            return 2;
+            return sim_usage_exit(usage, false);
         }
     }
     if (list) {
@@ -843,10 +841,8 @@ int sim_lab_main(int argc, char **argv)
             printf("%-24s %s\n", lab_list[i].name, lab_list[i].question);
         return 0;
     }
-    if (optind == argc) {
-        usage(stderr);
-        return 2;
-    }
+    if (optind == argc)
+        return sim_usage_exit(usage, false);
     for (int i = optind; i < argc; i++) {
         bool known = strcmp(argv[i], "all") == 0;
         for (size_t k = 0; k < N_LABS && !known; k++)

@@ -175,17 +175,6 @@ static long client_index(struct model *m, const uint8_t *ip, bool add)
     return (long)m->n_cl++;
 }
 
-static void addr_v4(uint8_t out[16], uint32_t host_order)
-{
-    memset(out, 0, 10);
-    out[10] = 0xff;
-    out[11] = 0xff;
-    out[12] = (uint8_t)(host_order >> 24);
-    out[13] = (uint8_t)(host_order >> 16);
-    out[14] = (uint8_t)(host_order >> 8);
-    out[15] = (uint8_t)host_order;
-}
-
 /* ---- per-client live counts (for the max without a scan) ---------------------- */
 
 static void live_change(struct model *m, long idx, int delta)
@@ -412,7 +401,7 @@ static void pick_dest(struct model *m, struct arrival *a)
     uint64_t n = (uint64_t)c->dest_ips * c->dest_ports;
     uint64_t i = c->dest_pick == SIM_DEST_ROUND_ROBIN ? m->rr++ % n : sim_rng_below(&m->rng, n);
 
-    addr_v4(a->dst, MODEL_DEST_BASE + (uint32_t)(i / c->dest_ports));
+    sim_addr16_v4(a->dst, MODEL_DEST_BASE + (uint32_t)(i / c->dest_ports));
     a->dport = (uint16_t)(MODEL_DEST_PORT + i % c->dest_ports);
 }
 
@@ -619,7 +608,7 @@ int sim_model_run(const struct sim_model_config *c, sim_sample_fn on_sample, voi
     if (c->arrival != SIM_ARRIVAL_TRACE) {
         for (uint32_t i = 0; i < c->subscribers; i++) {
             uint8_t ip[16];
-            addr_v4(ip, MODEL_SUBSCRIBER_BASE + i);
+            sim_addr16_v4(ip, MODEL_SUBSCRIBER_BASE + i);
             if (client_index(&m, ip, true) < 0) {
                 rc = -ENOMEM;
                 goto out_free;

@@ -344,17 +344,13 @@ static int parse_args(struct cli *cli, int argc, char **argv)
             break;
         case 'h':
         case O_HELP:
-            usage(stdout);
-            return 0;
+            return sim_usage_exit(usage, true);
         default:
-            usage(stderr);
-            return 2;
+            return sim_usage_exit(usage, false);
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "gwsim model: unexpected argument '%s'\n", argv[optind]);
+    if (sim_no_operands("model", optind, argc, argv) != 0)
         return 2;
-    }
     if (cli->load > 0)
         c->rate = cli->load * 1000.0 / c->hold.mean_ms;
     if (!cli->interval_set && c->arrival != SIM_ARRIVAL_TRACE) {

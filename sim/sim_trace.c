@@ -17,17 +17,6 @@
 #define TRACE_SUBSCRIBER_BASE 0x64400000u
 #define TRACE_SUBSCRIBER_MAX (1u << 22)
 
-static void addr_v4(uint8_t out[16], uint32_t host_order)
-{
-    memset(out, 0, 10);
-    out[10] = 0xff;
-    out[11] = 0xff;
-    out[12] = (uint8_t)(host_order >> 24);
-    out[13] = (uint8_t)(host_order >> 16);
-    out[14] = (uint8_t)(host_order >> 8);
-    out[15] = (uint8_t)host_order;
-}
-
 static int parse_addr16(const char *s, uint8_t out[16])
 {
     struct sockaddr_storage ss;
@@ -37,7 +26,7 @@ static int parse_addr16(const char *s, uint8_t out[16])
         return -1;
     if (ss.ss_family == AF_INET) {
         const struct sockaddr_in *sin = (const struct sockaddr_in *)(const void *)&ss;
-        addr_v4(out, ntohl(sin->sin_addr.s_addr));
+        sim_addr16_v4(out, ntohl(sin->sin_addr.s_addr));
     } else {
         const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)(const void *)&ss;
         memcpy(out, &sin6->sin6_addr, 16);
@@ -88,7 +77,7 @@ enum sim_trace_rc sim_trace_parse_line(const char *line, bool first, struct sim_
         return SIM_TRACE_ERROR;
     }
     if (sim_parse_u64(f[1], 0, TRACE_SUBSCRIBER_MAX - 1, &num) == 0) {
-        addr_v4(out.client, TRACE_SUBSCRIBER_BASE + (uint32_t)num);
+        sim_addr16_v4(out.client, TRACE_SUBSCRIBER_BASE + (uint32_t)num);
     } else if (parse_addr16(f[1], out.client) < 0) {
         snprintf(err, errlen, "%s: '%.64s' is not an IP address or a subscriber number (0-%u)",
                  names[1], f[1], TRACE_SUBSCRIBER_MAX - 1);
@@ -109,7 +98,7 @@ enum sim_trace_rc sim_trace_parse_line(const char *line, bool first, struct sim_
     }
     out.dst_port = sim_sockaddr_port((struct sockaddr *)&ss);
     if (ss.ss_family == AF_INET)
-        addr_v4(out.dst, ntohl(((struct sockaddr_in *)(void *)&ss)->sin_addr.s_addr));
+        sim_addr16_v4(out.dst, ntohl(((struct sockaddr_in *)(void *)&ss)->sin_addr.s_addr));
     else
         memcpy(out.dst, &((struct sockaddr_in6 *)(void *)&ss)->sin6_addr, 16);
     if (sim_parse_duration_ms(f[4], &out.duration_ms) < 0) {

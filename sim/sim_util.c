@@ -232,6 +232,17 @@ int sim_resolve_sockaddr(const char *s, int family, struct sockaddr_storage *ss,
     return 0;
 }
 
+void sim_addr16_v4(uint8_t out[16], uint32_t host_order)
+{
+    memset(out, 0, 10);
+    out[10] = 0xff;
+    out[11] = 0xff;
+    out[12] = (uint8_t)(host_order >> 24);
+    out[13] = (uint8_t)(host_order >> 16);
+    out[14] = (uint8_t)(host_order >> 8);
+    out[15] = (uint8_t)host_order;
+}
+
 bool sim_sockaddr_is_loopback(const struct sockaddr *sa)
 {
     const struct sockaddr_in *sin = (const struct sockaddr_in *)(const void *)sa;
@@ -291,6 +302,20 @@ void sim_sockaddr_set_port(struct sockaddr *sa, uint16_t port)
 socklen_t sim_sockaddr_len(const struct sockaddr *sa)
 {
     return sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+}
+
+int sim_usage_exit(void (*usage)(FILE *f), bool help)
+{
+    usage(help ? stdout : stderr);
+    return help ? 0 : 2;
+}
+
+int sim_no_operands(const char *cmd, int first, int argc, char **argv)
+{
+    if (first >= argc)
+        return 0;
+    fprintf(stderr, "gwsim %s: unexpected argument '%s'\n", cmd, argv[first]);
+    return 2;
 }
 
 double sim_now_ms(void)

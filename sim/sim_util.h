@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/socket.h>
 
 /* Longest "[v6addr]:port" text, with the NUL. */
@@ -56,6 +57,10 @@ int sim_parse_sockaddr(const char *s, struct sockaddr_storage *ss, socklen_t *le
 int sim_resolve_sockaddr(const char *s, int family, struct sockaddr_storage *ss, socklen_t *len,
                          const char **why);
 
+/* Writes the IPv4 address host_order (host byte order) as 16 bytes, IPv4-mapped
+ * (::ffff:a.b.c.d, network byte order): libnat's address layout. */
+void sim_addr16_v4(uint8_t out[16], uint32_t host_order);
+
 /* True when sa is a loopback address (127.0.0.0/8 or ::1). */
 bool sim_sockaddr_is_loopback(const struct sockaddr *sa);
 
@@ -76,6 +81,14 @@ void sim_sockaddr_set_port(struct sockaddr *sa, uint16_t port);
 
 /* The length of a sockaddr of sa's family. */
 socklen_t sim_sockaddr_len(const struct sockaddr *sa);
+
+/* Prints a sub-command's usage with `usage`: on stdout when `help` (returns 0,
+ * the exit code of --help), else on stderr (returns 2, a usage error). */
+int sim_usage_exit(void (*usage)(FILE *f), bool help);
+
+/* After option parsing: when argv[first] exists (first < argc), says
+ * "gwsim CMD: unexpected argument 'X'" on stderr and returns 2; else 0. */
+int sim_no_operands(const char *cmd, int first, int argc, char **argv);
 
 /* Monotonic clock in milliseconds (CLOCK_MONOTONIC). */
 double sim_now_ms(void);

@@ -192,6 +192,72 @@ Test(sim_cli, model_trace, .fini = remove_tmp)
     unlink(path);
 }
 
+/* Bad --gateway and --src values: exit 2 with a message naming the option. */
+Test(sim_cli, clients_bad_gateway)
+{
+    expect_exit(2, "--gateway HOST:PORT is required", (char *[]){"clients", NULL});
+    expect_exit(2, "--gateway: 'no such host:80': cannot resolve the name: ",
+                (char *[]){"clients", "--gateway", "no such host:80", NULL});
+    expect_exit(2, "--gateway: 'localhost': expected HOST:PORT or [IPv6]:PORT",
+                (char *[]){"clients", "--gateway", "localhost", NULL});
+    expect_exit(2, "--gateway: 'localhost:0': the port must be 1-65535",
+                (char *[]){"clients", "--gateway", "localhost:0", NULL});
+    expect_exit(2, "--gateway: '[::1]:80': an IPv6 gateway needs IPv6 sources (--src)",
+                (char *[]){"clients", "--gateway", "[::1]:80", "--src", "127.0.0.1", NULL});
+    expect_exit(2, "--src: '127.0.0.1,::1': IPv4 and IPv6 sources cannot be mixed",
+                (char *[]){"clients", "--gateway", "127.0.0.1:80", "--src", "127.0.0.1,::1",
+                           NULL});
+    expect_exit(2, "--src: 'kernel': expected auto, or IPs",
+                (char *[]){"clients", "--gateway", "127.0.0.1:80", "--src", "kernel", NULL});
+}
+
+/* Runs `gwsim clients --json` with args; checks the exit code; returns the summary. */
+static json_t *clients_json(int want_rc, char **args)
+{
+    char *out, err[4096];
+    json_error_t je;
+    json_t *j;
+    int rc = run(args, &out, err, sizeof(err));
+
+    cr_assert_eq(rc, want_rc, "gwsim clients -> %d (%s)", rc, err);
+    j = json_loads(out, 0, &je);
+    free(out);
+    cr_assert_not_null(j, "%s", je.text);
+    return j;
+}
+
+/* --gateway localhost:PORT straight at a backend: the name resolves to
+ * 127.0.0.1, so the sources default to 127.1.0.1, ...; with --src auto the
+ * kernel picks the one source address (127.0.0.1 toward 127.0.0.1). */
+Test(sim_cli, clients_gateway_name_and_src_auto, .timeout = 60)
+{
+    char *bargv[] = {GWSIM_PATH, "backend", "--tcp", NULL};
+    struct sim_proc be;
+    unsigned t, u;
+    char gw[32], want[32];
+    json_t *j;
+
+    cr_assert_eq(sim_proc_start(&be, bargv, "/dev/null"), 0);
+    cr_assert_eq(sim_proc_wait_line(&be, "listening", 5000), 0);
+    cr_assert_eq(sim_parse_listening(be.ready, &t, &u), 0);
+    snprintf(gw, sizeof(gw), "localhost:%u", t);
+    snprintf(want, sizeof(want), "127.0.0.1:%u", t);
+    j = clients_json(0, (char *[]){"clients", "--gateway", gw, "--clients", "4", "--json", NULL});
+    cr_assert_str_eq(json_string_value(json_object_get(j, "gateway")), want);
+    cr_assert_eq(json_integer_value(json_object_get(j, "ok")), 4);
+    cr_assert_eq(json_integer_value(json_object_get(j, "client_ips")), 4);
+    cr_assert_eq(json_integer_value(json_object_get(j, "client_tuples")), 4);
+    json_decref(j);
+    j = clients_json(0, (char *[]){"clients", "--gateway", gw, "--src", "auto", "--clients", "4",
+                                   "--flows", "2", "--src-port", "sequential", "--json", NULL});
+    cr_assert_str_eq(json_string_value(json_object_get(j, "gateway")), want);
+    cr_assert_eq(json_integer_value(json_object_get(j, "ok")), 8);
+    cr_assert_eq(json_integer_value(json_object_get(j, "client_ips")), 1);
+    cr_assert_eq(json_integer_value(json_object_get(j, "client_tuples")), 8);
+    json_decref(j);
+    cr_assert_eq(sim_proc_stop(&be, 3000), 0);
+}
+
 /* gwsim clients straight at a slow UDP backend (no gateway): resends are
  * answered, their late duplicates ignored; without resends the flows time out. */
 Test(sim_cli, clients_udp_resend, .timeout = 60)

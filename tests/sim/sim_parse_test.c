@@ -6,6 +6,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -87,6 +88,44 @@ Test(sim_parse, sockaddr)
     cr_assert_lt(sim_parse_sockaddr("localhost:80", &ss, &sl), 0);
     cr_assert_lt(sim_parse_sockaddr("[::1]53", &ss, &sl), 0);
     cr_assert_lt(sim_parse_sockaddr(":80", &ss, &sl), 0);
+}
+
+/* Host names resolve (through /etc/hosts: "localhost"; no DNS query leaves the
+ * machine: a name with spaces is refused by the resolver before any lookup). */
+Test(sim_parse, resolve_sockaddr)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    char buf[SIM_ADDR_STRLEN];
+    const char *why = NULL;
+
+    cr_assert_eq(sim_resolve_sockaddr("localhost:8080", AF_UNSPEC, &ss, &sl, &why), 0);
+    cr_assert_str_eq(sim_sockaddr_format((struct sockaddr *)&ss, buf), "127.0.0.1:8080");
+    cr_assert_eq(sl, sizeof(struct sockaddr_in));
+    cr_assert(sim_sockaddr_is_loopback((struct sockaddr *)&ss));
+    cr_assert_eq(sim_resolve_sockaddr("localhost:53", AF_INET, &ss, &sl, &why), 0);
+    cr_assert_str_eq(sim_sockaddr_format((struct sockaddr *)&ss, buf), "127.0.0.1:53");
+    /* numeric first, never looked up */
+    cr_assert_eq(sim_resolve_sockaddr("10.1.2.3:80", AF_UNSPEC, &ss, &sl, &why), 0);
+    cr_assert_str_eq(sim_sockaddr_format((struct sockaddr *)&ss, buf), "10.1.2.3:80");
+    cr_assert_not(sim_sockaddr_is_loopback((struct sockaddr *)&ss));
+    cr_assert_eq(sim_resolve_sockaddr("[::1]:53", AF_INET6, &ss, &sl, &why), 0);
+    cr_assert_str_eq(sim_sockaddr_format((struct sockaddr *)&ss, buf), "[::1]:53");
+    cr_assert(sim_sockaddr_is_loopback((struct sockaddr *)&ss));
+    /* errors, each with its reason */
+    cr_assert_eq(sim_resolve_sockaddr("[::1]:53", AF_INET, &ss, &sl, &why), -EAFNOSUPPORT);
+    cr_assert_str_eq(why, "an IPv6 gateway needs IPv6 sources (--src)");
+    cr_assert_eq(sim_resolve_sockaddr("127.0.0.1:53", AF_INET6, &ss, &sl, &why), -EAFNOSUPPORT);
+    cr_assert_str_eq(why, "an IPv4 gateway needs IPv4 sources (--src)");
+    cr_assert_eq(sim_resolve_sockaddr("no such host:80", AF_UNSPEC, &ss, &sl, &why), -ENOENT);
+    cr_assert(why != NULL && why[0] != '\0');
+    cr_assert_eq(sim_resolve_sockaddr("[localhost]:80", AF_UNSPEC, &ss, &sl, &why), -EINVAL);
+    cr_assert_str_eq(why, "not a numeric IPv6 address inside the brackets");
+    cr_assert_eq(sim_resolve_sockaddr("localhost", AF_UNSPEC, &ss, &sl, &why), -EINVAL);
+    cr_assert_str_eq(why, "expected HOST:PORT or [IPv6]:PORT");
+    cr_assert_eq(sim_resolve_sockaddr("localhost:65536", AF_UNSPEC, &ss, &sl, &why), -EINVAL);
+    cr_assert_eq(sim_resolve_sockaddr("::1:53", AF_UNSPEC, &ss, &sl, &why), -EINVAL);
+    cr_assert_eq(sim_resolve_sockaddr(":80", AF_UNSPEC, &ss, &sl, &why), -EINVAL);
 }
 
 Test(sim_parse, dist)
