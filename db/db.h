@@ -87,7 +87,7 @@ struct db_options {
  * Fills *o with the defaults: path NULL (caller sets it), queue 32768
  * records (about 6.5 MiB), flush 10 ms, batch up to 16384, retention 7 days, prune
  * every 10 s in steps of 2000 rows, retry 200 ms, close timeout 5 s, busy
- * timeout 100 ms, a 32 MiB page cache.
+ * timeout 100 ms, an 8 MiB page cache.
  */
 void db_options_default(struct db_options *o);
 

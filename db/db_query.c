@@ -50,6 +50,7 @@ int db_reader_open(struct db_reader **out, const char *path, char *err, size_t e
     r = calloc(1, sizeof(*r));
     if (r == NULL)
         return -ENOMEM;
+    db__sqlite_setup();
     rc = sqlite3_open_v2(path, &r->conn, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
         db__err(err, errlen, "cannot open %s: %s", path,

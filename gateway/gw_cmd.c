@@ -322,11 +322,15 @@ static void cmd_show_config(struct ctl_client *c, const struct ctl_request *req)
 {
     struct gw_ctx *ctx = ctl_client_ctx(c);
     json_t *r = ctx->cfg ? gw_config_to_json(ctx->cfg) : NULL;
+    json_t *conf = gw_control_conf_json(ctx);
 
     if (!r) {
         ctl_client_fail(c, req->id, CTL_ERR_INTERNAL, "cannot render the configuration");
         return;
     }
+    /* the socket's section as it was started (a reload keeps the socket) */
+    if (conf)
+        json_object_set(r, "control", conf);
     ctl_client_reply(c, req->id, r);
 }
 
@@ -488,7 +492,8 @@ static int job_cmp(const struct nat_job *j, const struct nat_session *a,
         r = addr_cmp(&a->ext, &b->ext);
         break;
     case CTL_SORT_BACKEND:
-        r = strcmp(gw_backend_name(j->base.ctx, a->backend), gw_backend_name(j->base.ctx, b->backend));
+        r = strcmp(gw_backend_name(j->base.ctx, a->backend),
+                   gw_backend_name(j->base.ctx, b->backend));
         break;
     case CTL_SORT_STATE:
         r = CMP3(a->state, b->state);

@@ -13,8 +13,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "gwd.h"
 #include "gateway/gw_control.h"
+#include "gwd.h"
 
 /* Parse state: the first error wins and is kept in err. */
 struct pctx {
@@ -212,6 +212,16 @@ static bool sockaddr_is_loopback(const struct gw_sockaddr *a)
     if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))
         return s6->sin6_addr.s6_addr[12] == 127;
     return IN6_IS_ADDR_LOOPBACK(&s6->sin6_addr);
+}
+
+/* True when a server is reached over IPv6 (IPv4-mapped addresses are IPv4,
+ * as libnat counts them). */
+static bool server_is_v6(const struct gw_server_conf *sv)
+{
+    struct nat_endpoint ep;
+
+    gw_endpoint_from_sockaddr(&ep, (const struct sockaddr *)&sv->addr.ss);
+    return !nat_addr_is_v4(&ep.addr);
 }
 
 /* ---- defaults and freeing ---------------------------------------------- */
@@ -455,7 +465,7 @@ static int parse_listen(struct pctx *p, struct gw_config *cfg, json_t *o)
         return -EINVAL;
     cfg->port = (uint16_t)x;
     x = cfg->backlog;
-    if (get_int(p, o, "listen", "backlog", 1, 65535, &x))
+    if (get_int(p, o, "listen", "backlog", 0, 65535, &x))
         return -EINVAL;
     cfg->backlog = (int)x;
     json_t *b = json_object_get(o, "bind");
@@ -988,8 +998,7 @@ static int parse_root(struct pctx *p, struct gw_config *cfg, json_t *root)
     }
     if (json_object_get(root, "db"))
         cfg->db_path_default = false;
-    if (get_owned_string(p, root, "", "db", &cfg->db_path, true) ||
-        parse_control(p, cfg, root) ||
+    if (get_owned_string(p, root, "", "db", &cfg->db_path, true) || parse_control(p, cfg, root) ||
         get_owned_string(p, root, "", "user", &cfg->user, true))
         return -EINVAL;
     const char *lvl = NULL;
@@ -1255,25 +1264,51 @@ static int validate(struct pctx *p, struct gw_config *cfg)
         cfg->n_binds = 2;
     }
     if (!cfg->nat_ips_set) {
-        /* 127.0.0.1 (or ::1) when the backends are on loopback, else the
-         * source address of the route to the first backend elsewhere. */
-        const struct gw_server_conf *far = NULL;
-        bool v6 = cfg->backends[0].servers[0].addr.ss.ss_family == AF_INET6;
-        for (size_t i = 0; i < cfg->n_backends && !far; i++)
-            for (size_t j = 0; j < cfg->backends[i].n_servers && !far; j++)
-                if (!sockaddr_is_loopback(&cfg->backends[i].servers[j].addr))
-                    far = &cfg->backends[i].servers[j];
-        cfg->nat.n_ips = 1;
-        if (far) {
-            if (route_source(&far->addr, &cfg->nat.ips[0]))
-                return fail(p, "nat.ips",
-                            "no route to backend %s to take a source address "
-                            "from; set nat.ips or --nat-ip",
-                            far->name);
-        } else {
-            nat_addr_parse(&cfg->nat.ips[0], v6 ? "::1" : "127.0.0.1");
+        /* One address per family of the servers: 127.0.0.1 (::1) when that
+         * family's servers are all on loopback, else the source address of
+         * the route to the first of them elsewhere. */
+        cfg->nat.n_ips = 0;
+        for (int v6 = 0; v6 < 2; v6++) {
+            const struct gw_server_conf *any = NULL, *far = NULL;
+            for (size_t i = 0; i < cfg->n_backends; i++)
+                for (size_t j = 0; j < cfg->backends[i].n_servers; j++) {
+                    const struct gw_server_conf *sv = &cfg->backends[i].servers[j];
+                    if (server_is_v6(sv) != (bool)v6)
+                        continue;
+                    if (!any)
+                        any = sv;
+                    if (!far && !sockaddr_is_loopback(&sv->addr))
+                        far = sv;
+                }
+            if (!any)
+                continue;
+            struct nat_addr *ip = &cfg->nat.ips[cfg->nat.n_ips++];
+            if (far) {
+                if (route_source(&far->addr, ip))
+                    return fail(p, "nat.ips",
+                                "no route to backend %s to take a source address "
+                                "from; set nat.ips or --nat-ip",
+                                far->name);
+            } else {
+                nat_addr_parse(ip, v6 ? "::1" : "127.0.0.1");
+            }
         }
     }
+    /* libnat translates toward a server from a NAT address of the server's
+     * family: each server needs one. */
+    for (size_t i = 0; i < cfg->n_backends; i++)
+        for (size_t j = 0; j < cfg->backends[i].n_servers; j++) {
+            const struct gw_server_conf *sv = &cfg->backends[i].servers[j];
+            bool have = false;
+            for (unsigned k = 0; k < cfg->nat.n_ips && !have; k++)
+                have = !nat_addr_is_v4(&cfg->nat.ips[k]) == server_is_v6(sv);
+            if (!have) {
+                char path[80];
+                pathf(path, sizeof(path), "backends[%zu].servers[%zu]", i, j);
+                return fail(p, path, "%s is IPv%d and nat.ips has no IPv%d address", sv->name,
+                            server_is_v6(sv) ? 6 : 4, server_is_v6(sv) ? 6 : 4);
+            }
+        }
     if (cfg->nat.policy == NAT_POLICY_BLOCK &&
         cfg->nat.block_size > (uint32_t)(cfg->nat.port_hi - cfg->nat.port_lo + 1))
         return fail(p, "nat.block_size", "%u is larger than the port range %u-%u",

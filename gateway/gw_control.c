@@ -62,6 +62,7 @@ struct gw_control {
     unsigned n_clients;
     unsigned n_subscribers;
     struct gw_control_stats st;
+    json_t *conf; /* owned; the config's "control" section at start (in force) */
 };
 
 static void client_close(struct ctl_client *c, const char *why);
@@ -597,6 +598,14 @@ static void control_on_event(void *arg, const struct gw_event *ev)
 
 /* ---- the socket ----------------------------------------------------------- */
 
+/* Fills *sa with the Unix address `path` (shorter than sun_path: checked at start). */
+static void unix_addr(struct sockaddr_un *sa, const char *path)
+{
+    memset(sa, 0, sizeof(*sa));
+    sa->sun_family = AF_UNIX;
+    memcpy(sa->sun_path, path, strlen(path) + 1);
+}
+
 /* Checks what is at `path` now: nothing, a stale socket (removed), or a live
  * one or another kind of file (refused). Returns 0 or -errno. */
 static int control_claim_path(const char *path)
@@ -617,9 +626,7 @@ static int control_claim_path(const char *path)
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
-    memset(&sa, 0, sizeof(sa));
-    sa.sun_family = AF_UNIX;
-    memcpy(sa.sun_path, path, strlen(path) + 1);
+    unix_addr(&sa, path);
     rc = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
     if (rc == 0) {
         close(fd);
@@ -654,9 +661,7 @@ static int control_bind(struct gw_control *ctl)
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
-    memset(&sa, 0, sizeof(sa));
-    sa.sun_family = AF_UNIX;
-    memcpy(sa.sun_path, ctl->path, strlen(ctl->path) + 1);
+    unix_addr(&sa, ctl->path);
     old = umask(0777 & ~ctl->opts.mode);
     rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
     umask(old);
@@ -850,7 +855,23 @@ int gw_control_start(struct gw_ctx *ctx, const char *path)
     if (ctx->cfg && (rc = gw_control_opts_from_config(&o, ctx->cfg)) < 0)
         return rc;
     gw_control_opts_from_env(&o);
-    return gw_control_start_opts(ctx, path, &o);
+    if ((rc = gw_control_start_opts(ctx, path, &o)) < 0)
+        return rc;
+    /* what show config says of the socket: a reload does not change it */
+    if (ctx->cfg) {
+        struct gw_control *ctl = ctx->control;
+        json_t *j = gw_config_to_json(ctx->cfg);
+        ctl->conf = json_incref(json_object_get(j, "control"));
+        json_decref(j);
+    }
+    return 0;
+}
+
+json_t *gw_control_conf_json(const struct gw_ctx *ctx)
+{
+    const struct gw_control *ctl = ctx->control;
+
+    return ctl ? ctl->conf : NULL;
 }
 
 void gw_control_stop(struct gw_ctx *ctx)
@@ -868,6 +889,7 @@ void gw_control_stop(struct gw_ctx *ctx)
     /* remove the file only if it is still ours */
     if (stat(ctl->path, &st) == 0 && st.st_dev == ctl->dev && st.st_ino == ctl->ino)
         unlink(ctl->path);
+    json_decref(ctl->conf);
     free(ctl);
     ctx->control = NULL;
 }

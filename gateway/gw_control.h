@@ -128,6 +128,11 @@ bool ctl_client_subscribed(const struct ctl_client *c);
  * until it leaves. Returns 0 or -ENOMEM. */
 int ctl_client_subscribe(struct ctl_client *c, unsigned events);
 
+/* The config's "control" section the running socket was started with
+ * (borrowed; NULL when not started by gw_control_start): show config shows
+ * it, since a reload does not change the socket. */
+json_t *gw_control_conf_json(const struct gw_ctx *ctx);
+
 /* Fills control-server fields of show stats into obj (adds "control"). */
 void gw_control_stats_json(const struct gw_ctx *ctx, json_t *obj);
 

@@ -55,41 +55,38 @@ static const char *const sort_names[CTL_SORT_COUNT] = {
 
 static const char *const evk_names[] = {"open", "close", "expire", "refuse", "health"};
 
+/* The index of `name` among the n `names`, or -1. */
+static int name_index(const char *const *names, int n, const char *name)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(name, names[i]) == 0)
+            return i;
+    return -1;
+}
+
 const char *ctl_err_name(enum ctl_err e)
 {
-    if ((unsigned)e >= CTL_ERR_COUNT)
-        return "internal";
-    return err_names[e];
+    return (unsigned)e < CTL_ERR_COUNT ? err_names[e] : "internal";
 }
 
 int ctl_err_parse(const char *name)
 {
-    for (int i = 0; i < CTL_ERR_COUNT; i++)
-        if (strcmp(name, err_names[i]) == 0)
-            return i;
-    return -1;
+    return name_index(err_names, CTL_ERR_COUNT, name);
 }
 
 const char *ctl_cmd_name(enum ctl_cmd c)
 {
-    if ((unsigned)c >= CTL_CMD_COUNT)
-        return NULL;
-    return cmd_names[c];
+    return (unsigned)c < CTL_CMD_COUNT ? cmd_names[c] : NULL;
 }
 
 int ctl_cmd_parse(const char *name)
 {
-    for (int i = 0; i < CTL_CMD_COUNT; i++)
-        if (strcmp(name, cmd_names[i]) == 0)
-            return i;
-    return -1;
+    return name_index(cmd_names, CTL_CMD_COUNT, name);
 }
 
 const char *ctl_sort_name(enum ctl_sort s)
 {
-    if ((unsigned)s >= CTL_SORT_COUNT)
-        return NULL;
-    return sort_names[s];
+    return (unsigned)s < CTL_SORT_COUNT ? sort_names[s] : NULL;
 }
 
 /* ---- request parsing ------------------------------------------------------ */
@@ -180,11 +177,10 @@ static enum ctl_err parse_sort(struct ctl_error *err, json_t *v, struct ctl_nat_
         q->desc = true;
         s++;
     }
-    for (int i = 0; i < CTL_SORT_COUNT; i++) {
-        if (strcmp(s, sort_names[i]) == 0) {
-            q->sort = (enum ctl_sort)i;
-            return CTL_OK;
-        }
+    int i = name_index(sort_names, CTL_SORT_COUNT, s);
+    if (i >= 0) {
+        q->sort = (enum ctl_sort)i;
+        return CTL_OK;
     }
     return fail(err, CTL_ERR_BAD_ARGUMENT,
                 "argument 'sort' must be one of id, client, nat, backend, state, opened_at, "
@@ -332,15 +328,15 @@ static enum ctl_err parse_events(struct ctl_error *err, json_t *args, unsigned *
         *events = 0;
         json_array_foreach(v, i, e)
         {
-            unsigned bit = 0;
-            for (unsigned k = 0; k < sizeof(evk_names) / sizeof(evk_names[0]); k++)
-                if (json_is_string(e) && strcmp(json_string_value(e), evk_names[k]) == 0)
-                    bit = 1u << k;
-            if (!bit)
+            int k = json_is_string(e)
+                        ? name_index(evk_names, (int)(sizeof(evk_names) / sizeof(evk_names[0])),
+                                     json_string_value(e))
+                        : -1;
+            if (k < 0)
                 return fail(err, CTL_ERR_BAD_ARGUMENT,
                             "argument 'events' may hold \"open\", \"close\", \"expire\", "
                             "\"refuse\", \"health\"");
-            *events |= bit;
+            *events |= 1u << k;
         }
     }
     return CTL_OK;

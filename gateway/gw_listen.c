@@ -82,9 +82,27 @@ static void close_all(struct gw_ctx *ctx)
 }
 
 /* One attempt at binding everything on `port` (0: learn it from the first bind). */
+/* listen(2) backlog: the configured one, or the kernel's maximum. */
+int gw_listen_backlog(int cfg_backlog)
+{
+    FILE *f;
+    int v = 0;
+
+    if (cfg_backlog > 0)
+        return cfg_backlog;
+    f = fopen("/proc/sys/net/core/somaxconn", "re");
+    if (f) {
+        if (fscanf(f, "%d", &v) != 1)
+            v = 0;
+        fclose(f);
+    }
+    return v > 0 ? v : GW_FALLBACK_BACKLOG;
+}
+
 static int open_all(struct gw_ctx *ctx, uint16_t port)
 {
     const struct gw_config *cfg = ctx->cfg;
+    int backlog = gw_listen_backlog(cfg->backlog);
     char buf[80];
 
     for (size_t i = 0; i < cfg->n_binds; i++) {
@@ -94,7 +112,7 @@ static int open_all(struct gw_ctx *ctx, uint16_t port)
         l->addr = cfg->binds[i];
         l->tcp_fd = l->udp_fd = -1;
         set_port(&l->addr, port);
-        int fd = open_bound(&l->addr, SOCK_STREAM, cfg->backlog);
+        int fd = open_bound(&l->addr, SOCK_STREAM, backlog);
         if (fd < 0 && cfg->binds_default && l->addr.ss.ss_family == AF_INET6 &&
             (fd == -EAFNOSUPPORT || fd == -EADDRNOTAVAIL)) {
             gw_log(GW_LOG_WARN, "no IPv6 here (%s): serving IPv4 only", strerror(-fd));
@@ -164,7 +182,8 @@ int gw_listen_open(struct gw_ctx *ctx)
         gw_log(GW_LOG_INFO, "listening on tcp+udp %s",
                gw_sockaddr_format(&ctx->listeners[i].addr, buf, sizeof(buf)));
     }
-    gw_log(GW_LOG_INFO, "listening on tcp+udp port %u", ctx->port);
+    gw_log(GW_LOG_INFO, "listening on tcp+udp port %u (backlog %d)", ctx->port,
+           gw_listen_backlog(ctx->cfg->backlog));
     return 0;
 }
 

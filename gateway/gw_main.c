@@ -84,16 +84,24 @@ static const struct option long_options[] = {
     {NULL, 0, NULL, 0},
 };
 
-static int too_many(const char *flag)
+/* Appends v to a repeatable flag's list of `max`. Returns -1 (go on), or 2
+ * (usage error) when the list is full. */
+static int push_flag(const char **list, size_t *n, size_t max, const char *v, const char *flag)
 {
-    fprintf(stderr, "gwd: too many %s\n", flag);
-    return 2;
+    if (*n == max) {
+        fprintf(stderr, "gwd: too many %s\n", flag);
+        return 2;
+    }
+    list[(*n)++] = v;
+    return -1;
 }
+
+#define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
 
 /* Parses argv into *cli. Returns -1 to go on, else the exit code. */
 static int parse_args(int argc, char **argv, struct gw_cli *cli)
 {
-    int c;
+    int c, rc;
 
     while ((c = getopt_long(argc, argv, "c:p:b:h", long_options, NULL)) != -1) {
         switch (c) {
@@ -104,24 +112,24 @@ static int parse_args(int argc, char **argv, struct gw_cli *cli)
             cli->port = optarg;
             break;
         case 'b':
-            if (cli->n_binds == GW_MAX_BINDS)
-                return too_many("--bind");
-            cli->binds[cli->n_binds++] = optarg;
+            rc = push_flag(cli->binds, &cli->n_binds, COUNT_OF(cli->binds), optarg, "--bind");
+            if (rc >= 0)
+                return rc;
             break;
         case OPT_TCP_BACKEND:
-            if (cli->n_tcp_backends == sizeof(cli->tcp_backends) / sizeof(cli->tcp_backends[0]))
-                return too_many("--tcp-backend");
-            cli->tcp_backends[cli->n_tcp_backends++] = optarg;
+            rc = push_flag(cli->tcp_backends, &cli->n_tcp_backends, COUNT_OF(cli->tcp_backends), optarg, "--tcp-backend");
+            if (rc >= 0)
+                return rc;
             break;
         case OPT_UDP_BACKEND:
-            if (cli->n_udp_backends == sizeof(cli->udp_backends) / sizeof(cli->udp_backends[0]))
-                return too_many("--udp-backend");
-            cli->udp_backends[cli->n_udp_backends++] = optarg;
+            rc = push_flag(cli->udp_backends, &cli->n_udp_backends, COUNT_OF(cli->udp_backends), optarg, "--udp-backend");
+            if (rc >= 0)
+                return rc;
             break;
         case OPT_NAT_IP:
-            if (cli->n_nat_ips == NAT_MAX_IPS)
-                return too_many("--nat-ip");
-            cli->nat_ips[cli->n_nat_ips++] = optarg;
+            rc = push_flag(cli->nat_ips, &cli->n_nat_ips, COUNT_OF(cli->nat_ips), optarg, "--nat-ip");
+            if (rc >= 0)
+                return rc;
             break;
         case OPT_NAT_PORTS:
             cli->nat_ports = optarg;

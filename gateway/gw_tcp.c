@@ -42,6 +42,12 @@ static void close_fd(int fd, bool rst)
     close(fd);
 }
 
+/* The socket of one side (-1 when none): kept in its watcher, not twice. */
+static inline int side_fd(const struct gw_flow *flow, int side)
+{
+    return flow->u.tcp.io[side].fd;
+}
+
 /* The TCP part of gw_flow_close. */
 void gw_tcp_release(struct gw_flow *flow, bool rst)
 {
@@ -49,8 +55,8 @@ void gw_tcp_release(struct gw_flow *flow, bool rst)
 
     for (int i = 0; i < 2; i++) {
         ev_io_stop(loop, &flow->u.tcp.io[i]);
-        close_fd(flow->u.tcp.fd[i], rst);
-        flow->u.tcp.fd[i] = -1;
+        close_fd(side_fd(flow, i), rst);
+        ev_io_set(&flow->u.tcp.io[i], -1, 0);
         free(flow->u.tcp.pend[i]);
         flow->u.tcp.pend[i] = NULL;
         if (flow->u.tcp.pipe[i]) {
@@ -71,8 +77,8 @@ static void attempt_failed(struct gw_flow *flow, const char *reason)
 
     ev_io_stop(ctx->loop, &flow->u.tcp.io[GW_SIDE_BACKEND]);
     ev_timer_stop(ctx->loop, &flow->u.tcp.timer);
-    close_fd(flow->u.tcp.fd[GW_SIDE_BACKEND], false);
-    flow->u.tcp.fd[GW_SIDE_BACKEND] = -1;
+    close_fd(side_fd(flow, GW_SIDE_BACKEND), false);
+    ev_io_set(&flow->u.tcp.io[GW_SIDE_BACKEND], -1, 0);
     flow->sess = NULL;
     if (s) {
         s->udata = NULL;
@@ -92,6 +98,21 @@ static void attempt_failed(struct gw_flow *flow, const char *reason)
  * -ENOSPC (no mapping: refused, nothing left open), -EMFILE (out of fds), or
  * another -errno (this server failed; its session is closed).
  */
+/*
+ * The flow's translated port cannot be used now (busy on the host, or its
+ * 4-tuple still in TIME_WAIT): counts it in *counter and moves the session to
+ * another port of the pool for GW_BUSY_PORT_MS. Returns true when it got one
+ * (try again), false when none is left (the attempt failed as "refused").
+ */
+static bool repick_port(struct gw_flow *flow, uint64_t *counter, uint64_t now)
+{
+    (*counter)++;
+    if (nat_session_repick(flow->ctx->nat, flow->sess, now, GW_BUSY_PORT_MS) == NAT_OK)
+        return true;
+    attempt_failed(flow, "refused");
+    return false;
+}
+
 static int start_connect(struct gw_flow *flow, struct gw_server *srv, struct gw_backend *b)
 {
     struct gw_ctx *ctx = flow->ctx;
@@ -141,10 +162,8 @@ static int start_connect(struct gw_flow *flow, struct gw_server *srv, struct gw_
             int e = errno;
             close(fd);
             if (e == EADDRINUSE && tries < MAX_PORT_TRIES) {
-                ctx->counters.bind_busy++;
-                if (nat_session_repick(ctx->nat, sess, now, GW_BUSY_PORT_MS) == NAT_OK)
+                if (repick_port(flow, &ctx->counters.bind_busy, now))
                     continue;
-                attempt_failed(flow, "refused");
                 return -ENOSPC;
             }
             uint64_t held;
@@ -160,10 +179,8 @@ static int start_connect(struct gw_flow *flow, struct gw_server *srv, struct gw_
             close(fd);
             if (e == EADDRNOTAVAIL && tries < MAX_PORT_TRIES) {
                 /* That 4-tuple is still in TIME_WAIT from an earlier flow. */
-                ctx->counters.connect_addrnotavail++;
-                if (nat_session_repick(ctx->nat, sess, now, GW_BUSY_PORT_MS) == NAT_OK)
+                if (repick_port(flow, &ctx->counters.connect_addrnotavail, now))
                     continue;
-                attempt_failed(flow, "refused");
                 return -ENOSPC;
             }
             ctx->counters.connect_failed++;
@@ -172,7 +189,6 @@ static int start_connect(struct gw_flow *flow, struct gw_server *srv, struct gw_
         }
         break;
     }
-    flow->u.tcp.fd[GW_SIDE_BACKEND] = fd;
     ev_io_set(&flow->u.tcp.io[GW_SIDE_BACKEND], fd, EV_WRITE);
     ev_io_start(ctx->loop, &flow->u.tcp.io[GW_SIDE_BACKEND]);
     ev_timer_set(&flow->u.tcp.timer, b->conf.connect_timeout_ms / 1000.0, 0.);
@@ -227,6 +243,26 @@ static int try_servers(struct gw_flow *flow, struct gw_backend *b, struct gw_ser
     return -1;
 }
 
+/*
+ * Fills the PROXY v2 header from byte 13 on: family/transport `fam`, the
+ * length, source then destination address (alen bytes each), source then
+ * destination port (network order). Returns the header's whole length.
+ */
+static size_t proxy_v2_addresses(char *buf, uint8_t fam, const void *src, const void *dst,
+                                 size_t alen, uint16_t sport, uint16_t dport)
+{
+    size_t len = 2 * alen + 4;
+
+    buf[13] = (char)fam;
+    buf[14] = 0;
+    buf[15] = (char)len;
+    memcpy(buf + 16, src, alen);
+    memcpy(buf + 16 + alen, dst, alen);
+    memcpy(buf + 16 + 2 * alen, &sport, 2);
+    memcpy(buf + 18 + 2 * alen, &dport, 2);
+    return 16 + len;
+}
+
 /* Appends the PROXY protocol header (v1 or v2) as the first bytes toward the backend. */
 static void proxy_header(struct gw_flow *flow, int version)
 {
@@ -236,7 +272,7 @@ static void proxy_header(struct gw_flow *flow, int version)
     char buf[232];
     size_t n = 0;
 
-    if (getsockname(flow->u.tcp.fd[GW_SIDE_CLIENT], (struct sockaddr *)&local, &ll) < 0)
+    if (getsockname(side_fd(flow, GW_SIDE_CLIENT), (struct sockaddr *)&local, &ll) < 0)
         return;
     gw_sockaddr_from_endpoint(&client, &flow->client);
     bool v4 = client.ss.ss_family == AF_INET && local.ss_family == AF_INET;
@@ -267,23 +303,11 @@ static void proxy_header(struct gw_flow *flow, int version)
         memcpy(buf, sig, 12);
         buf[12] = 0x21; /* version 2, PROXY */
         if (v4) {
-            buf[13] = 0x11; /* TCP over IPv4 */
-            buf[14] = 0;
-            buf[15] = 12;
-            memcpy(buf + 16, &c4->sin_addr, 4);
-            memcpy(buf + 20, &l4->sin_addr, 4);
-            memcpy(buf + 24, &c4->sin_port, 2);
-            memcpy(buf + 26, &l4->sin_port, 2);
-            n = 28;
+            n = proxy_v2_addresses(buf, 0x11 /* TCP over IPv4 */, &c4->sin_addr, &l4->sin_addr,
+                                   4, c4->sin_port, l4->sin_port);
         } else if (v6) {
-            buf[13] = 0x21; /* TCP over IPv6 */
-            buf[14] = 0;
-            buf[15] = 36;
-            memcpy(buf + 16, &c6->sin6_addr, 16);
-            memcpy(buf + 32, &l6->sin6_addr, 16);
-            memcpy(buf + 48, &c6->sin6_port, 2);
-            memcpy(buf + 50, &l6->sin6_port, 2);
-            n = 52;
+            n = proxy_v2_addresses(buf, 0x21 /* TCP over IPv6 */, &c6->sin6_addr,
+                                   &l6->sin6_addr, 16, c6->sin6_port, l6->sin6_port);
         } else {
             buf[12] = 0x20; /* LOCAL */
             buf[13] = 0;
@@ -311,8 +335,8 @@ static void established(struct gw_flow *flow)
     ev_timer_stop(ctx->loop, &flow->u.tcp.timer);
     flow->state = GW_FLOW_RELAY;
     nat_session_set_state(ctx->nat, flow->sess, NAT_STATE_ESTABLISHED, gw_loop_ms(ctx->loop));
-    setsockopt(flow->u.tcp.fd[0], IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    setsockopt(flow->u.tcp.fd[1], IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    setsockopt(side_fd(flow, 0), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    setsockopt(side_fd(flow, 1), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (flow->server->backend && flow->server->backend->conf.proxy_protocol)
         proxy_header(flow, flow->server->backend->conf.proxy_protocol);
     ev_io_stop(ctx->loop, &flow->u.tcp.io[GW_SIDE_BACKEND]);
@@ -328,7 +352,7 @@ static void connect_done(struct gw_flow *flow, bool timed_out)
     socklen_t el = sizeof(err);
 
     if (!timed_out &&
-        getsockopt(flow->u.tcp.fd[GW_SIDE_BACKEND], SOL_SOCKET, SO_ERROR, &err, &el) < 0)
+        getsockopt(side_fd(flow, GW_SIDE_BACKEND), SOL_SOCKET, SO_ERROR, &err, &el) < 0)
         err = errno;
     if (!timed_out && err == 0) {
         established(flow);
@@ -388,7 +412,7 @@ static void update_watchers(struct gw_flow *flow)
             continue;
         ev_io_stop(loop, w);
         if (want) {
-            ev_io_set(w, flow->u.tcp.fd[i], want);
+            ev_io_set(w, w->fd, want);
             ev_io_start(loop, w);
         }
     }
@@ -414,7 +438,7 @@ static void forward_fin(struct gw_flow *flow, int side)
 
     if (flow->flags & shut)
         return;
-    shutdown(flow->u.tcp.fd[side], SHUT_WR);
+    shutdown(side_fd(flow, side), SHUT_WR);
     flow->flags |= shut;
 }
 
@@ -443,7 +467,7 @@ static int flush_pipe(struct gw_flow *flow, int side)
     struct gw_pipe *gp = flow->u.tcp.pipe[side];
 
     while (gp->len) {
-        ssize_t w = splice(gp->rd, NULL, flow->u.tcp.fd[side], NULL, gp->len,
+        ssize_t w = splice(gp->rd, NULL, side_fd(flow, side), NULL, gp->len,
                            SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
         if (w < 0) {
             if (errno == EAGAIN || errno == EINTR)
@@ -465,7 +489,7 @@ static int flush_pending(struct gw_flow *flow, int side)
     uint8_t eof_other = side == GW_SIDE_CLIENT ? GW_FLOW_F_EOF_BACKEND : GW_FLOW_F_EOF_CLIENT;
 
     while (pb && pb->off < pb->len) {
-        ssize_t w = send(flow->u.tcp.fd[side], pb->data + pb->off, pb->len - pb->off, MSG_NOSIGNAL);
+        ssize_t w = send(side_fd(flow, side), pb->data + pb->off, pb->len - pb->off, MSG_NOSIGNAL);
         if (w < 0) {
             if (errno == EAGAIN || errno == EINTR)
                 return 0;
@@ -539,7 +563,7 @@ static int relay_splice(struct gw_flow *flow, int from)
 {
     int to = 1 - from;
     struct gw_pipe *gp = flow->u.tcp.pipe[to];
-    ssize_t n = splice(flow->u.tcp.fd[from], NULL, gp->wr, NULL, gp->cap - gp->len,
+    ssize_t n = splice(side_fd(flow, from), NULL, gp->wr, NULL, gp->cap - gp->len,
                        SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 
     if (n < 0 && (errno == EINVAL || errno == ENOSYS) && gp->len == 0) {
@@ -573,7 +597,7 @@ static int relay_read(struct gw_flow *flow, int from)
         return relay_splice(flow, from);
     size_t cap =
         ctx->cfg->buffer_size < ctx->scratch_size ? ctx->cfg->buffer_size : ctx->scratch_size;
-    ssize_t n = recv(flow->u.tcp.fd[from], ctx->scratch, cap, 0);
+    ssize_t n = recv(side_fd(flow, from), ctx->scratch, cap, 0);
     if (n < 0)
         return read_failed(flow, from, errno);
     if (n == 0) {
@@ -581,7 +605,7 @@ static int relay_read(struct gw_flow *flow, int from)
         return 0;
     }
     account(flow, from, (size_t)n);
-    ssize_t w = send(flow->u.tcp.fd[to], ctx->scratch, (size_t)n, MSG_NOSIGNAL);
+    ssize_t w = send(side_fd(flow, to), ctx->scratch, (size_t)n, MSG_NOSIGNAL);
     if (w < 0) {
         if (errno != EAGAIN && errno != EINTR)
             return write_failed(flow, to, errno);
@@ -654,10 +678,8 @@ static void flow_start(struct gw_listener *l, int fd, const struct sockaddr *sa)
     flow->proto = NAT_PROTO_TCP;
     flow->state = GW_FLOW_CONNECTING;
     gw_endpoint_from_sockaddr(&flow->client, sa);
-    flow->u.tcp.fd[GW_SIDE_CLIENT] = fd;
-    flow->u.tcp.fd[GW_SIDE_BACKEND] = -1;
     for (int i = 0; i < 2; i++) {
-        ev_io_init(&flow->u.tcp.io[i], tcp_io_cb, -1, 0);
+        ev_io_init(&flow->u.tcp.io[i], tcp_io_cb, i == GW_SIDE_CLIENT ? fd : -1, 0);
         flow->u.tcp.io[i].data = flow;
     }
     ev_timer_init(&flow->u.tcp.timer, tcp_timer_cb, 0., 0.);

@@ -138,15 +138,13 @@ static struct gw_udp_batch *batch_get(struct gw_ctx *ctx)
 static void set_reply_source(struct msghdr *msg, void *ctrl, size_t ctrl_size,
                              const struct gw_flow *flow)
 {
-    const struct gw_sockaddr *local = &flow->u.udp.local;
-
     msg->msg_control = NULL;
     msg->msg_controllen = 0;
-    if (local->len == 0)
+    if (flow->u.udp.local_af == 0)
         return;
     memset(ctrl, 0, ctrl_size);
     msg->msg_control = ctrl;
-    if (local->ss.ss_family == AF_INET) {
+    if (flow->u.udp.local_af == AF_INET) {
         msg->msg_controllen = CMSG_SPACE(sizeof(struct in_pktinfo));
         struct cmsghdr *c = CMSG_FIRSTHDR(msg);
         c->cmsg_level = IPPROTO_IP;
@@ -154,7 +152,7 @@ static void set_reply_source(struct msghdr *msg, void *ctrl, size_t ctrl_size,
         c->cmsg_len = CMSG_LEN(sizeof(struct in_pktinfo));
         struct in_pktinfo pi;
         memset(&pi, 0, sizeof(pi));
-        pi.ipi_spec_dst = ((const struct sockaddr_in *)&local->ss)->sin_addr;
+        pi.ipi_spec_dst = flow->u.udp.local.v4;
         memcpy(CMSG_DATA(c), &pi, sizeof(pi));
     } else {
         msg->msg_controllen = CMSG_SPACE(sizeof(struct in6_pktinfo));
@@ -164,7 +162,7 @@ static void set_reply_source(struct msghdr *msg, void *ctrl, size_t ctrl_size,
         c->cmsg_len = CMSG_LEN(sizeof(struct in6_pktinfo));
         struct in6_pktinfo pi;
         memset(&pi, 0, sizeof(pi));
-        pi.ipi6_addr = ((const struct sockaddr_in6 *)&local->ss)->sin6_addr;
+        pi.ipi6_addr = flow->u.udp.local.v6;
         pi.ipi6_ifindex = (unsigned)flow->u.udp.ifindex;
         memcpy(CMSG_DATA(c), &pi, sizeof(pi));
     }
@@ -230,28 +228,20 @@ static void upstream_cb(struct ev_loop *loop, ev_io *w, int revents)
 
 /* ---- new mappings --------------------------------------------------------- */
 
-static void local_from_cmsg(struct gw_flow *flow, struct msghdr *m, const struct gw_listener *l)
+static void local_from_cmsg(struct gw_flow *flow, struct msghdr *m)
 {
-    uint16_t port = ntohs(((const struct sockaddr_in *)&l->addr.ss)->sin_port);
-
     for (struct cmsghdr *c = CMSG_FIRSTHDR(m); c; c = CMSG_NXTHDR(m, c)) {
         if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
             struct in_pktinfo pi;
             memcpy(&pi, CMSG_DATA(c), sizeof(pi));
-            struct sockaddr_in *s4 = (struct sockaddr_in *)&flow->u.udp.local.ss;
-            s4->sin_family = AF_INET;
-            s4->sin_addr = pi.ipi_addr;
-            s4->sin_port = htons(port);
-            flow->u.udp.local.len = sizeof(*s4);
+            flow->u.udp.local.v4 = pi.ipi_addr;
+            flow->u.udp.local_af = AF_INET;
             flow->u.udp.ifindex = pi.ipi_ifindex;
         } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
             struct in6_pktinfo pi;
             memcpy(&pi, CMSG_DATA(c), sizeof(pi));
-            struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&flow->u.udp.local.ss;
-            s6->sin6_family = AF_INET6;
-            s6->sin6_addr = pi.ipi6_addr;
-            s6->sin6_port = htons(port);
-            flow->u.udp.local.len = sizeof(*s6);
+            flow->u.udp.local.v6 = pi.ipi6_addr;
+            flow->u.udp.local_af = AF_INET6;
             flow->u.udp.ifindex = (int)pi.ipi6_ifindex;
         }
     }
@@ -358,7 +348,7 @@ static struct gw_flow *flow_new(struct gw_listener *l, const struct nat_endpoint
     gw_server_acquire(srv);
     flow->u.udp.fd = fd;
     flow->u.udp.listener = l;
-    local_from_cmsg(flow, m, l);
+    local_from_cmsg(flow, m);
     ev_io_init(&flow->u.udp.io, upstream_cb, fd, EV_READ);
     flow->u.udp.io.data = flow;
     LIST_INSERT_HEAD(&ctx->flows, flow, link);

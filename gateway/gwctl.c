@@ -1055,6 +1055,29 @@ static void db_paging(const struct opts *o, uint32_t *limit, uint32_t *offset)
     *offset = o->offset > 0 ? (uint32_t)o->offset : 0;
 }
 
+/*
+ * Ends a store listing: with --json prints the object json_pack(fmt, ...)
+ * builds (it takes p->arr) and returns false; else prints the table, frees
+ * it and returns true (the caller prints its footer).
+ */
+static bool db_print_finish(struct db_print *p, const char *fmt, ...)
+{
+    va_list ap;
+    json_t *res;
+
+    if (!p->o->json) {
+        ctl_table_print(&p->t, stdout);
+        ctl_table_free(&p->t);
+        return true;
+    }
+    va_start(ap, fmt);
+    res = json_vpack_ex(NULL, 0, fmt, ap);
+    va_end(ap);
+    print_json(res, false);
+    json_decref(res);
+    return false;
+}
+
 static int db_session_cb(void *arg, const struct db_session_row *r)
 {
     struct db_print *p = arg;
@@ -1105,16 +1128,9 @@ static int db_show_nat(struct db_reader *r, const struct opts *o)
         ctl_table_free(&p.t);
         return n == -EINVAL ? EXIT_USAGE : EXIT_NO;
     }
-    if (o->json) {
-        json_t *res = json_pack("{s:I,s:I,s:o}", "total", (json_int_t)total, "offset",
-                                (json_int_t)q.offset, "sessions", p.arr);
-        print_json(res, false);
-        json_decref(res);
-    } else {
-        ctl_table_print(&p.t, stdout);
-        ctl_table_free(&p.t);
+    if (db_print_finish(&p, "{s:I,s:I,s:o}", "total", (json_int_t)total, "offset",
+                        (json_int_t)q.offset, "sessions", p.arr))
         ctl_nat_footer(stdout, p.rows, total);
-    }
     return EXIT_OK;
 }
 
@@ -1191,13 +1207,7 @@ static int db_log(struct db_reader *r, const struct opts *o)
         ctl_table_free(&p.t);
         return EXIT_NO;
     }
-    if (o->json) {
-        json_t *res = json_pack("{s:I,s:o}", "total", (json_int_t)total, "events", p.arr);
-        print_json(res, false);
-        json_decref(res);
-    } else {
-        ctl_table_print(&p.t, stdout);
-        ctl_table_free(&p.t);
+    if (db_print_finish(&p, "{s:I,s:o}", "total", (json_int_t)total, "events", p.arr)) {
         if ((uint64_t)p.rows < total)
             printf("%" PRIu64 " of %" PRIu64 " events\n", p.rows, total);
         else

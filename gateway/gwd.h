@@ -37,7 +37,11 @@ struct gw_ctx;
 #define GW_PIPE_SIZE (256 * 1024) /* asked for a splice pipe; the kernel may give less */
 #define GW_DEFAULT_CONNECT_TIMEOUT_MS 5000
 #define GW_DEFAULT_DRAIN_TIMEOUT_MS 10000
-#define GW_DEFAULT_BACKLOG 1024
+/* listen(2) backlog: 0 = the kernel's maximum (net.core.somaxconn). A burst of
+ * new connections larger than the accept queue gets its SYNs dropped and
+ * retried by the clients after 1 s; a fixed 1024 overflowed at ~3,000 at once. */
+#define GW_DEFAULT_BACKLOG 0
+#define GW_FALLBACK_BACKLOG 4096 /* when somaxconn cannot be read */
 #define GW_ACCEPT_BATCH 64              /* accepts per readable event */
 #define GW_UDP_BATCH 32                 /* datagrams per recvmmsg */
 #define GW_UDP_RCVBUF (4 * 1024 * 1024) /* receive buffer of the UDP listening sockets */
@@ -102,7 +106,7 @@ struct gw_config {
     struct gw_sockaddr binds[GW_MAX_BINDS];
     size_t n_binds;
     bool binds_default; /* no -b / listen.bind: 0.0.0.0 and ::, v6 optional */
-    int backlog;
+    int backlog; /* 0 = the kernel's maximum (gw_listen_backlog) */
 
     struct nat_config nat;
     bool nat_ips_set; /* false: derived from the backends at validation */
@@ -128,6 +132,7 @@ struct gw_config {
     uint32_t control_max_clients; /* connected at once, default 64 */
     uint32_t control_idle_ms;     /* idle/stalled client cut after this; 0 = never */
     uint64_t control_max_output;  /* pending output per client before it is cut off */
+
     char *user;           /* owned; NULL = keep the current user */
     int log_level;        /* enum gw_log_level */
     char *file;           /* owned; the -c file, for SIGHUP; NULL when none */
@@ -410,6 +415,9 @@ void gw_listen_pause(struct gw_ctx *ctx);
 void gw_listen_stop_tcp(struct gw_ctx *ctx);
 /* Closes everything gw_listen_open opened. */
 void gw_listen_close(struct gw_ctx *ctx);
+/* The backlog passed to listen(2) for cfg_backlog: itself when > 0, else
+ * net.core.somaxconn (GW_FALLBACK_BACKLOG when it cannot be read). */
+int gw_listen_backlog(int cfg_backlog);
 /* The port actually bound (after gw_listen_open). */
 uint16_t gw_listen_port(const struct gw_ctx *ctx);
 
@@ -463,8 +471,8 @@ struct gw_flow {
     struct nat_endpoint client; /* the client's address and port */
     union {
         struct {
-            int fd[2]; /* [GW_SIDE_CLIENT], [GW_SIDE_BACKEND] */
-            ev_io io[2];
+            ev_io io[2];             /* [GW_SIDE_CLIENT], [GW_SIDE_BACKEND]; io[i].fd is
+                                        side i's socket (-1 when none) */
             ev_timer timer;          /* connect timeout */
             struct gw_buf *pend[2];  /* owned; bytes waiting to be written to side i */
             struct gw_pipe *pipe[2]; /* owned; bulk: bytes toward side i go by splice */
@@ -473,7 +481,11 @@ struct gw_flow {
             int fd; /* upstream socket */
             ev_io io;
             struct gw_listener *listener; /* borrowed: where replies go out */
-            struct gw_sockaddr local;     /* the address the client wrote to */
+            union {
+                struct in_addr v4;
+                struct in6_addr v6;
+            } local;                /* the address the client wrote to (replies leave from it) */
+            sa_family_t local_af;   /* AF_INET, AF_INET6, or 0 = not known */
             int ifindex;
             struct gw_flow *hnext; /* ctx->udp_hash chain */
         } udp;

@@ -353,37 +353,64 @@ static const char *range(struct lab_env *e, unsigned off, unsigned n, char *buf,
     return buf;
 }
 
-/* ---- the experiments ------------------------------------------------------------------------- */
-
-static int lab_many_clients(struct lab_env *e)
+/* Starts the backend 'web' (TCP) and gwd in front of it with the NAT pool
+ * range(off, n), whose text goes to ports. Returns the backend's port, or < 0. */
+static int web_behind_gwd(struct lab_env *e, unsigned off, unsigned n, char *ports, size_t plen)
 {
-    char ports[32], be[64];
-    struct sim_proc cp;
-    json_t *s, *rows;
+    char be[64];
     int port = env_backend(e, "web", "--tcp", 0);
 
     if (port < 0)
         return port;
     snprintf(be, sizeof(be), "web=127.0.0.1:%d", port);
     if (env_gwd(e, (const char *const[]){"--tcp-backend", be, "--nat-ports",
-                                         range(e, 0, 100, ports, sizeof(ports)), NULL}) < 0)
+                                         range(e, off, n, ports, plen), NULL}) < 0)
         return -1;
+    return port;
+}
+
+/* Runs gwsim clients with `args` (flows held open), waits for `live` open
+ * sessions, snapshots up to `show` TCP rows into *rows, then waits for the
+ * end. Returns the summary, or NULL (and *rows NULL). */
+static json_t *clients_held(struct lab_env *e, const char *const *args, long long live,
+                            size_t show, json_t **rows)
+{
+    struct sim_proc cp;
+    json_t *s;
+
+    *rows = NULL;
+    if (clients_start(e, &cp, args) < 0)
+        return NULL;
+    wait_live(e, live, 5000);
+    *rows = snapshot(e, "tcp", show);
+    s = clients_finish(e, &cp);
+    if (s == NULL) {
+        json_decref(*rows);
+        *rows = NULL;
+    }
+    return s;
+}
+
+/* ---- the experiments ------------------------------------------------------------------------- */
+
+static int lab_many_clients(struct lab_env *e)
+{
+    char ports[32];
+    json_t *s, *rows;
+    int port = web_behind_gwd(e, 0, 100, ports, sizeof(ports));
+
+    if (port < 0)
+        return port;
     say(e, "done", "one backend 'web' listening on TCP port %d, gwd on TCP port %u", port,
         e->gwd_port);
     say(e, "done",
         "20 clients from 10 source IPs (127.1.0.1-10) connect to gwd's one port, "
         "send 64 bytes, hold the connection 1.5 s");
-    if (clients_start(
-            e, &cp,
-            (const char *const[]){"--clients", "20", "--ips", "10", "--hold", "1500ms", NULL}) < 0)
+    s = clients_held(
+        e, (const char *const[]){"--clients", "20", "--ips", "10", "--hold", "1500ms", NULL}, 20,
+        12, &rows);
+    if (s == NULL)
         return -1;
-    wait_live(e, 20, 5000);
-    rows = snapshot(e, "tcp", 12);
-    s = clients_finish(e, &cp);
-    if (s == NULL) {
-        json_decref(rows);
-        return -1;
-    }
     say(e, "seen",
         "%lld of 20 flows ok, %lld distinct client IPs, %lld distinct client "
         "tuples, %lld distinct NAT ports; every backend peer equals gwd's table",
@@ -403,32 +430,21 @@ static int lab_many_clients(struct lab_env *e)
 
 static int lab_one_client(struct lab_env *e)
 {
-    char ports[32], be[64];
-    struct sim_proc cp;
+    char ports[32];
     json_t *s, *rows;
-    int port = env_backend(e, "web", "--tcp", 0);
+    int port = web_behind_gwd(e, 100, 100, ports, sizeof(ports));
 
     if (port < 0)
         return port;
-    snprintf(be, sizeof(be), "web=127.0.0.1:%d", port);
-    if (env_gwd(e, (const char *const[]){"--tcp-backend", be, "--nat-ports",
-                                         range(e, 100, 100, ports, sizeof(ports)), NULL}) < 0)
-        return -1;
     say(e, "done",
         "one client IP (127.1.0.1) opens 10 connections at once to gwd port %u "
         "and holds them 1.5 s",
         e->gwd_port);
-    if (clients_start(
-            e, &cp,
-            (const char *const[]){"--clients", "10", "--ips", "1", "--hold", "1500ms", NULL}) < 0)
+    s = clients_held(
+        e, (const char *const[]){"--clients", "10", "--ips", "1", "--hold", "1500ms", NULL}, 10,
+        10, &rows);
+    if (s == NULL)
         return -1;
-    wait_live(e, 10, 5000);
-    rows = snapshot(e, "tcp", 10);
-    s = clients_finish(e, &cp);
-    if (s == NULL) {
-        json_decref(rows);
-        return -1;
-    }
     say(e, "seen", "%lld of 10 flows ok from %lld client IP, %lld distinct source ports",
         jint(s, "ok"), jint(s, "client_ips"), jint(s, "client_tuples"));
     expect(e, jint(s, "ok") == 10 && jint(s, "client_tuples") == 10,
@@ -440,6 +456,23 @@ static int lab_one_client(struct lab_env *e)
     json_decref(rows);
     json_decref(s);
     return 0;
+}
+
+/* Sends msg on fd (to dst when not NULL), waits up to 3 s for the reply and
+ * puts its first line in buf (NUL-terminated; "" when none). Returns what
+ * recv() returned. */
+static ssize_t ask_line(int fd, const char *msg, size_t len, const struct sockaddr_in *dst,
+                        char *buf, size_t blen)
+{
+    struct timeval tv = {.tv_sec = 3};
+    ssize_t n;
+
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    sendto(fd, msg, len, 0, (const struct sockaddr *)dst, dst != NULL ? sizeof(*dst) : 0);
+    n = recv(fd, buf, blen - 1, 0);
+    buf[n > 0 ? n : 0] = '\0';
+    buf[strcspn(buf, "\n")] = '\0';
+    return n;
 }
 
 static int connect_from(const char *src_ip, uint16_t src_port, unsigned dst_port, int *err)
@@ -479,18 +512,13 @@ static uint16_t free_port(const char *ip)
 
 static int lab_same_tuple(struct lab_env *e)
 {
-    char ports[32], be[64], line[256];
+    char ports[32], line[256];
     const char *ip = "127.1.0.77";
-    int port = env_backend(e, "web", "--tcp", 0), fd1, fd2, fd3, err1, err2, err3;
+    int port = web_behind_gwd(e, 200, 100, ports, sizeof(ports)), fd1, fd2, fd3, err1, err2, err3;
     uint16_t sport;
-    ssize_t n;
 
     if (port < 0)
         return port;
-    snprintf(be, sizeof(be), "web=127.0.0.1:%d", port);
-    if (env_gwd(e, (const char *const[]){"--tcp-backend", be, "--nat-ports",
-                                         range(e, 200, 100, ports, sizeof(ports)), NULL}) < 0)
-        return -1;
     sport = free_port(ip);
     say(e, "done", "socket 1: bind %s:%u, connect to gwd 127.0.0.1:%u", ip, sport, e->gwd_port);
     fd1 = connect_from(ip, sport, e->gwd_port, &err1);
@@ -509,12 +537,7 @@ static int lab_same_tuple(struct lab_env *e)
         err2 == EADDRNOTAVAIL ? " (EADDRNOTAVAIL: the 4-tuple is taken)" : "");
     say(e, "seen", "socket 3: %s", fd3 >= 0 ? "connected" : strerror(err3));
     if (fd1 >= 0) {
-        struct timeval tv = {.tv_sec = 3};
-        setsockopt(fd1, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-        send(fd1, "\x16hi", 3, 0);
-        n = recv(fd1, line, sizeof(line) - 1, 0);
-        line[n > 0 ? n : 0] = '\0';
-        line[strcspn(line, "\n")] = '\0';
+        ask_line(fd1, "\x16hi", 3, NULL, line, sizeof(line));
         say(e, "seen", "socket 1 got: %s", line);
     }
     json_decref(snapshot(e, "tcp", 5));
@@ -537,7 +560,6 @@ static int lab_tcp_udp(struct lab_env *e)
     char ports[32], tb[64], ub[64], buf[512];
     int tport = env_backend(e, "tcp-proc", "--tcp", 0), uport, fd, err;
     struct sockaddr_in d = {.sin_family = AF_INET};
-    struct timeval tv = {.tv_sec = 3};
     ssize_t n;
     bool tcp_ok = false, udp_ok = false;
 
@@ -561,11 +583,7 @@ static int lab_tcp_udp(struct lab_env *e)
         e->gwd_port, e->gwd_port);
     fd = connect_from("127.1.0.1", 0, e->gwd_port, &err);
     if (fd >= 0) {
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-        send(fd, "\x16tcp", 4, 0);
-        n = recv(fd, buf, sizeof(buf) - 1, 0);
-        buf[n > 0 ? n : 0] = '\0';
-        buf[strcspn(buf, "\n")] = '\0';
+        ask_line(fd, "\x16tcp", 4, NULL, buf, sizeof(buf));
         say(e, "seen", "TCP reply: %s", buf);
         tcp_ok = strncmp(buf, "gwsim-backend tcp-proc ", 23) == 0;
     }
@@ -576,11 +594,7 @@ static int lab_tcp_udp(struct lab_env *e)
         bind(u, (struct sockaddr *)&a, sizeof(a));
         d.sin_port = htons((uint16_t)e->gwd_port);
         d.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        setsockopt(u, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-        sendto(u, "udp", 3, 0, (struct sockaddr *)&d, sizeof(d));
-        n = recv(u, buf, sizeof(buf) - 1, 0);
-        buf[n > 0 ? n : 0] = '\0';
-        buf[strcspn(buf, "\n")] = '\0';
+        n = ask_line(u, "udp", 3, &d, buf, sizeof(buf));
         say(e, "seen", "UDP reply: %s", n > 0 ? buf : "(none)");
         udp_ok = strncmp(buf, "gwsim-backend udp-proc ", 23) == 0;
         json_decref(snapshot(e, NULL, 5));
@@ -601,18 +615,14 @@ static int lab_tcp_udp(struct lab_env *e)
 
 static int lab_pool_exhaustion(struct lab_env *e)
 {
-    char ports[32], be[64];
+    char ports[32];
     struct sim_proc cp;
     json_t *s;
-    int port = env_backend(e, "web", "--tcp", 0), direct_ok = 0;
+    int port = web_behind_gwd(e, 400, 10, ports, sizeof(ports)), direct_ok = 0;
     int fds[15];
 
     if (port < 0)
         return port;
-    snprintf(be, sizeof(be), "web=127.0.0.1:%d", port);
-    if (env_gwd(e, (const char *const[]){"--tcp-backend", be, "--nat-ports",
-                                         range(e, 400, 10, ports, sizeof(ports)), NULL}) < 0)
-        return -1;
     say(e, "done",
         "gwd's NAT pool is 10 ports (%s) on 127.0.0.1; 15 clients connect through "
         "it and hold their flows 3 s",

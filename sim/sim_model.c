@@ -50,6 +50,9 @@ struct model {
     uint32_t *blocks; /* owned: refusals per block of MODEL_BLOCK counted arrivals */
     size_t n_blocks, cap_blocks;
     uint64_t rr;
+    uint32_t *port_refs;    /* owned: live sessions per [proto][nat ip][nat port - port_lo],
+                               proto 0 tcp, 1 udp */
+    uint64_t ports_used[2]; /* entries of port_refs above 0, per protocol */
     struct sim_model_result *res;
     int oom;
 };
@@ -216,13 +219,31 @@ static void live_change(struct model *m, long idx, int delta)
     m->live_total = m->live_total + (uint64_t)(delta > 0 ? 1 : -1);
 }
 
+/* Counts a session into (delta +1) or out of (-1) its protocol's external
+ * port. The model never repicks, so a session keeps the port it opened with. */
+static void port_ref(struct model *m, const struct nat_session *s, int delta)
+{
+    const struct nat_config *nc = &m->c->nat;
+    size_t nports = (size_t)nc->port_hi - nc->port_lo + 1, p = s->key.proto == NAT_PROTO_UDP;
+    uint32_t *ref;
+
+    if (s->ip_index >= nc->n_ips || s->ext.port < nc->port_lo || s->ext.port > nc->port_hi)
+        return;
+    ref = &m->port_refs[(p * nc->n_ips + s->ip_index) * nports + (s->ext.port - nc->port_lo)];
+    if (delta > 0 && (*ref)++ == 0)
+        m->ports_used[p]++;
+    else if (delta < 0 && *ref > 0 && --(*ref) == 0)
+        m->ports_used[p]--;
+}
+
 static void on_nat_event(void *arg, const struct nat_event *ev)
 {
     struct model *m = arg;
     long idx;
 
-    if (ev->type == NAT_EV_REFUSE)
+    if (ev->type == NAT_EV_REFUSE || ev->type == NAT_EV_REPICK)
         return;
+    port_ref(m, &ev->s, ev->type == NAT_EV_OPEN ? +1 : -1);
     idx = client_index(m, ev->s.key.client.addr.b, false);
     if (idx < 0)
         return;
@@ -254,8 +275,12 @@ static void take_sample(struct model *m, double t, uint64_t *last_refused, sim_s
     *last_refused = s.refused;
     s.active = st.live;
     s.ports_in_use = st.ports_in_use;
+    s.tcp_ports_in_use = m->ports_used[0];
+    s.udp_ports_in_use = m->ports_used[1];
     s.ports_cooling = st.ports_cooling;
-    s.pool_use = st.ports_total ? (double)st.ports_in_use / (double)st.ports_total : 0;
+    s.tcp_pool_use = st.ports_total ? (double)s.tcp_ports_in_use / (double)st.ports_total : 0;
+    s.udp_pool_use = st.ports_total ? (double)s.udp_ports_in_use / (double)st.ports_total : 0;
+    s.pool_use = s.tcp_pool_use > s.udp_pool_use ? s.tcp_pool_use : s.udp_pool_use;
     s.clients_active = m->clients_active;
     s.ports_per_client_max = m->live_max;
     s.ports_per_client_mean =
@@ -264,6 +289,10 @@ static void take_sample(struct model *m, double t, uint64_t *last_refused, sim_s
         m->res->peak_active = st.live;
     if (st.ports_in_use > m->res->peak_ports_in_use)
         m->res->peak_ports_in_use = st.ports_in_use;
+    if (s.tcp_ports_in_use > m->res->peak_tcp_ports_in_use)
+        m->res->peak_tcp_ports_in_use = s.tcp_ports_in_use;
+    if (s.udp_ports_in_use > m->res->peak_udp_ports_in_use)
+        m->res->peak_udp_ports_in_use = s.udp_ports_in_use;
     m->res->samples++;
     if (fn != NULL)
         fn(arg, &s);
@@ -576,6 +605,7 @@ static void model_free(struct model *m)
     free(m->map);
     free(m->hist);
     free(m->blocks);
+    free(m->port_refs);
 }
 
 int sim_model_run(const struct sim_model_config *c, sim_sample_fn on_sample, void *arg,
@@ -603,6 +633,13 @@ int sim_model_run(const struct sim_model_config *c, sim_sample_fn on_sample, voi
     if (nrc != NAT_OK) {
         snprintf(err, errlen, "libnat refused the configuration: %s", nat_strerror(nrc));
         return nrc == NAT_ERR_NOMEM ? -ENOMEM : -EINVAL;
+    }
+    m.port_refs = calloc(2 * (size_t)c->nat.n_ips * ((size_t)c->nat.port_hi - c->nat.port_lo + 1),
+                         sizeof(*m.port_refs));
+    if (m.port_refs == NULL) {
+        rc = -ENOMEM;
+        snprintf(err, errlen, "out of memory");
+        goto out_free;
     }
     nat_table_set_event_cb(m.nat, on_nat_event, &m);
     if (c->arrival != SIM_ARRIVAL_TRACE) {

@@ -62,8 +62,12 @@ struct sim_model_sample {
     uint64_t arrivals, opened, refused; /* cumulative */
     uint64_t refused_interval;          /* since the previous sample */
     uint64_t active;                    /* live mappings (sessions) */
-    uint64_t ports_in_use, ports_cooling;
-    double pool_use;         /* ports_in_use / ports_total, 0..1 */
+    uint64_t ports_in_use;   /* external ports held, TCP and UDP together (libnat's count) */
+    uint64_t tcp_ports_in_use, udp_ports_in_use; /* the same per protocol: each protocol
+                                                    has its own pool of ports_total */
+    uint64_t ports_cooling;
+    double tcp_pool_use, udp_pool_use; /* {tcp,udp}_ports_in_use / ports_total, 0..1 */
+    double pool_use;                   /* the fuller protocol's: max of the two, 0..1 */
     uint64_t clients_active; /* clients with at least one live mapping */
     uint64_t ports_per_client_max;
     double ports_per_client_mean; /* over clients_active */
@@ -90,7 +94,8 @@ struct sim_model_result {
     double erlang_b;          /* B(servers, load/groups), -1 when not applicable */
     const char *erlang_b_why; /* why not applicable (NULL when it is) */
     uint64_t peak_active, peak_ports_in_use, peak_ports_per_client;
-    uint64_t ports_total;
+    uint64_t peak_tcp_ports_in_use, peak_udp_ports_in_use; /* per protocol, each <= ports_total */
+    uint64_t ports_total; /* ips x ports: the pool of each protocol */
     uint64_t samples;
     uint64_t clients;
     double end_ms;   /* virtual time of the last event */

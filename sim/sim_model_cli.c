@@ -79,11 +79,13 @@ static void on_sample(void *arg, const struct sim_model_sample *s)
     struct cli *cli = arg;
 
     if (cli->csv != NULL)
-        fprintf(cli->csv, "%.3f,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%.6f,%llu,%llu,%.3f\n",
+        fprintf(cli->csv,
+                "%.3f,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%.6f,%.6f,%.6f,%llu,%llu,%.3f\n",
                 s->t_ms / 1000.0, (unsigned long long)s->arrivals, (unsigned long long)s->opened,
                 (unsigned long long)s->refused, (unsigned long long)s->refused_interval,
                 (unsigned long long)s->active, (unsigned long long)s->ports_in_use,
-                (unsigned long long)s->ports_cooling, s->pool_use,
+                (unsigned long long)s->tcp_ports_in_use, (unsigned long long)s->udp_ports_in_use,
+                (unsigned long long)s->ports_cooling, s->pool_use, s->tcp_pool_use, s->udp_pool_use,
                 (unsigned long long)s->clients_active, (unsigned long long)s->ports_per_client_max,
                 s->ports_per_client_mean);
     if (cli->svg_path != NULL && !cli->oom) {
@@ -373,6 +375,12 @@ static int parse_args(struct cli *cli, int argc, char **argv)
     return -1;
 }
 
+/* n ports against one protocol's pool (ports_total), 0..1. */
+static double pool_share(uint64_t n, const struct sim_model_result *r)
+{
+    return r->ports_total ? (double)n / (double)r->ports_total : 0.0;
+}
+
 static json_t *summary_json(const struct cli *cli, const struct sim_model_result *r)
 {
     const struct sim_model_config *c = &cli->c;
@@ -403,6 +411,12 @@ static json_t *summary_json(const struct cli *cli, const struct sim_model_result
                         r->erlang_b_why ? json_string(r->erlang_b_why) : json_null());
     json_object_set_new(o, "peak_active", json_integer((json_int_t)r->peak_active));
     json_object_set_new(o, "peak_ports_in_use", json_integer((json_int_t)r->peak_ports_in_use));
+    json_object_set_new(o, "peak_tcp_ports_in_use",
+                        json_integer((json_int_t)r->peak_tcp_ports_in_use));
+    json_object_set_new(o, "peak_udp_ports_in_use",
+                        json_integer((json_int_t)r->peak_udp_ports_in_use));
+    json_object_set_new(o, "peak_tcp_pool_use", json_real(pool_share(r->peak_tcp_ports_in_use, r)));
+    json_object_set_new(o, "peak_udp_pool_use", json_real(pool_share(r->peak_udp_ports_in_use, r)));
     json_object_set_new(o, "peak_ports_per_client",
                         json_integer((json_int_t)r->peak_ports_per_client));
     json_object_set_new(o, "ports_total", json_integer((json_int_t)r->ports_total));
@@ -455,9 +469,14 @@ static void summary_text(FILE *out, const struct cli *cli, const struct sim_mode
                 r->groups == 1 ? "" : "s");
     else
         fprintf(out, "  Erlang-B      not applicable: %s\n", r->erlang_b_why);
-    fprintf(out, "  peak          %llu live mappings, %llu ports in use, %llu ports per client\n",
-            (unsigned long long)r->peak_active, (unsigned long long)r->peak_ports_in_use,
-            (unsigned long long)r->peak_ports_per_client);
+    fprintf(out, "  peak          %llu live mappings, %llu ports per client\n",
+            (unsigned long long)r->peak_active, (unsigned long long)r->peak_ports_per_client);
+    fprintf(out,
+            "  ports in use  tcp %llu of %llu (%.1f%%), udp %llu of %llu (%.1f%%) at the peak\n",
+            (unsigned long long)r->peak_tcp_ports_in_use, (unsigned long long)r->ports_total,
+            100.0 * pool_share(r->peak_tcp_ports_in_use, r),
+            (unsigned long long)r->peak_udp_ports_in_use, (unsigned long long)r->ports_total,
+            100.0 * pool_share(r->peak_udp_ports_in_use, r));
     fprintf(out, "  speed         %.0f flows/s (%.3f s wall)\n",
             r->wall_ms > 0 ? r->arrivals / (r->wall_ms / 1000.0) : 0, r->wall_ms / 1000.0);
 }
@@ -516,7 +535,8 @@ int sim_model_main(int argc, char **argv)
         if (cli.csv == NULL)
             goto out;
         fprintf(cli.csv, "time_s,arrivals,opened,refused,refused_interval,active,ports_in_use,"
-                         "ports_cooling,pool_use,clients_active,ports_per_client_max,"
+                         "tcp_ports_in_use,udp_ports_in_use,ports_cooling,pool_use,tcp_pool_use,"
+                         "udp_pool_use,clients_active,ports_per_client_max,"
                          "ports_per_client_mean\n");
     }
     rc = sim_model_run(&cli.c, on_sample, &cli, &r, &clients, &n_clients, err, sizeof(err));

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdbool.h>
 
 #define W 960
 #define H 600
@@ -66,9 +67,13 @@ static double f_active(const struct sim_model_sample *s)
 {
     return (double)s->active;
 }
-static double f_ports(const struct sim_model_sample *s)
+static double f_tcp_ports(const struct sim_model_sample *s)
 {
-    return (double)s->ports_in_use;
+    return (double)s->tcp_ports_in_use;
+}
+static double f_udp_ports(const struct sim_model_sample *s)
+{
+    return (double)s->udp_ports_in_use;
 }
 static double f_refused(const struct sim_model_sample *s)
 {
@@ -129,12 +134,17 @@ int sim_svg_write(FILE *f, const struct sim_model_sample *s, size_t n,
                   const struct sim_svg_info *info)
 {
     double tmax = n ? s[n - 1].t_ms : 0, y1 = 0, y2 = 0;
+    bool tcp = false, udp = false;
 
     for (size_t i = 0; i < n; i++) {
+        tcp = tcp || s[i].tcp_ports_in_use > 0;
+        udp = udp || s[i].udp_ports_in_use > 0;
         if ((double)s[i].active > y1)
             y1 = (double)s[i].active;
-        if ((double)s[i].ports_in_use > y1)
-            y1 = (double)s[i].ports_in_use;
+        if ((double)s[i].tcp_ports_in_use > y1)
+            y1 = (double)s[i].tcp_ports_in_use;
+        if ((double)s[i].udp_ports_in_use > y1)
+            y1 = (double)s[i].udp_ports_in_use;
         if ((double)s[i].refused_interval > y2)
             y2 = (double)s[i].refused_interval;
     }
@@ -165,8 +175,12 @@ int sim_svg_write(FILE *f, const struct sim_model_sample *s, size_t n,
                 "stroke-dasharray=\"6 4\"/>\n",
                 ML, y, W - MR, y);
     }
-    /* ports under mappings: with eim they coincide and both stay visible */
-    polyline(f, s, n, f_ports, tmax, y1, P1_TOP, P1_H, "#2ca02c", 3.0);
+    /* ports under mappings: with eim they coincide and both stay visible; each
+     * protocol's ports against the pool size, since each has a pool of its own */
+    if (tcp || !udp)
+        polyline(f, s, n, f_tcp_ports, tmax, y1, P1_TOP, P1_H, "#2ca02c", 3.0);
+    if (udp)
+        polyline(f, s, n, f_udp_ports, tmax, y1, P1_TOP, P1_H, "#ff7f0e", 3.0);
     polyline(f, s, n, f_active, tmax, y1, P1_TOP, P1_H, "#1f77b4", 1.2);
     axes(f, P2_TOP, P2_H, y2, tmax, "refused");
     polyline(f, s, n, f_refused, tmax, y2, P2_TOP, P2_H, "#d62728", 1.2);
@@ -174,17 +188,25 @@ int sim_svg_write(FILE *f, const struct sim_model_sample *s, size_t n,
             "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\" font-size=\"12\">virtual time "
             "(s)</text>\n",
             (W + ML) / 2, H - 22);
-    /* legend */
-    fprintf(
-        f, "<g font-size=\"12\">"
-           "<line x1=\"560\" y1=\"44\" x2=\"584\" y2=\"44\" stroke=\"#1f77b4\" stroke-width=\"2\"/>"
-           "<text x=\"590\" y=\"48\">live mappings</text>"
-           "<line x1=\"690\" y1=\"44\" x2=\"714\" y2=\"44\" stroke=\"#2ca02c\" stroke-width=\"2\"/>"
-           "<text x=\"720\" y=\"48\">ports in use</text>"
-           "<line x1=\"810\" y1=\"44\" x2=\"834\" y2=\"44\" stroke=\"#c00\" "
-           "stroke-dasharray=\"6 4\"/><text x=\"840\" y=\"48\">pool size</text>"
-           "<line x1=\"560\" y1=\"62\" x2=\"584\" y2=\"62\" stroke=\"#d62728\" stroke-width=\"2\"/>"
-           "<text x=\"590\" y=\"66\">refused per sample interval (lower panel)</text></g>\n");
+    /* legend: row 1 the upper panel's lines, row 2 the pool size and the lower panel */
+    fputs("<g font-size=\"12\">"
+          "<line x1=\"560\" y1=\"44\" x2=\"584\" y2=\"44\" stroke=\"#1f77b4\" stroke-width=\"2\"/>"
+          "<text x=\"590\" y=\"48\">live mappings</text>",
+          f);
+    if (tcp || !udp)
+        fputs("<line x1=\"680\" y1=\"44\" x2=\"704\" y2=\"44\" stroke=\"#2ca02c\" "
+              "stroke-width=\"2\"/><text x=\"710\" y=\"48\">TCP ports in use</text>",
+              f);
+    if (udp)
+        fprintf(f,
+                "<line x1=\"%d\" y1=\"44\" x2=\"%d\" y2=\"44\" stroke=\"#ff7f0e\" "
+                "stroke-width=\"2\"/><text x=\"%d\" y=\"48\">UDP ports in use</text>",
+                tcp ? 815 : 680, tcp ? 839 : 704, tcp ? 845 : 710);
+    fputs("<line x1=\"560\" y1=\"62\" x2=\"584\" y2=\"62\" stroke=\"#d62728\" stroke-width=\"2\"/>"
+          "<text x=\"590\" y=\"66\">refused per interval (lower panel)</text>"
+          "<line x1=\"815\" y1=\"62\" x2=\"839\" y2=\"62\" stroke=\"#c00\" "
+          "stroke-dasharray=\"6 4\"/><text x=\"845\" y=\"66\">pool size</text></g>\n",
+          f);
     fputs("</svg>\n", f);
     return ferror(f) ? -EIO : 0;
 }

@@ -1,7 +1,7 @@
 /*
  * sim_svg.h - a hand-written SVG chart of a model run: two panels sharing
- * the time axis (live mappings and ports in use against the pool size;
- * refusals per interval). A standalone file a browser shows as is.
+ * the time axis (live mappings, and TCP and UDP ports in use each against
+ * the pool size; refusals per interval). A standalone file a browser shows as is.
  */
 #ifndef GW_SIM_SVG_H
 #define GW_SIM_SVG_H

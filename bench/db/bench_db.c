@@ -6,7 +6,7 @@
  *      db_flush() returns, i.e. committed to the file (target >= 200,000/s).
  * The workload is gwd's: each session is an open event then a close event.
  *
- * usage: bench_db [-n EVENTS] [-q QUEUE] [-b BATCH] [-d DIR] [-k]
+ * usage: bench_db [-n EVENTS] [-q QUEUE] [-b BATCH] [-c CACHE_KIB] [-d DIR] [-k]
  *   -k keeps the second store (to time queries on it) and prints its path.
  */
 #include <errno.h>
@@ -106,7 +106,7 @@ static void print_machine(void)
            sysconf(_SC_NPROCESSORS_ONLN), model, sqlite3_libversion());
 }
 
-static struct db *open_store(const char *path, uint32_t queue, uint32_t batch)
+static struct db *open_store(const char *path, uint32_t queue, uint32_t batch, uint32_t cache)
 {
     struct db_options o;
     struct db *db = NULL;
@@ -115,6 +115,7 @@ static struct db *open_store(const char *path, uint32_t queue, uint32_t batch)
     o.path = path;
     o.queue_capacity = queue;
     o.batch_max = batch;
+    o.cache_kib = cache;
     o.retention_ms = 0;
     if (db_open(&db, &o, err, sizeof(err)) != 0) {
         fprintf(stderr, "bench_db: %s\n", err);
@@ -129,11 +130,12 @@ int main(int argc, char **argv)
     struct db_options defaults;
     db_options_default(&defaults);
     uint32_t queue = defaults.queue_capacity, batch = defaults.batch_max;
+    uint32_t cache = defaults.cache_kib;
     const char *dir_arg = NULL;
     bool keep = false;
     int c;
 
-    while ((c = getopt(argc, argv, "n:q:b:d:kh")) != -1) {
+    while ((c = getopt(argc, argv, "n:q:b:c:d:kh")) != -1) {
         switch (c) {
         case 'n':
             n = strtoull(optarg, NULL, 10);
@@ -144,6 +146,9 @@ int main(int argc, char **argv)
         case 'b':
             batch = (uint32_t)strtoul(optarg, NULL, 10);
             break;
+        case 'c':
+            cache = (uint32_t)strtoul(optarg, NULL, 10);
+            break;
         case 'd':
             dir_arg = optarg;
             break;
@@ -151,7 +156,8 @@ int main(int argc, char **argv)
             keep = true;
             break;
         default:
-            fprintf(stderr, "usage: bench_db [-n EVENTS] [-q QUEUE] [-b BATCH] [-d DIR] [-k]\n");
+            fprintf(stderr, "usage: bench_db [-n EVENTS] [-q QUEUE] [-b BATCH] [-c CACHE_KIB] [-d DIR] "
+                            "[-k]\n");
             return 2;
         }
     }
@@ -163,8 +169,8 @@ int main(int argc, char **argv)
     }
     snprintf(path, sizeof(path), "%s/gw.db", dir);
     print_machine();
-    printf("store: %s, queue %u, batch %u, %llu events (open+close pairs)\n", path, queue, batch,
-           (unsigned long long)n);
+    printf("store: %s, queue %u, batch %u, cache %u KiB, %llu events (open+close pairs)\n", path,
+           queue, batch, cache, (unsigned long long)n);
 
     const uint64_t t0 = 1795795200000ULL;
     struct nat_event *evs = malloc(sizeof(*evs) * 4096);
@@ -176,7 +182,7 @@ int main(int argc, char **argv)
     /* 1. Hand-over cost: bursts of half the queue, flushed between bursts;
      * the median burst is reported (this machine is shared: outliers are
      * preemptions, not the queue). */
-    struct db *db = open_store(path, queue, batch);
+    struct db *db = open_store(path, queue, batch, cache);
     uint64_t burst = queue / 2, done = 0, refused = 0;
     double per[20];
     int rounds = 0;
@@ -202,7 +208,7 @@ int main(int argc, char **argv)
     path[strlen(path) - 4] = '\0';
 
     /* 2. Persisted events per second, into a fresh file. */
-    db = open_store(path, queue, batch);
+    db = open_store(path, queue, batch, cache);
     struct nat_event ev;
     uint64_t full = 0;
     double a = now_s(), cpu_a = cpu_s();

@@ -22,6 +22,9 @@
 
 #define SESSIONS 100000
 
+/* Sessions opened from 10.0.0.0/24 (set before the client is forked). */
+static int64_t n_in_24;
+
 struct loop_watch {
     ev_prepare prepare;
     ev_check check;
@@ -120,14 +123,24 @@ static int client(const char *path)
     if (json_array_size(json_object_get(ctl_result(r), "sessions")) != SESSIONS)
         return 15;
     json_decref(r);
+    /* sorted: 10 sessions per client IP, the highest is 10.0.39.15 (client 9999):
+     * rows 50-149 are the 6th to the 15th IP from the top */
     r = ctl_call_raw(fd, "{\"cmd\":\"show nat\",\"args\":{\"sort\":\"-client\",\"offset\":50,"
                          "\"limit\":100,\"proto\":\"udp\"}}");
-    if (json_array_size(json_object_get(ctl_result(r), "sessions")) != 100 ||
-        ctl_jint(ctl_result(r), "total") != SESSIONS)
+    json_t *arr = json_object_get(ctl_result(r), "sessions");
+    if (json_array_size(arr) != 100 || ctl_jint(ctl_result(r), "total") != SESSIONS)
         return 16;
+    if (strcmp(json_string_value(json_object_get(json_array_get(arr, 0), "client_ip")),
+               "10.0.39.10") != 0 ||
+        strcmp(json_string_value(json_object_get(json_array_get(arr, 99), "client_ip")),
+               "10.0.39.1") != 0)
+        return 19;
     json_decref(r);
-    r = ctl_call_raw(fd, "{\"cmd\":\"show nat\",\"args\":{\"client\":\"10.0.0.0/24\"}}");
-    if (ctl_jint(ctl_result(r), "total") < 1)
+    /* filtered, a short page: the rest of the table is only counted */
+    r = ctl_call_raw(fd, "{\"cmd\":\"show nat\",\"args\":{\"client\":\"10.0.0.0/24\","
+                         "\"limit\":10}}");
+    if (ctl_jint(ctl_result(r), "total") != n_in_24 ||
+        json_array_size(json_object_get(ctl_result(r), "sessions")) != 10)
         return 17;
     json_decref(r);
     r = ctl_call_raw(fd, "{\"cmd\":\"show clients\",\"args\":{\"limit\":5}}");
@@ -179,9 +192,12 @@ Test(ctl_bignat, page_through_100k_sessions_without_stalling_the_loop, .timeout 
         if (nat_session_open(ctx.nat, &k, 0, 1795796400000ULL + c, &s) == NAT_OK) {
             nat_session_touch(ctx.nat, s, 1795796400000ULL + c, c % 977, c % 1013);
             made++;
+            n_in_24 += c / 10 < 256;
         }
+        cr_assert_eq(made, c + 1, "session %u opened", c);
     }
     cr_assert_eq(made, SESSIONS);
+    cr_assert_eq(n_in_24, 2560);
     fprintf(stderr, "ctl_bignat: %u sessions opened in %.2f s\n", made,
             (double)(ctl_now_us() - t0) / 1e6);
 

@@ -17,7 +17,8 @@
 
 static char err[512];
 
-#define BACKEND "\"backends\":[{\"name\":\"web\",\"proto\":\"tcp\",\"servers\":[\"127.0.0.1:8080\"]}]"
+#define BACKEND                                                                                    \
+    "\"backends\":[{\"name\":\"web\",\"proto\":\"tcp\",\"servers\":[\"127.0.0.1:8080\"]}]"
 
 static struct gw_config *parse_ok(const char *text)
 {
@@ -44,9 +45,9 @@ static void parse_bad(const char *control, const char *want)
 
 static void unsetenv_all(void)
 {
-    static const char *const names[] = {"GW_CONTROL_MODE",        "GW_CONTROL_OWNER",
-                                        "GW_CONTROL_GROUP",       "GW_CONTROL_MAX_CLIENTS",
-                                        "GW_CONTROL_IDLE_MS",     "GW_CONTROL_OUT_MAX"};
+    static const char *const names[] = {"GW_CONTROL_MODE",    "GW_CONTROL_OWNER",
+                                        "GW_CONTROL_GROUP",   "GW_CONTROL_MAX_CLIENTS",
+                                        "GW_CONTROL_IDLE_MS", "GW_CONTROL_OUT_MAX"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         unsetenv(names[i]);
 }
@@ -200,7 +201,8 @@ Test(ctl_config, show_config_round_trip)
     cfg = parse_ok(text);
     free(text);
     j = gw_config_to_json(cfg);
-    cr_assert(json_equal(c, json_object_get(j, "control")), "the section differs after a round trip");
+    cr_assert(json_equal(c, json_object_get(j, "control")),
+              "the section differs after a round trip");
     json_decref(c);
     json_decref(j);
     gw_config_free(cfg);

@@ -68,6 +68,38 @@ static void expect_code(json_t *r, const char *code)
     json_decref(r);
 }
 
+/* Reads the next event line on subscriber fd (within timeout_ms) and checks
+ * its kind. Returns the event (the caller frees it). */
+static json_t *read_event(int fd, int timeout_ms, const char *kind)
+{
+    char *line = ctl_read_line(fd, timeout_ms, 1 << 20);
+    json_t *ev;
+
+    cr_assert_not_null(line, "a \"%s\" event", kind);
+    ev = json_loads(line, 0, NULL);
+    free(line);
+    cr_assert_not_null(ev);
+    cr_assert_str_eq(json_string_value(json_object_get(ev, "event")), kind);
+    return ev;
+}
+
+/* Polls show stats (bounded: 5 s) until the counter at `path` is `want`;
+ * returns its last value. */
+static int64_t wait_stat(const char *path, int64_t want)
+{
+    int64_t n = -1;
+
+    for (int i = 0; i < 250; i++) {
+        json_t *r = call("{\"cmd\":\"show stats\"}");
+        n = ctl_jint(ctl_result(r), path);
+        json_decref(r);
+        if (n == want)
+            break;
+        usleep(20000);
+    }
+    return n;
+}
+
 /* Opens n UDP flows from 127.0.0.<ip>, ports chosen by the kernel; fds kept in fds. */
 static void udp_flows(int *fds, int n, const char *ip)
 {
@@ -321,18 +353,13 @@ Test(ctl_daemon, subscribe_streams_open_close_and_health)
 {
     int sub = ctl_connect(gwd.sock), fd;
     json_t *r, *ev, *s;
-    char *line;
 
     cr_assert_geq(sub, 0);
     r = ctl_call_raw(sub, "{\"id\":\"s\",\"cmd\":\"subscribe\"}");
     cr_assert_eq(json_array_size(json_object_get(ctl_result(r), "events")), 5);
     json_decref(r);
     udp_flows(&fd, 1, "127.0.0.5");
-    line = ctl_read_line(sub, 5000, 1 << 20);
-    cr_assert_not_null(line);
-    ev = json_loads(line, 0, NULL);
-    free(line);
-    cr_assert_str_eq(json_string_value(json_object_get(ev, "event")), "open");
+    ev = read_event(sub, 5000, "open");
     s = json_object_get(ev, "session");
     cr_assert_str_eq(json_string_value(json_object_get(s, "client_ip")), "127.0.0.5");
     cr_assert_str_eq(json_string_value(json_object_get(s, "backend")), "u");
@@ -341,10 +368,7 @@ Test(ctl_daemon, subscribe_streams_open_close_and_health)
 
     r = call("{\"cmd\":\"flush nat\",\"args\":{\"client\":\"127.0.0.5\"}}");
     json_decref(r);
-    line = ctl_read_line(sub, 5000, 1 << 20);
-    ev = json_loads(line, 0, NULL);
-    free(line);
-    cr_assert_str_eq(json_string_value(json_object_get(ev, "event")), "close");
+    ev = read_event(sub, 5000, "close");
     cr_assert_str_eq(json_string_value(json_object_get(ev, "reason")), "flush");
     s = json_object_get(ev, "session");
     cr_assert_str_eq(json_string_value(json_object_get(s, "state")), "closed");
@@ -355,10 +379,7 @@ Test(ctl_daemon, subscribe_streams_open_close_and_health)
 
     r = call("{\"cmd\":\"backend drain\",\"args\":{\"name\":\"u\"}}");
     json_decref(r);
-    line = ctl_read_line(sub, 5000, 1 << 20);
-    ev = json_loads(line, 0, NULL);
-    free(line);
-    cr_assert_str_eq(json_string_value(json_object_get(ev, "event")), "health");
+    ev = read_event(sub, 5000, "health");
     cr_assert_str_eq(json_string_value(json_object_get(ev, "backend")), "u");
     cr_assert_str_eq(json_string_value(json_object_get(ev, "new_state")), "draining");
     json_decref(ev);
@@ -370,15 +391,8 @@ Test(ctl_daemon, subscribe_streams_open_close_and_health)
     json_decref(r);
     close(sub);
     close(fd);
-    for (int i = 0; i < 100; i++) {
-        r = call("{\"cmd\":\"show stats\"}");
-        int64_t n = ctl_jint(ctl_result(r), "control.subscribers");
-        json_decref(r);
-        if (n == 0)
-            return;
-        usleep(20000);
-    }
-    cr_assert_fail("the subscriber that left is still counted");
+    cr_assert_eq(wait_stat("control.subscribers", 0), 0,
+                 "the subscriber that left is still counted");
 }
 
 Test(ctl_daemon, subscribe_to_some_events_only)
@@ -683,15 +697,24 @@ Test(ctl_limits, socket_mode_default_and_configured, .init = no_setup, .fini = n
     cr_assert_eq(st.st_mode & 07777, 0600);
 }
 
+static char section_conf[64]; /* the config file of the test below */
+
+static void section_teardown(void)
+{
+    teardown();
+    unlink(section_conf);
+}
+
 /* The "control" section of the config file: mode, owner and group of the
- * socket file, and max_clients, applied; show config shows them. */
-Test(ctl_limits, control_section_of_the_config_applied, .init = no_setup, .fini = no_teardown,
+ * socket file, and max_clients, applied; show config shows them, also after
+ * a reload that changed them (the socket stays as it was started). */
+Test(ctl_limits, control_section_of_the_config_applied, .init = no_setup, .fini = section_teardown,
      .timeout = 60)
 {
-    char conf[64], owner[32], group[32];
-    const char *args[] = {"-c",          conf,          "--udp-backend", ubackend,
-                          "--nat-ip",    "127.0.0.1",   "--nat-ports",   "24530-24539",
-                          "--log-level", "warn",        NULL};
+    char *conf = section_conf, owner[32], group[32];
+    const char *args[] = {"-c",        conf,          "--udp-backend", ubackend,      "--nat-ip",
+                          "127.0.0.1", "--nat-ports", "24530-24539",   "--log-level", "warn",
+                          NULL};
     uid_t want_uid = geteuid();
     gid_t want_gid = getegid();
     struct stat st;
@@ -718,7 +741,7 @@ Test(ctl_limits, control_section_of_the_config_applied, .init = no_setup, .fini 
     snprintf(group, sizeof(group), "%u", (unsigned)want_gid);
     cr_assert_eq(ctl_echo_start(&echo), 0);
     snprintf(ubackend, sizeof(ubackend), "u=127.0.0.1:%u", echo.udp_port);
-    snprintf(conf, sizeof(conf), "/tmp/ctl-section-%d.json", (int)getpid());
+    snprintf(section_conf, sizeof(section_conf), "/tmp/ctl-section-%d.json", (int)getpid());
     f = fopen(conf, "w");
     cr_assert_not_null(f);
     fprintf(f,
@@ -727,15 +750,12 @@ Test(ctl_limits, control_section_of_the_config_applied, .init = no_setup, .fini 
             owner, group);
     fclose(f);
     cr_assert_eq(ctl_gwd_start(&gwd, args, NULL), 0);
-    unlink(conf);
 
     cr_assert_eq(stat(gwd.sock, &st), 0);
     cr_assert(S_ISSOCK(st.st_mode));
     cr_assert_eq(st.st_mode & 07777, 0640);
-    cr_assert_eq(st.st_uid, want_uid, "owner %u, want %u", (unsigned)st.st_uid,
-                 (unsigned)want_uid);
-    cr_assert_eq(st.st_gid, want_gid, "group %u, want %u", (unsigned)st.st_gid,
-                 (unsigned)want_gid);
+    cr_assert_eq(st.st_uid, want_uid, "owner %u, want %u", (unsigned)st.st_uid, (unsigned)want_uid);
+    cr_assert_eq(st.st_gid, want_gid, "group %u, want %u", (unsigned)st.st_gid, (unsigned)want_gid);
 
     r = call("{\"cmd\":\"show config\"}");
     c = json_object_get(ctl_result(r), "control");
@@ -752,6 +772,21 @@ Test(ctl_limits, control_section_of_the_config_applied, .init = no_setup, .fini 
     /* max_clients 2: the third is turned away */
     fill_client_slots(fds, 2);
     close_fds(fds, 2);
+
+    /* a reload with another section: the running socket's stays in show config */
+    f = fopen(conf, "w");
+    cr_assert_not_null(f);
+    fputs("{\"control\":{\"mode\":\"0600\",\"max_clients\":9}}\n", f);
+    fclose(f);
+    cr_assert_eq(kill(gwd.pid, SIGHUP), 0);
+    cr_assert_eq(wait_stat("traffic.reloads", 1), 1, "the reload was applied");
+    r = call("{\"cmd\":\"show config\"}");
+    c = json_object_get(ctl_result(r), "control");
+    cr_assert_str_eq(json_string_value(json_object_get(c, "mode")), "0640");
+    cr_assert_eq(ctl_jint(c, "max_clients"), 2);
+    json_decref(r);
+    cr_assert_eq(stat(gwd.sock, &st), 0);
+    cr_assert_eq(st.st_mode & 07777, 0640);
 }
 
 Test(ctl_limits, stale_socket_replaced_live_one_not_stolen, .init = no_setup, .fini = no_teardown,
@@ -832,9 +867,10 @@ Test(ctl_limits, a_file_that_is_not_a_socket_is_left_alone, .init = no_setup, .f
 
 Test(ctl_limits, refuse_and_expire_events, .init = no_setup, .fini = no_teardown, .timeout = 60)
 {
-    char conf[64], *line;
-    const char *args[] = {"-c", conf, "--udp-backend", ubackend, "--nat-ip", "127.0.0.1",
-                          "--nat-ports", "24520-24521", "--log-level", "warn", NULL};
+    char conf[64];
+    const char *args[] = {"-c",        conf,          "--udp-backend", ubackend,      "--nat-ip",
+                          "127.0.0.1", "--nat-ports", "24520-24521",   "--log-level", "warn",
+                          NULL};
     int sub, fds[3];
     json_t *r, *ev;
     FILE *f;
@@ -857,11 +893,7 @@ Test(ctl_limits, refuse_and_expire_events, .init = no_setup, .fini = no_teardown
         fds[i] = ctl_udp_socket("127.0.0.11", 0, 500);
         cr_assert_eq(ctl_udp_roundtrip(fds[i], gwd.port, "x") == 0, i < 2, "flow %d", i);
     }
-    line = ctl_read_line(sub, 5000, 1 << 20);
-    cr_assert_not_null(line);
-    ev = json_loads(line, 0, NULL);
-    free(line);
-    cr_assert_str_eq(json_string_value(json_object_get(ev, "event")), "refuse");
+    ev = read_event(sub, 5000, "refuse");
     cr_assert_str_eq(json_string_value(json_object_get(ev, "reason")), "pool_exhausted");
     cr_assert_str_eq(
         json_string_value(json_object_get(json_object_get(ev, "session"), "client_ip")),
@@ -873,11 +905,7 @@ Test(ctl_limits, refuse_and_expire_events, .init = no_setup, .fini = no_teardown
     json_decref(r);
     /* the two live mappings time out: two expire events */
     for (int i = 0; i < 2; i++) {
-        line = ctl_read_line(sub, 10000, 1 << 20);
-        cr_assert_not_null(line, "expire %d", i);
-        ev = json_loads(line, 0, NULL);
-        free(line);
-        cr_assert_str_eq(json_string_value(json_object_get(ev, "event")), "expire");
+        ev = read_event(sub, 10000, "expire");
         cr_assert_str_eq(json_string_value(json_object_get(ev, "reason")), "timeout");
         json_decref(ev);
     }

@@ -706,3 +706,42 @@ Test(db_writer, coalescing_in_a_batch_writes_the_same_rows)
                           "2,established,20001,2026-11-27T16:00:00.010Z,-,-,5,6");
     cr_assert_str_eq(many, one);
 }
+
+/* Log rows go in by groups (one multi-row INSERT for several rows): they
+ * keep batch order, and a row SQLite rejects is skipped alone, counted, while
+ * the rest of its group is written. */
+Test(db_writer, grouped_log_rows_keep_order_and_skip_only_a_bad_row)
+{
+    struct db_options o = topts(td.path);
+    o.flush_ms = 50;
+    struct db *db = topen(&o);
+    char err[256] = "";
+    /* A data error on one row: a trigger refusing session 37's close. */
+    cr_assert_eq(db_writer_exec(db,
+                                "CREATE TEMP TRIGGER refuse_37 BEFORE INSERT ON main.nat_events"
+                                " WHEN new.session_id = 37 AND new.event = 'close'"
+                                " BEGIN SELECT RAISE(ABORT, 'test'); END",
+                                err, sizeof(err)),
+                 0, "%s", err);
+    for (uint64_t id = 1; id <= 50; id++)
+        open_close(db, id, true);
+    cr_assert_eq(db_flush(db), 0);
+    struct db_stats st;
+    db_get_stats(db, &st);
+    cr_assert_eq(st.submitted, 100);
+    cr_assert_eq(st.skipped, 1);
+    cr_assert_eq(st.written, 99);
+    cr_assert_eq(db_close(db), 0);
+    cr_assert_eq(tquery_int(td.path, "SELECT count(*) FROM nat_events"), 99);
+    cr_assert_eq(tquery_int(td.path, "SELECT count(*) FROM nat_events WHERE session_id = 37"), 1);
+    /* Rows are in submission order: ids follow session ids, open before close. */
+    cr_assert_eq(tquery_int(td.path,
+                            "SELECT count(*) FROM nat_events a JOIN nat_events b ON b.id = a.id + 1"
+                            " WHERE b.session_id < a.session_id OR (b.session_id = a.session_id"
+                            " AND a.event <> 'open')"),
+                 0);
+    cr_assert_eq(
+        tquery_int(td.path, "SELECT count(*) FROM nat_sessions WHERE closed_at IS NOT NULL"), 50);
+    cr_assert_eq(tquery_int(td.path, "SELECT sum(bytes_in) FROM nat_events WHERE event = 'close'"),
+                 50 * 51 / 2 - 37);
+}

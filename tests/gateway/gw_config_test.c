@@ -285,3 +285,37 @@ Test(gw_config, partial_and_corrupted_input)
     cr_assert_eq(gw_config_parse(good, &cfg, err, sizeof(err)), 0, "%s", err);
     gw_config_free(cfg);
 }
+
+/* Pools may mix IPv4 and IPv6 servers: the default NAT addresses are one per
+ * family present, and an explicit nat.ips must cover every server's family. */
+Test(gw_config, mixed_families)
+{
+    char ip[NAT_ADDR_STRLEN];
+    struct gw_config *cfg = parse_ok(
+        "{\"backends\":[{\"name\":\"web\",\"proto\":\"tcp\",\"servers\":[\"[::1]:8080\","
+        "\"127.0.0.1:8081\"]},{\"name\":\"dns\",\"proto\":\"udp\",\"servers\":[\"[::1]:53\"]}]}");
+    cr_assert_eq(cfg->nat.n_ips, 2);
+    cr_assert_str_eq(nat_addr_format(&cfg->nat.ips[0], ip), "127.0.0.1");
+    cr_assert_str_eq(nat_addr_format(&cfg->nat.ips[1], ip), "::1");
+    gw_config_free(cfg);
+
+    cfg = parse_ok("{\"backends\":[{\"name\":\"web\",\"proto\":\"tcp\",\"servers\":["
+                   "\"[::1]:8080\"]}]}");
+    cr_assert_eq(cfg->nat.n_ips, 1);
+    cr_assert_str_eq(nat_addr_format(&cfg->nat.ips[0], ip), "::1");
+    gw_config_free(cfg);
+
+    cfg = parse_ok("{\"nat\":{\"ips\":[\"::1\",\"127.0.0.2\",\"127.0.0.1\"]},\"backends\":[{"
+                   "\"name\":\"web\",\"proto\":\"tcp\",\"servers\":[\"[::1]:8080\","
+                   "\"127.0.0.1:8081\"]}]}");
+    cr_assert_eq(cfg->nat.n_ips, 3);
+    gw_config_free(cfg);
+
+    parse_bad("{\"nat\":{\"ips\":[\"127.0.0.1\"]},\"backends\":[{\"name\":\"web\",\"proto\":"
+              "\"tcp\",\"servers\":[\"127.0.0.1:8081\",\"[::1]:8080\"]}]}",
+              "backends[0].servers[1]: [::1]:8080 is IPv6 and nat.ips has no IPv6 address");
+    parse_bad("{\"nat\":{\"ips\":[\"::1\"]},\"backends\":[{\"name\":\"web\",\"proto\":"
+              "\"tcp\",\"servers\":[\"[::1]:8080\"]},{\"name\":\"d\",\"proto\":\"udp\","
+              "\"servers\":[\"127.0.0.1:53\"]}]}",
+              "backends[1].servers[0]: 127.0.0.1:53 is IPv4 and nat.ips has no IPv4 address");
+}

@@ -551,3 +551,58 @@ Test(gw_relay, udp_reply_from_the_address_written_to_and_ipv6)
     cr_assert_eq(
         gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions WHERE client_ip='::1'", 2, 5000), 2);
 }
+
+/* One pool with an IPv4 and an IPv6 server: each is reached from the NAT
+ * address of its own family (gwd derives 127.0.0.1 and ::1), round robin. */
+Test(gw_relay, pool_mixing_ipv4_and_ipv6_servers)
+{
+    char json[512], cfgpath[256], line[128];
+    int v4 = 0, v6 = 0;
+
+    cr_assert_eq(gwt_backend_start(&be, &dir, "a", 0), 0);
+    int l6 = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(l6, 0);
+    struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    socklen_t al = sizeof(a6);
+    if (bind(l6, (struct sockaddr *)&a6, sizeof(a6)) < 0) {
+        close(l6);
+        cr_skip_test("no IPv6 loopback here");
+    }
+    cr_assert_eq(listen(l6, 16), 0);
+    cr_assert_eq(getsockname(l6, (struct sockaddr *)&a6, &al), 0);
+    snprintf(json, sizeof(json),
+             "{\"nat\":{\"ports\":\"21800-21899\"},\"backends\":[{\"name\":\"web\",\"proto\":"
+             "\"tcp\",\"servers\":[\"127.0.0.1:%u\",\"[::1]:%u\"],\"health\":{\"enabled\":"
+             "false}}]}",
+             be.port, ntohs(a6.sin6_port));
+    cr_assert_eq(gwt_write_file(&dir, "gwd.json", json), 0);
+    const char *args[] = {"-c", gwt_path(&dir, "gwd.json", cfgpath, sizeof(cfgpath)), NULL};
+    cr_assert_eq(gwd_start(&gwd, &dir, args, 0), 0);
+    for (int i = 0; i < 4; i++) {
+        int fd = gwt_tcp_connect("127.0.0.30", gwd.port);
+        cr_assert_geq(fd, 0);
+        /* Either the IPv4 backend greets the client with the peer it saw, or
+         * the IPv6 listener gets the connection (bounded wait: 5 s). */
+        struct pollfd p[2] = {{.fd = fd, .events = POLLIN}, {.fd = l6, .events = POLLIN}};
+        cr_assert_gt(poll(p, 2, 5000), 0, "flow %d reached no server", i);
+        if (p[1].revents & POLLIN) {
+            struct sockaddr_in6 peer;
+            socklen_t pl = sizeof(peer);
+            int c = accept(l6, (struct sockaddr *)&peer, &pl);
+            cr_assert_geq(c, 0);
+            cr_assert(IN6_IS_ADDR_LOOPBACK(&peer.sin6_addr), "IPv6 server saw a non-::1 peer");
+            cr_assert(ntohs(peer.sin6_port) >= 21800 && ntohs(peer.sin6_port) <= 21899,
+                      "IPv6 server saw port %u", ntohs(peer.sin6_port));
+            close(c);
+            v6++;
+        } else {
+            cr_assert_gt(gwt_read_line(fd, line, sizeof(line)), 0);
+            cr_assert(strncmp(line, "127.0.0.1:218", 13) == 0, "IPv4 server saw %s", line);
+            v4++;
+        }
+        close(fd);
+    }
+    close(l6);
+    cr_assert_eq(v4, 2);
+    cr_assert_eq(v6, 2);
+}

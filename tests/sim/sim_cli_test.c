@@ -6,6 +6,7 @@
  */
 #include <criterion/criterion.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -155,6 +156,100 @@ Test(sim_cli, model_svg, .fini = remove_tmp)
     unlink(path);
 }
 
+/* The whole of a file, NUL-terminated (caller frees). */
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    char *buf;
+    long size;
+
+    cr_assert_not_null(f, "%s", path);
+    fseek(f, 0, SEEK_END);
+    size = ftell(f);
+    rewind(f);
+    cr_assert_gt(size, 0);
+    buf = malloc((size_t)size + 1);
+    cr_assert_not_null(buf);
+    cr_assert_eq(fread(buf, 1, (size_t)size, f), (size_t)size);
+    buf[size] = '\0';
+    fclose(f);
+    return buf;
+}
+
+/* --udp-share: ports in use per protocol, each against the pool size, in the
+ * CSV, the JSON summary and the SVG legend. */
+Test(sim_cli, model_ports_per_protocol, .fini = remove_tmp)
+{
+    static const char hdr[] = "time_s,arrivals,opened,refused,refused_interval,active,ports_in_use,"
+                              "tcp_ports_in_use,udp_ports_in_use,ports_cooling,pool_use,"
+                              "tcp_pool_use,udp_pool_use,clients_active,ports_per_client_max,"
+                              "ports_per_client_mean\n";
+    char *path = strcpy(tmp_path, "/tmp/sim_cli_svg.XXXXXX");
+    char *out, *line, *save = NULL, *svg, err[4096];
+    int fd = mkstemp(path), rows = 0;
+    json_t *j;
+    json_error_t je;
+
+    cr_assert_geq(fd, 0);
+    close(fd);
+    /* 30 Erlangs on 10 ports per protocol: both pools full most of the time */
+    cr_assert_eq(run((char *[]){"model", "--nat-ports", "27000-27009", "--udp-share", "0.5",
+                                "--rate", "10", "--hold", "exp:3s", "--flows", "3000", "--csv",
+                                "-", "--interval", "1s", "--svg", path, NULL},
+                     &out, err, sizeof(err)),
+                 0, "%s", err);
+    cr_assert(strncmp(out, hdr, strlen(hdr)) == 0, "%.200s", out);
+    for (line = strtok_r(out + strlen(hdr), "\n", &save); line != NULL;
+         line = strtok_r(NULL, "\n", &save)) {
+        unsigned long long in_use, tcp, udp;
+        double pool, tpool, upool;
+        cr_assert_eq(sscanf(line, "%*[^,],%*[^,],%*[^,],%*[^,],%*[^,],%*[^,],%llu,%llu,%llu,%*[^,],"
+                                  "%lf,%lf,%lf,",
+                            &in_use, &tcp, &udp, &pool, &tpool, &upool),
+                     6, "%s", line);
+        cr_assert_eq(tcp + udp, in_use, "%s", line);
+        cr_assert(tcp <= 10 && udp <= 10 && pool <= 1.0, "%s", line);
+        cr_assert_float_eq(tpool, tcp / 10.0, 1e-6, "%s", line);
+        cr_assert_float_eq(upool, udp / 10.0, 1e-6, "%s", line);
+        cr_assert_float_eq(pool, fmax(tpool, upool), 1e-6, "%s", line);
+        rows++;
+    }
+    cr_assert_gt(rows, 100);
+    free(out);
+    svg = slurp(path);
+    cr_assert(strstr(svg, ">TCP ports in use</text>") != NULL);
+    cr_assert(strstr(svg, ">UDP ports in use</text>") != NULL);
+    free(svg);
+    cr_assert(strstr(err, "ports in use  tcp 10 of 10 (100.0%), udp 10 of 10 (100.0%)") != NULL,
+              "%s", err);
+
+    cr_assert_eq(run((char *[]){"model", "--nat-ports", "27000-27009", "--udp-share", "0.5",
+                                "--rate", "10", "--hold", "exp:3s", "--flows", "3000", "--json",
+                                NULL},
+                     &out, err, sizeof(err)),
+                 0, "%s", err);
+    j = json_loads(out, 0, &je);
+    free(out);
+    cr_assert_not_null(j, "%s", je.text);
+    cr_assert_eq(json_integer_value(json_object_get(j, "peak_tcp_ports_in_use")), 10);
+    cr_assert_eq(json_integer_value(json_object_get(j, "peak_udp_ports_in_use")), 10);
+    cr_assert_float_eq(json_real_value(json_object_get(j, "peak_tcp_pool_use")), 1.0, 1e-12);
+    cr_assert_float_eq(json_real_value(json_object_get(j, "peak_udp_pool_use")), 1.0, 1e-12);
+    cr_assert_gt(json_integer_value(json_object_get(j, "peak_ports_in_use")), 10);
+    json_decref(j);
+    /* TCP only: no UDP line in the chart */
+    cr_assert_eq(run((char *[]){"model", "--nat-ports", "27000-27009", "--flows", "500", "--svg",
+                                path, NULL},
+                     &out, err, sizeof(err)),
+                 0, "%s", err);
+    free(out);
+    svg = slurp(path);
+    cr_assert(strstr(svg, ">TCP ports in use</text>") != NULL);
+    cr_assert(strstr(svg, "UDP ports") == NULL);
+    free(svg);
+    unlink(path);
+}
+
 Test(sim_cli, model_trace, .fini = remove_tmp)
 {
     char *path = strcpy(tmp_path, "/tmp/sim_cli_trace.XXXXXX");
@@ -254,6 +349,32 @@ Test(sim_cli, clients_gateway_name_and_src_auto, .timeout = 60)
     cr_assert_eq(json_integer_value(json_object_get(j, "ok")), 8);
     cr_assert_eq(json_integer_value(json_object_get(j, "client_ips")), 1);
     cr_assert_eq(json_integer_value(json_object_get(j, "client_tuples")), 8);
+    json_decref(j);
+    cr_assert_eq(sim_proc_stop(&be, 3000), 0);
+}
+
+/* Toward a gateway that is not an IPv4 loopback address the sources default
+ * to auto: here [::1] (skipped where the machine has no IPv6 loopback). */
+Test(sim_cli, clients_src_auto_default_ipv6, .timeout = 60)
+{
+    char *bargv[] = {GWSIM_PATH, "backend", "--tcp", "--bind", "::1", NULL};
+    struct sim_proc be;
+    unsigned t, u;
+    char gw[48];
+    json_t *j;
+
+    cr_assert_eq(sim_proc_start(&be, bargv, "/dev/null"), 0);
+    if (sim_proc_wait_line(&be, "listening", 5000) < 0) {
+        sim_proc_stop(&be, 3000);
+        cr_skip_test("no IPv6 loopback here");
+    }
+    cr_assert_eq(sim_parse_listening(be.ready, &t, &u), 0);
+    snprintf(gw, sizeof(gw), "[::1]:%u", t);
+    j = clients_json(0, (char *[]){"clients", "--gateway", gw, "--clients", "3", "--json", NULL});
+    cr_assert_str_eq(json_string_value(json_object_get(j, "gateway")), gw);
+    cr_assert_eq(json_integer_value(json_object_get(j, "ok")), 3);
+    cr_assert_eq(json_integer_value(json_object_get(j, "client_ips")), 1);
+    cr_assert_eq(json_integer_value(json_object_get(j, "client_tuples")), 3);
     json_decref(j);
     cr_assert_eq(sim_proc_stop(&be, 3000), 0);
 }

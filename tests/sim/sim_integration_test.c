@@ -218,7 +218,7 @@ Test(sim_integration, clients_usage_and_unreachable, .timeout = 120, .fini = tea
 {
     struct world *w = &W;
     int st;
-    char *bad[][3] = {{"--gateway", "nowhere:80", NULL},
+    char *bad[][3] = {{"--gateway", "no where:80", NULL}, /* refused before any DNS query */
                       {"--src-port", "fixed:0", NULL},
                       {"--proto", "sctp", NULL},
                       {"--clients", "0", NULL}};

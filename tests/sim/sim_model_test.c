@@ -190,6 +190,14 @@ static void count_sample(void *arg, const struct sim_model_sample *s)
 
     (*n)++;
     cr_assert_leq(s->ports_in_use, 20, "10 TCP + 10 UDP ports: one pool per protocol");
+    cr_assert_eq(s->tcp_ports_in_use + s->udp_ports_in_use, s->ports_in_use,
+                 "the per-protocol counts add up to libnat's");
+    cr_assert_leq(s->tcp_ports_in_use, 10);
+    cr_assert_leq(s->udp_ports_in_use, 10);
+    cr_assert_float_eq(s->tcp_pool_use, s->tcp_ports_in_use / 10.0, 1e-12);
+    cr_assert_float_eq(s->udp_pool_use, s->udp_ports_in_use / 10.0, 1e-12);
+    cr_assert_float_eq(s->pool_use, fmax(s->tcp_pool_use, s->udp_pool_use), 1e-12);
+    cr_assert_leq(s->pool_use, 1.0, "each protocol against its own pool");
     cr_assert_leq(s->refused_interval, s->refused);
 }
 
@@ -211,6 +219,12 @@ Test(sim_model, deterministic_and_sampled)
     cr_assert_eq(a.refused_total, b.refused_total);
     cr_assert_eq(na, nb);
     cr_assert_eq(na, a.samples);
+    /* 8 Erlangs, half TCP and half UDP, heavy-tailed holds, 10 ports per protocol:
+     * in this seeded run each pool is full at some sample, and together they hold
+     * more ports than one pool has */
+    cr_assert_eq(a.peak_tcp_ports_in_use, 10);
+    cr_assert_eq(a.peak_udp_ports_in_use, 10);
+    cr_assert_gt(a.peak_ports_in_use, 10);
     /* one sample per virtual second from 0, plus the final one */
     cr_assert_eq(a.samples, (uint64_t)floor(a.end_ms / 1000.0) + 2);
     c.seed++;
