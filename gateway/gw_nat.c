@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include "gwd.h"
@@ -161,7 +162,9 @@ static void db_tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
     }
     uint64_t now = gw_loop_ms(loop);
     if (now - ctx->db_update_mark >= DB_UPDATE_EVERY) {
-        nat_foreach(ctx->nat, NULL, 0, update_one, ctx);
+        /* Order does not matter here: one pass in storage order. */
+        uint32_t cursor = 0;
+        nat_walk(ctx->nat, NULL, &cursor, 0, update_one, ctx);
         ctx->db_update_mark = now;
     }
 #else
@@ -237,7 +240,9 @@ int gw_nat_start(struct gw_ctx *ctx)
     if (ctx->cfg->db_path)
         gw_log(GW_LOG_WARN, "built without the store: --db %s ignored", ctx->cfg->db_path);
 #endif
-    if (nc.seed == 0)
+    /* The seed also keys libnat's hash indexes: unless the operator pins
+     * it, take it from the kernel so clients cannot aim at one bucket. */
+    if (nc.seed == 0 && getrandom(&nc.seed, sizeof(nc.seed), GRND_NONBLOCK) != sizeof(nc.seed))
         nc.seed = gw_now_ms() ^ ((uint64_t)getpid() << 32);
     err = nat_table_new(&ctx->nat, &nc);
     if (err != NAT_OK) {

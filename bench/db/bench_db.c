@@ -156,8 +156,9 @@ int main(int argc, char **argv)
             keep = true;
             break;
         default:
-            fprintf(stderr, "usage: bench_db [-n EVENTS] [-q QUEUE] [-b BATCH] [-c CACHE_KIB] [-d DIR] "
-                            "[-k]\n");
+            fprintf(stderr,
+                    "usage: bench_db [-n EVENTS] [-q QUEUE] [-b BATCH] [-c CACHE_KIB] [-d DIR] "
+                    "[-k]\n");
             return 2;
         }
     }
