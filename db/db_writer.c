@@ -139,6 +139,7 @@ struct db {
     sqlite3_stmt *stmt[STMT_COUNT];
     uint64_t max_session_id;
     uint64_t restart_closed;
+    int ckpt_pages, wal_max_pages; /* CKPT_BYTES, WAL_MAX_BYTES in this file's pages */
     pthread_t thread;
 
     /* Writer-thread state. */
@@ -1194,25 +1195,25 @@ static int open_connection(struct db *db, char *err, size_t errlen)
  * auto-checkpoint) they would hold up the next batch. A PASSIVE checkpoint
  * runs beside the writer's transactions; the WAL restarts from its start once
  * a checkpoint has caught up. The writer's WAL hook asks for one every
- * CKPT_PAGES pages.
+ * CKPT_BYTES of WAL (2000 pages of 4 KiB, 1000 of 8 KiB).
  */
-#define CKPT_PAGES 2000
+#define CKPT_BYTES (2000 * 4096)
 /*
  * Under sustained load the background checkpoint never quite catches up
  * (the writer appends while it copies), and the WAL only restarts from its
- * beginning after a checkpoint has copied every frame. Past WAL_MAX_PAGES
- * (64 MiB) the writer checkpoints itself, right after its commit: nobody
- * appends meanwhile, so it completes, and what is left to copy is only what
- * the background one has not copied yet.
+ * beginning after a checkpoint has copied every frame. Past WAL_MAX_BYTES
+ * the writer checkpoints itself, right after its commit: nobody appends
+ * meanwhile, so it completes, and what is left to copy is only what the
+ * background one has not copied yet.
  */
-#define WAL_MAX_PAGES 16384
+#define WAL_MAX_BYTES (64 * 1024 * 1024)
 
 static int wal_hook(void *arg, sqlite3 *conn, const char *name, int pages)
 {
     struct db *db = arg;
-    if (pages >= WAL_MAX_PAGES)
+    if (pages >= db->wal_max_pages)
         sqlite3_wal_checkpoint_v2(conn, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-    else if (pages >= CKPT_PAGES && !atomic_exchange(&db->ckpt_asked, 1))
+    else if (pages >= db->ckpt_pages && !atomic_exchange(&db->ckpt_asked, 1))
         sem_post(&db->ckpt_sem);
     return SQLITE_OK;
 }
@@ -1236,6 +1237,14 @@ static int ckpt_start(struct db *db, char *err, size_t errlen)
 {
     if (strcmp(db->path, ":memory:") == 0)
         return 0;
+    int page = 4096;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db->conn, "PRAGMA page_size", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0) >= 512)
+        page = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    db->ckpt_pages = CKPT_BYTES / page;
+    db->wal_max_pages = WAL_MAX_BYTES / page;
     int rc = sqlite3_open_v2(db->path, &db->ckpt_conn, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
                              NULL);
     if (rc != SQLITE_OK) {
