@@ -594,6 +594,15 @@ static void coalesce(struct db *db)
     }
 }
 
+/* True when a write of session `id` is staged in db->se_pending. */
+static bool session_staged(const struct db *db, uint64_t id)
+{
+    for (uint32_t i = 0; i < db->se_n; i++)
+        if (db->se_pending[i]->id == id)
+            return true;
+    return false;
+}
+
 /* Writes the batch in one transaction. Returns SQLITE_OK or the failure
  * (the transaction is then rolled back and the batch kept). */
 static int write_batch(struct db *db, uint64_t *skipped)
@@ -621,8 +630,8 @@ static int write_batch(struct db *db, uint64_t *skipped)
         }
         if (r->no_session)
             continue;
-        /* An update applies after the session writes staged before it. */
-        if ((rc = flush_sessions(db, skipped)) != SQLITE_OK)
+        /* An update applies after a staged write of its own session. */
+        if (session_staged(db, r->id) && (rc = flush_sessions(db, skipped)) != SQLITE_OK)
             goto out_rollback;
         rc = apply_update(db, r);
         if (rc == SQLITE_OK)

@@ -60,6 +60,16 @@ static json_t *call(const char *line)
     return r;
 }
 
+/* Sends `line`, returns the integer at `path` of the result (-1 when missing). */
+static int64_t call_int(const char *line, const char *path)
+{
+    json_t *r = call(line);
+    int64_t v = ctl_jint(ctl_result(r), path);
+
+    json_decref(r);
+    return v;
+}
+
 /* Checks that reply r (consumed) is an error with `code`. */
 static void expect_code(json_t *r, const char *code)
 {
@@ -90,9 +100,7 @@ static int64_t wait_stat(const char *path, int64_t want)
     int64_t n = -1;
 
     for (int i = 0; i < 250; i++) {
-        json_t *r = call("{\"cmd\":\"show stats\"}");
-        n = ctl_jint(ctl_result(r), path);
-        json_decref(r);
+        n = call_int("{\"cmd\":\"show stats\"}", path);
         if (n == want)
             break;
         usleep(20000);
@@ -294,25 +302,17 @@ Test(ctl_daemon, show_backends_and_config)
 Test(ctl_daemon, flush_nat_closes_what_matches)
 {
     int a[2], b[3];
-    json_t *r;
 
     udp_flows(a, 2, "127.0.0.2");
     udp_flows(b, 3, "127.0.0.3");
-    r = call("{\"cmd\":\"flush nat\",\"args\":{\"client\":\"127.0.0.2\"}}");
-    cr_assert_eq(ctl_jint(ctl_result(r), "closed"), 2);
-    json_decref(r);
+    cr_assert_eq(call_int("{\"cmd\":\"flush nat\",\"args\":{\"client\":\"127.0.0.2\"}}", "closed"),
+                 2);
     cr_assert_eq(total_of("{}"), 3);
-    r = call("{\"cmd\":\"flush nat\",\"args\":{\"proto\":\"tcp\"}}");
-    cr_assert_eq(ctl_jint(ctl_result(r), "closed"), 0);
-    json_decref(r);
+    cr_assert_eq(call_int("{\"cmd\":\"flush nat\",\"args\":{\"proto\":\"tcp\"}}", "closed"), 0);
     expect_code(call("{\"cmd\":\"flush nat\",\"args\":{\"backend\":\"zz\"}}"), "not_found");
-    r = call("{\"cmd\":\"flush nat\"}");
-    cr_assert_eq(ctl_jint(ctl_result(r), "closed"), 3);
-    json_decref(r);
+    cr_assert_eq(call_int("{\"cmd\":\"flush nat\"}", "closed"), 3);
     cr_assert_eq(total_of("{}"), 0);
-    r = call("{\"cmd\":\"show stats\"}");
-    cr_assert_eq(ctl_jint(ctl_result(r), "mappings.closed"), 5);
-    json_decref(r);
+    cr_assert_eq(call_int("{\"cmd\":\"show stats\"}", "mappings.closed"), 5);
     close_fds(a, 2);
     close_fds(b, 3);
 }
@@ -386,9 +386,7 @@ Test(ctl_daemon, subscribe_streams_open_close_and_health)
 
     /* a draining pool refuses the next flow: a refuse event? (no_server is not a NAT
      * refusal; only the counters say it) -- then the subscriber leaves */
-    r = call("{\"cmd\":\"show stats\"}");
-    cr_assert_eq(ctl_jint(ctl_result(r), "control.subscribers"), 1);
-    json_decref(r);
+    cr_assert_eq(call_int("{\"cmd\":\"show stats\"}", "control.subscribers"), 1);
     close(sub);
     close(fd);
     cr_assert_eq(wait_stat("control.subscribers", 0), 0,
@@ -496,9 +494,7 @@ Test(ctl_daemon, overlong_line_is_refused_and_cut)
     cr_assert_null(ctl_read_line(fd, 10000, 1 << 20), "then the connection is closed");
     close(fd);
     free(big);
-    r = call("{\"cmd\":\"show stats\"}");
-    cr_assert_eq(ctl_jint(ctl_result(r), "control.cut_line_too_long"), 1);
-    json_decref(r);
+    cr_assert_eq(call_int("{\"cmd\":\"show stats\"}", "control.cut_line_too_long"), 1);
 }
 
 Test(ctl_daemon, a_line_of_exactly_the_limit_is_read)
@@ -649,7 +645,6 @@ Test(ctl_limits, a_client_that_never_reads_is_cut, .init = no_setup, .fini = no_
 {
     const char *env[] = {"GW_CONTROL_OUT_MAX=131072", NULL};
     int fd, flags;
-    json_t *r;
     const char *req = "{\"cmd\":\"show config\"}\n{\"cmd\":\"show stats\"}\n";
     size_t sent = 0;
     uint64_t t0;
@@ -674,9 +669,7 @@ Test(ctl_limits, a_client_that_never_reads_is_cut, .init = no_setup, .fini = no_
     }
     cr_assert_lt(ctl_now_us() - t0, 60000000, "gwd cut the client off");
     close(fd);
-    r = call("{\"cmd\":\"show stats\"}");
-    cr_assert_eq(ctl_jint(ctl_result(r), "control.cut_overflow"), 1);
-    json_decref(r);
+    cr_assert_eq(call_int("{\"cmd\":\"show stats\"}", "control.cut_overflow"), 1);
     (void)sent;
 }
 

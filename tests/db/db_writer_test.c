@@ -745,3 +745,35 @@ Test(db_writer, grouped_log_rows_keep_order_and_skip_only_a_bad_row)
     cr_assert_eq(tquery_int(td.path, "SELECT sum(bytes_in) FROM nat_events WHERE event = 'close'"),
                  50 * 51 / 2 - 37);
 }
+
+/* Staged session writes and updates keep their order: an update that comes
+ * after its session's close (in the same batch) changes nothing. */
+Test(db_writer, update_after_close_in_a_batch_changes_nothing)
+{
+    struct db_options o = topts(td.path);
+    o.flush_ms = 50;
+    struct db *db = topen(&o);
+    for (uint64_t id = 1; id <= 40; id++)
+        open_close(db, id, false);
+    cr_assert_eq(db_flush(db), 0);
+    for (uint64_t id = 1; id <= 40; id++) {
+        char cip[32];
+        snprintf(cip, sizeof(cip), "10.1.%u.%u", (unsigned)(id / 250 % 250), (unsigned)(id % 250));
+        struct nat_event ev = tev(NAT_EV_CLOSE, id, NAT_PROTO_TCP, cip, 40000, "192.0.2.1",
+                                  (uint16_t)(20000 + id), T0 + id + 500, "client_fin");
+        ev.s.opened_at = T0 + id;
+        ev.s.bytes_in = id;
+        submit_retry(db, &ev, "web");
+        struct nat_session s = ev.s;
+        s.state = NAT_STATE_ESTABLISHED;
+        s.ext.port = 30000;
+        s.bytes_in = 999;
+        s.last_seen = T0 + id + 900;
+        cr_assert_eq(db_submit_update(db, &s), 0);
+    }
+    cr_assert_eq(db_close(db), 0);
+    cr_assert_eq(tquery_int(td.path, "SELECT count(*) FROM nat_sessions WHERE state = 'closed'"
+                                     " AND close_reason = 'client_fin' AND nat_port = 20000 + id"
+                                     " AND bytes_in = id"),
+                 40);
+}
