@@ -192,7 +192,7 @@ static enum ctl_err parse_nat_arg(struct ctl_error *err, const char *key, json_t
                                   struct ctl_nat_query *q, bool paged)
 {
     struct nat_filter *f = &q->filter;
-    uint64_t u;
+    uint64_t u = 0;
     enum ctl_err rc;
 
     if (strcmp(key, "proto") == 0) {
@@ -347,7 +347,7 @@ static enum ctl_err parse_clients_args(struct ctl_error *err, json_t *args,
 {
     const char *key;
     json_t *v;
-    uint64_t u;
+    uint64_t u = 0;
     enum ctl_err rc;
 
     a->limit = 10;
