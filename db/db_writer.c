@@ -44,6 +44,8 @@ struct db_rec {
     char backend[DB_NAME_MAX];
     /* Writer-side only (set after the record leaves the ring): */
     uint32_t end;    /* OPEN: 1 + batch index of its CLOSE/EXPIRE in this batch, or 0 */
+    uint32_t moved;  /* OPEN: 1 + batch index of the latest record in this batch with its
+                        current nat address (REPICK, UPDATE), or 0 */
     bool no_session; /* the session row is written by an earlier OPEN of this batch */
 };
 
@@ -112,7 +114,8 @@ static const char *const stmt_sql[STMT_COUNT] = {
         " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
         " ON CONFLICT(id) DO UPDATE SET state = excluded.state, last_seen = excluded.last_seen,"
         " closed_at = excluded.closed_at, close_reason = excluded.close_reason,"
-        " bytes_in = excluded.bytes_in, bytes_out = excluded.bytes_out",
+        " bytes_in = excluded.bytes_in, bytes_out = excluded.bytes_out,"
+        " nat_ip = excluded.nat_ip, nat_port = excluded.nat_port", /* a REPICK moves the port */
     [STMT_UPSERT_SESSIONS] = NULL,
     [STMT_UPDATE_SESSION] =
         "UPDATE nat_sessions SET state = ?2, last_seen = ?3, bytes_in = ?4, bytes_out = ?5,"
@@ -325,6 +328,7 @@ static uint32_t ring_drain(struct db *db, uint32_t max)
             break; /* empty, or a producer is still copying into it */
         db->batch[db->batch_n + n] = c->rec;
         db->batch[db->batch_n + n].end = 0;
+        db->batch[db->batch_n + n].moved = 0;
         db->batch[db->batch_n + n].no_session = false;
         atomic_store_explicit(&c->seq, pos + db->mask + 1, memory_order_release);
         pos++;
@@ -342,8 +346,7 @@ static bool ring_empty(struct db *db)
 
 static const char *event_name(uint8_t type)
 {
-    static const char *const names[NAT_EV_COUNT] = {"open", "close", "expire", "refuse"};
-    return type < NAT_EV_COUNT ? names[type] : "unknown";
+    return type < NAT_EV_COUNT ? nat_event_name((enum nat_event_type)type) : "unknown";
 }
 
 /* Formats a 16-byte address into buf (NAT_ADDR_STRLEN); returns its length. */
@@ -469,8 +472,9 @@ static void bind_session(const struct db *db, sqlite3_stmt *st, int base, struct
     sqlite3_bind_text(st, base + 2, db__proto_name(r->proto), -1, SQLITE_STATIC);
     sqlite3_bind_text(st, base + 3, e->client, addr_text(r->client, e->client), SQLITE_STATIC);
     sqlite3_bind_int(st, base + 4, r->client_port);
-    sqlite3_bind_text(st, base + 5, e->nat, addr_text(r->nat, e->nat), SQLITE_STATIC);
-    sqlite3_bind_int(st, base + 6, r->nat_port);
+    const struct db_rec *at = r->moved != 0 ? &db->batch[r->moved - 1] : r;
+    sqlite3_bind_text(st, base + 5, e->nat, addr_text(at->nat, e->nat), SQLITE_STATIC);
+    sqlite3_bind_int(st, base + 6, at->nat_port);
     sqlite3_bind_text(st, base + 7, r->backend, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, base + 8, e->dst, addr_text(r->dst, e->dst), SQLITE_STATIC);
     sqlite3_bind_int(st, base + 9, r->dst_port);
@@ -584,11 +588,15 @@ static void coalesce(struct db *db)
             o->last_seen = r->last_seen;
             o->bytes_in = r->bytes_in;
             o->bytes_out = r->bytes_out;
-            o->nat_port = r->nat_port;
-            memcpy(o->nat, r->nat, 16);
+            o->moved = i + 1;
             r->no_session = true;
         } else if (r->type == NAT_EV_CLOSE || r->type == NAT_EV_EXPIRE) {
             o->end = i + 1;
+            r->no_session = true;
+        } else if (r->type == NAT_EV_REPICK) {
+            /* The session moved to another port before its row was written:
+             * the row gets the new port; the log keeps both. */
+            o->moved = i + 1;
             r->no_session = true;
         }
     }

@@ -491,6 +491,35 @@ Test(db_writer, close_without_its_open_still_makes_the_row)
     cr_assert_str_eq(b, "2026-11-27T16:00:01.000Z,2026-11-27T16:00:05.000Z,63");
 }
 
+/* gwd's bind found the port busy (EADDRINUSE) and libnat gave the session
+ * another: the log keeps both, the session row ends with the new port. */
+Test(db_writer, repick_moves_the_session_port_and_is_logged)
+{
+    struct db_options o = topts(td.path);
+    struct db *db = topen(&o);
+    struct nat_event op = tev(NAT_EV_OPEN, 7, NAT_PROTO_TCP, "10.0.0.7", 7777, "192.0.2.1", 20007,
+                              T0 + 1000, NULL);
+    struct nat_event rp = tev(NAT_EV_REPICK, 7, NAT_PROTO_TCP, "10.0.0.7", 7777, "192.0.2.1",
+                              20008, T0 + 1001, "eaddrinuse");
+    rp.s.state = NAT_STATE_NEW;
+    rp.s.opened_at = T0 + 1000;
+    struct nat_event cl = tev(NAT_EV_CLOSE, 7, NAT_PROTO_TCP, "10.0.0.7", 7777, "192.0.2.1",
+                              20008, T0 + 3000, "client_fin");
+    cr_assert_eq(db_submit(db, &op, "web"), 0);
+    cr_assert_eq(db_submit(db, &rp, "web"), 0);
+    cr_assert_eq(db_flush(db), 0); /* the row is written with the new port */
+    cr_assert_eq(db_submit(db, &cl, "web"), 0);
+    cr_assert_eq(db_close(db), 0);
+    char b[256];
+    tquery_text(td.path, "SELECT nat_port||','||state FROM nat_sessions WHERE id = 7", b, sizeof(b));
+    cr_assert_str_eq(b, "20008,closed");
+    tquery_text(td.path,
+                "SELECT group_concat(event||':'||nat_port, ' ') FROM "
+                "(SELECT event, nat_port FROM nat_events WHERE session_id = 7 ORDER BY id)",
+                b, sizeof(b));
+    cr_assert_str_eq(b, "open:20007 repick:20008 close:20008");
+}
+
 static uint64_t fake_now;
 
 static uint64_t fake_clock(void *arg)
