@@ -14,65 +14,36 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static const uint8_t v4_mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+/* Addresses and names: libnat's, on the 16-byte arrays the store keeps. */
 
 char *db__addr_format(const uint8_t a[16], char *buf)
 {
-    if (memcmp(a, v4_mapped_prefix, 12) == 0) {
-        char *p = buf;
-        for (int i = 12; i < 16; i++) {
-            unsigned v = a[i];
-            if (v >= 100)
-                *p++ = (char)('0' + v / 100);
-            if (v >= 10)
-                *p++ = (char)('0' + v / 10 % 10);
-            *p++ = (char)('0' + v % 10);
-            *p++ = i < 15 ? '.' : '\0';
-        }
-        return buf;
-    }
-    if (inet_ntop(AF_INET6, a, buf, NAT_ADDR_STRLEN) == NULL)
-        buf[0] = '\0';
-    return buf;
+    struct nat_addr x;
+    memcpy(x.b, a, 16);
+    return nat_addr_format(&x, buf);
 }
 
 int db__addr_parse(const char *s, uint8_t out[16])
 {
-    uint8_t tmp[16];
-    if (s == NULL)
+    struct nat_addr x;
+    if (s == NULL || nat_addr_parse(&x, s) != 0)
         return -1;
-    if (inet_pton(AF_INET, s, tmp + 12) == 1) {
-        memcpy(tmp, v4_mapped_prefix, 12);
-    } else if (inet_pton(AF_INET6, s, tmp) != 1) {
-        return -1;
-    }
-    memcpy(out, tmp, 16);
+    memcpy(out, x.b, 16);
     return 0;
 }
 
 bool db__addr_in_prefix(const uint8_t a[16], const uint8_t net[16], unsigned plen)
 {
-    if (plen > 128)
-        plen = 128;
-    unsigned full = plen / 8, rest = plen % 8;
-    if (memcmp(a, net, full) != 0)
-        return false;
-    if (rest == 0)
-        return true;
-    uint8_t mask = (uint8_t)(0xff << (8 - rest));
-    return (a[full] & mask) == (net[full] & mask);
+    struct nat_addr x, n;
+    memcpy(x.b, a, 16);
+    memcpy(n.b, net, 16);
+    return nat_addr_in_prefix(&x, &n, (uint8_t)(plen > 128 ? 128 : plen));
 }
 
 const char *db__proto_name(uint8_t proto)
 {
-    switch (proto) {
-    case NAT_PROTO_TCP:
-        return "tcp";
-    case NAT_PROTO_UDP:
-        return "udp";
-    default:
-        return "";
-    }
+    const char *name = nat_proto_name(proto);
+    return name ? name : "";
 }
 
 uint8_t db__proto_parse(const char *s)
@@ -88,10 +59,7 @@ uint8_t db__proto_parse(const char *s)
 
 const char *db__state_name(int st)
 {
-    static const char *const names[] = {"new", "established", "closing", "closed"};
-    if (st < 0 || st >= (int)(sizeof(names) / sizeof(names[0])))
-        return "";
-    return names[st];
+    return st < 0 || st >= NAT_STATE_COUNT ? "" : nat_state_name((enum nat_state)st);
 }
 
 void db__err(char *err, size_t errlen, const char *fmt, ...)
