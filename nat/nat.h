@@ -335,8 +335,9 @@ void nat_session_close(struct nat_table *t, struct nat_session *s, uint64_t now,
 /*
  * Expires sessions whose timeout has passed at `now`, at most `budget` of them
  * (0 = no limit), emitting EXPIRE for each. Returns how many expired. Cost is
- * proportional to the sessions expired plus the time elapsed since the last
- * call (timer wheel), never to the table size.
+ * proportional to the sessions expired, never to the table size: sessions of
+ * one timeout class share one timeout, so one list per class kept in order
+ * of last activity is already in deadline order.
  */
 size_t nat_expire(struct nat_table *t, uint64_t now, size_t budget);
 
