@@ -28,18 +28,25 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-start_backend() { # name -> prints its port
+# Starts a demo backend in this shell (so its PID is ours to stop) and sets
+# `port_of` to the port it reports.
+start_backend() { # name
     local name=$1 out=run/$1.out
     "$bin/sim/gwsim" backend --tcp --udp --port 0 --bind 127.0.0.1 --name "$name" >"$out" 2>&1 &
     pids+=($!)
+    port_of=""
     for _ in $(seq 50); do
-        grep -q '^listening' "$out" 2>/dev/null && break
+        port_of=$(sed -n 's/^listening tcp=\([0-9]*\).*/\1/p' "$out")
+        [ -n "$port_of" ] && return 0
         sleep 0.1
     done
-    sed -n 's/^listening tcp=\([0-9]*\).*/\1/p' "$out"
+    echo "gw demo: backend $name did not start; see $out" >&2
+    exit 1
 }
-p1=$(start_backend web1)
-p2=$(start_backend web2)
+start_backend web1
+p1=$port_of
+start_backend web2
+p2=$port_of
 
 echo "gw demo: gwd on port $port (TCP and UDP), backends web1=127.0.0.1:$p1 web2=127.0.0.1:$p2"
 echo "  try: curl http://127.0.0.1:$port/   |   $bin/sim/gwsim clients --gateway 127.0.0.1:$port --clients 100 --ips 10"
