@@ -4,6 +4,8 @@
  */
 #include "gateway/gw_ctlproto.h"
 
+#include "db/db.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -522,6 +524,22 @@ char *ctl_reply_ok(const json_t *id, json_t *result, size_t *len)
     return dump_line(o, len);
 }
 
+/* The message as a JSON string. jansson's parse errors quote the input,
+ * which need not be UTF-8 (json_string refuses it): such bytes become '?'. */
+static json_t *message_json(const char *m)
+{
+    json_t *s = json_string(m);
+    char buf[512];
+    size_t i;
+
+    if (s)
+        return s;
+    for (i = 0; m[i] != '\0' && i < sizeof(buf) - 1; i++)
+        buf[i] = (unsigned char)m[i] < 0x80 ? m[i] : '?';
+    buf[i] = '\0';
+    return json_string(buf);
+}
+
 char *ctl_reply_error(const json_t *id, enum ctl_err code, const char *message, size_t *len)
 {
     json_t *o = json_object(), *e = json_object();
@@ -529,7 +547,7 @@ char *ctl_reply_error(const json_t *id, enum ctl_err code, const char *message, 
     if (!o || !e)
         goto fail;
     if (json_object_set_new(e, "code", json_string(ctl_err_name(code))) < 0 ||
-        json_object_set_new(e, "message", json_string(message ? message : "")) < 0)
+        json_object_set_new(e, "message", message_json(message ? message : "")) < 0)
         goto fail;
     if (json_object_set_new(o, "id", id ? json_copy((json_t *)(uintptr_t)id) : json_null()) < 0 ||
         json_object_set_new(o, "ok", json_false()) < 0 || json_object_set_new(o, "error", e) < 0) {
@@ -595,40 +613,9 @@ int ctl_json_quote(char *buf, size_t size, const char *s)
 /* 9999-12-31T23:59:59.999Z: the last time that keeps the fixed width. */
 #define CTL_TIME_MAX_MS 253402300799999ULL
 
-/* Writes v as exactly n decimal digits (v below 10^n). */
-static void put_digits(char *p, unsigned v, int n)
-{
-    for (int i = n - 1; i >= 0; i--) {
-        p[i] = (char)('0' + v % 10);
-        v /= 10;
-    }
-}
-
 char *ctl_time_format(uint64_t ms, char *buf)
 {
-    struct tm tm;
-    time_t t;
-
-    if (ms > CTL_TIME_MAX_MS)
-        ms = CTL_TIME_MAX_MS;
-    t = (time_t)(ms / 1000);
-    gmtime_r(&t, &tm);
-    put_digits(buf, (unsigned)(tm.tm_year + 1900), 4);
-    buf[4] = '-';
-    put_digits(buf + 5, (unsigned)(tm.tm_mon + 1), 2);
-    buf[7] = '-';
-    put_digits(buf + 8, (unsigned)tm.tm_mday, 2);
-    buf[10] = 'T';
-    put_digits(buf + 11, (unsigned)tm.tm_hour, 2);
-    buf[13] = ':';
-    put_digits(buf + 14, (unsigned)tm.tm_min, 2);
-    buf[16] = ':';
-    put_digits(buf + 17, (unsigned)tm.tm_sec, 2);
-    buf[19] = '.';
-    put_digits(buf + 20, (unsigned)(ms % 1000), 3);
-    buf[23] = 'Z';
-    buf[24] = '\0';
-    return buf;
+    return db_time_format(ms, buf); /* the store's form: one format everywhere */
 }
 
 /* Reads exactly n digits at *p into *out, advancing *p. */
