@@ -469,3 +469,17 @@ Test(ctl_proto, default_socket_path_rule)
     }
     unsetenv("GW_SOCKET");
 }
+
+/* Found by ctl_fuzz_request: jansson's parse error quotes the input, and a
+ * message that is not UTF-8 made the reply NULL (no answer at all). */
+Test(ctl_proto, error_reply_with_bytes_that_are_not_utf8)
+{
+    size_t len = 0;
+    char *reply = ctl_reply_error(NULL, CTL_ERR_BAD_JSON, "near '\xff\xfe' at column 3", &len);
+
+    cr_assert_not_null(reply);
+    cr_assert_str_eq(reply, "{\"id\":null,\"ok\":false,\"error\":{\"code\":\"bad_json\","
+                            "\"message\":\"near '?" "?' at column 3\"}}\n");
+    cr_assert_eq(len, strlen(reply));
+    free(reply);
+}
