@@ -30,7 +30,7 @@
 #include "nat/nat.h"
 
 /* The schema version this build writes (PRAGMA user_version). */
-#define DB_SCHEMA_VERSION 2
+#define DB_SCHEMA_VERSION 3
 /* PRAGMA application_id of a gw store ("gwDB"): how a gw file is told apart. */
 #define DB_APPLICATION_ID 0x67774442
 
@@ -85,7 +85,7 @@ struct db_options {
 
 /*
  * Fills *o with the defaults: path NULL (caller sets it), queue 32768
- * records (about 6.5 MiB), flush 10 ms, batch up to 16384, retention 7 days, prune
+ * records (about 6.5 MiB), flush 50 ms, batch up to 16384, retention 7 days, prune
  * every 10 s in steps of 2000 rows, retry 200 ms, close timeout 5 s, busy
  * timeout 100 ms, an 8 MiB page cache.
  */

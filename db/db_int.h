@@ -44,8 +44,9 @@ uint64_t db__wall_ms(void);
  */
 int db__schema_check(sqlite3 *conn, const char *path, int *version, char *err, size_t errlen);
 
-/* Brings an empty or older store to DB_SCHEMA_VERSION, one transaction per
- * step. Returns 0 or -EIO with err filled. */
+/* Brings an empty or older store to DB_SCHEMA_VERSION, all steps in one
+ * transaction. Needs db__register_functions() on conn (step 3 calls
+ * gw_whois_key). Returns 0 or -EIO with err filled. */
 int db__schema_migrate(sqlite3 *conn, int from, char *err, size_t errlen);
 
 /* Registers gw_in_prefix(ip_text, net_blob, plen) and gw_ip_key(ip_text) on
@@ -59,6 +60,28 @@ int db__register_functions(sqlite3 *conn);
  * already initialised by someone else.
  */
 void db__sqlite_setup(void);
+
+/*
+ * nat_sessions.whois_key of a session held from opened_ms to closed_ms (see
+ * docs/store.md, "Indexes"): with o and c the two times in whole seconds
+ * (clamped like db_time_format) and L the bit length of c - o (0 when
+ * c <= o), the key is (L << DB_WHOIS_SHIFT) | (c >> L). A session closed at
+ * c that covered time t (o <= t < c, in seconds o <= t <= c) has level L and
+ * c >> L in [t >> L, (t + 2^L - 1) >> L]: whois seeks at most two keys per
+ * level. Keys of one level grow with the close time, so new entries land at
+ * the end of each level's part of the index.
+ */
+#define DB_WHOIS_SHIFT 38 /* seconds up to 9999-12-31 fit in 38 bits */
+#define DB_WHOIS_LEVELS 39
+int64_t db__whois_key(uint64_t opened_ms, uint64_t closed_ms);
+
+/*
+ * The statement db_whois() runs (one, over nat_sessions_whois), into buf
+ * (1400 bytes are enough): ?1 nat_ip text, ?2 nat_port, ?3 the time as
+ * text, ?4 the protocol (only when `proto`), ?5 the time in whole seconds.
+ * Exposed for the query-plan test.
+ */
+void db__whois_sql(char *buf, size_t len, bool proto);
 
 /* Maps an SQLite result code to a negative errno. */
 int db__errno_of(int rc);

@@ -424,6 +424,24 @@ static int run_rows(struct db_reader *r, sqlite3_stmt *st,
     return n;
 }
 
+/*
+ * A read transaction around a count and its rows (when `on`), so that both
+ * see the same committed state while gwd writes (WAL: a reader keeps its
+ * snapshot until the transaction ends). read_end passes `rc` through.
+ */
+static void read_begin(struct db_reader *r, bool on)
+{
+    if (on)
+        sqlite3_exec(r->conn, "BEGIN", NULL, NULL, NULL);
+}
+
+static int read_end(struct db_reader *r, bool on, int rc)
+{
+    if (on && !sqlite3_get_autocommit(r->conn))
+        sqlite3_exec(r->conn, "COMMIT", NULL, NULL, NULL);
+    return rc;
+}
+
 struct session_ctx {
     db_session_fn fn;
     void *arg;
@@ -451,40 +469,68 @@ int db_query_sessions(struct db_reader *r, const struct db_session_query *q, db_
         db__strlcpy(r->err, "bad session query (unknown sort key or state)", sizeof(r->err));
         return rc;
     }
+    /* The count and the rows from one snapshot, while gwd writes. */
+    read_begin(r, total != NULL);
     if (total != NULL && (rc = count_rows(r, "nat_sessions", &w, total)) < 0)
-        return rc;
+        return read_end(r, total != NULL, rc);
     int64_t limit = q != NULL && q->limit != 0 ? (int64_t)q->limit : -1;
     int64_t offset = q != NULL ? (int64_t)q->offset : 0;
     snprintf(sql, sizeof(sql), "SELECT %s FROM nat_sessions%s%s LIMIT %" PRId64 " OFFSET %" PRId64,
              session_cols, w.sql, order, limit, offset);
     sqlite3_stmt *st = prepare(r, sql, &w);
     if (st == NULL)
-        return -EIO;
-    return run_rows(r, st, session_row_cb, &ctx);
+        return read_end(r, total != NULL, -EIO);
+    return read_end(r, total != NULL, run_rows(r, st, session_row_cb, &ctx));
+}
+
+/*
+ * Whois is one statement over the index nat_sessions_whois (whois_key,
+ * nat_port): the sessions still open (whois_key NULL) with that port, then,
+ * for each level L of whois_key (see db__whois_key), the closed sessions
+ * with that port in the one or two close-time buckets that can hold a
+ * session of that level alive at T. At most 2 * DB_WHOIS_LEVELS seeks,
+ * however many sessions the store keeps; the time and address checks are
+ * then the same as a plain scan would make, so the answer is exact.
+ */
+void db__whois_sql(char *buf, size_t len, bool proto)
+{
+    const char *p = proto ? " AND proto = ?4" : "";
+    snprintf(buf, len,
+             "WITH RECURSIVE lv(l) AS (SELECT 0 UNION ALL SELECT l + 1 FROM lv WHERE l < %d),"
+             " k(key) AS (SELECT (l << %d) | (?5 >> l) FROM lv"
+             " UNION SELECT (l << %d) | ((?5 + (1 << l) - 1) >> l) FROM lv)"
+             " SELECT %s FROM nat_sessions WHERE whois_key IS NULL AND nat_port = ?2"
+             " AND nat_ip = ?1 AND opened_at <= ?3 AND (closed_at IS NULL OR closed_at > ?3)%s"
+             " UNION ALL"
+             " SELECT %s FROM nat_sessions WHERE whois_key IN k AND nat_port = ?2"
+             " AND nat_ip = ?1 AND opened_at <= ?3 AND (closed_at IS NULL OR closed_at > ?3)%s"
+             " ORDER BY opened_at DESC, id DESC",
+             DB_WHOIS_LEVELS - 1, DB_WHOIS_SHIFT, DB_WHOIS_SHIFT, session_cols, p, session_cols, p);
 }
 
 int db_whois(struct db_reader *r, uint8_t proto, const struct nat_addr *nat_ip, uint16_t nat_port,
              uint64_t at_ms, struct db_session_row *out, size_t max)
 {
-    char sql[700], ip[NAT_ADDR_STRLEN], t[DB_TIME_STRLEN];
+    char sql[1400], ip[NAT_ADDR_STRLEN], t[DB_TIME_STRLEN];
     sqlite3_stmt *st;
     int n = 0, rc;
 
     r->err[0] = '\0';
-    snprintf(sql, sizeof(sql),
-             "SELECT %s FROM nat_sessions WHERE nat_ip = ?1 AND nat_port = ?2"
-             " AND opened_at <= ?3 AND (closed_at IS NULL OR closed_at > ?3)%s"
-             " ORDER BY opened_at DESC, id DESC",
-             session_cols, proto != 0 ? " AND proto = ?4" : "");
+    db__whois_sql(sql, sizeof(sql), proto != 0);
     if (sqlite3_prepare_v2(r->conn, sql, -1, &st, NULL) != SQLITE_OK) {
         db__strlcpy(r->err, sqlite3_errmsg(r->conn), sizeof(r->err));
         return -EIO;
     }
+    db_time_format(at_ms, t);
+    uint64_t at_s = 0;
+    db_time_parse(t, &at_s); /* the time as stored: clamped like the text */
+    at_s /= 1000;
     sqlite3_bind_text(st, 1, db__addr_format(nat_ip->b, ip), -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 2, nat_port);
-    sqlite3_bind_text(st, 3, db_time_format(at_ms, t), -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, t, -1, SQLITE_STATIC);
     if (proto != 0)
         sqlite3_bind_text(st, 4, db__proto_name(proto), -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, (sqlite3_int64)at_s);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if ((size_t)n < max)
             read_session_row(st, &out[n]);
@@ -547,8 +593,9 @@ int db_query_events(struct db_reader *r, const struct db_event_query *q, db_even
         db__strlcpy(r->err, "bad event query", sizeof(r->err));
         return rc;
     }
+    read_begin(r, total != NULL);
     if (total != NULL && (rc = count_rows(r, "nat_events", &w, total)) < 0)
-        return rc;
+        return read_end(r, total != NULL, rc);
     const char *d = q != NULL && q->desc ? "DESC" : "ASC";
     int64_t limit = q != NULL && q->limit != 0 ? (int64_t)q->limit : -1;
     int64_t offset = q != NULL ? (int64_t)q->offset : 0;
@@ -558,8 +605,8 @@ int db_query_events(struct db_reader *r, const struct db_event_query *q, db_even
              event_cols, w.sql, d, d, limit, offset);
     sqlite3_stmt *st = prepare(r, sql, &w);
     if (st == NULL)
-        return -EIO;
-    return run_rows(r, st, event_row_cb, &ctx);
+        return read_end(r, total != NULL, -EIO);
+    return read_end(r, total != NULL, run_rows(r, st, event_row_cb, &ctx));
 }
 
 /* ---- export ------------------------------------------------------------- */

@@ -89,6 +89,16 @@ uint64_t db__wall_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+int64_t db__whois_key(uint64_t opened_ms, uint64_t closed_ms)
+{
+    const uint64_t max_ms = 253402300799999ULL; /* db_time_format's 9999-12-31T23:59:59.999Z */
+    uint64_t o = (opened_ms < max_ms ? opened_ms : max_ms) / 1000;
+    uint64_t c = (closed_ms < max_ms ? closed_ms : max_ms) / 1000;
+    uint64_t d = c > o ? c - o : 0;
+    unsigned level = d == 0 ? 0 : 64u - (unsigned)__builtin_clzll(d);
+    return (int64_t)(((uint64_t)level << DB_WHOIS_SHIFT) | (c >> level));
+}
+
 static void sqlite_setup_once(void)
 {
     /* SQLITE_MISUSE when SQLite is already initialised: then it stays on. */
@@ -158,12 +168,30 @@ static void fn_ip_key(sqlite3_context *ctx, int argc, sqlite3_value **argv)
     sqlite3_result_blob(ctx, a, 16, SQLITE_TRANSIENT);
 }
 
+/* gw_whois_key(opened_at, closed_at): nat_sessions.whois_key of those two
+ * times (text), NULL when closed_at is NULL or either is not a time. */
+static void fn_whois_key(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    uint64_t o, c;
+    (void)argc;
+    const char *opened = (const char *)sqlite3_value_text(argv[0]);
+    const char *closed = (const char *)sqlite3_value_text(argv[1]);
+    if (opened == NULL || closed == NULL || db_time_parse(opened, &o) < 0 ||
+        db_time_parse(closed, &c) < 0) {
+        sqlite3_result_null(ctx);
+        return;
+    }
+    sqlite3_result_int64(ctx, db__whois_key(o, c));
+}
+
 int db__register_functions(sqlite3 *conn)
 {
     int flags = SQLITE_UTF8 | SQLITE_DETERMINISTIC;
     if (sqlite3_create_function(conn, "gw_in_prefix", 3, flags, NULL, fn_in_prefix, NULL, NULL) !=
             SQLITE_OK ||
         sqlite3_create_function(conn, "gw_ip_key", 1, flags, NULL, fn_ip_key, NULL, NULL) !=
+            SQLITE_OK ||
+        sqlite3_create_function(conn, "gw_whois_key", 2, flags, NULL, fn_whois_key, NULL, NULL) !=
             SQLITE_OK)
         return -EIO;
     return 0;
@@ -308,32 +336,43 @@ static const char *const migrations[DB_SCHEMA_VERSION] = {
     /* 2: byte counts on close/expire events. */
     "ALTER TABLE nat_events ADD COLUMN bytes_in INTEGER;"
     "ALTER TABLE nat_events ADD COLUMN bytes_out INTEGER;",
+    /* 3: whois by an append-mostly index (close time bucketed by how long the
+     * session was held, then port) instead of the port alone, whose entries
+     * landed all over its tree. Needs gw_whois_key() on the connection. */
+    "ALTER TABLE nat_sessions ADD COLUMN whois_key INTEGER;"
+    "UPDATE nat_sessions SET whois_key = gw_whois_key(opened_at, closed_at)"
+    " WHERE closed_at IS NOT NULL;"
+    "DROP INDEX nat_sessions_port;"
+    "CREATE INDEX nat_sessions_whois ON nat_sessions(whois_key, nat_port);",
 };
 
 int db__schema_migrate(sqlite3 *conn, int from, char *err, size_t errlen)
 {
     char *msg = NULL;
     char sql[96];
+    int v = from + 1;
 
-    for (int v = from + 1; v <= DB_SCHEMA_VERSION; v++) {
-        if (sqlite3_exec(conn, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK)
-            goto fail;
+    /* All the steps in one transaction: a crash leaves the file as it was
+     * (a new store empty), never between two versions. */
+    if (sqlite3_exec(conn, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK)
+        goto fail;
+    for (; v <= DB_SCHEMA_VERSION; v++) {
         if (sqlite3_exec(conn, migrations[v - 1], NULL, NULL, &msg) != SQLITE_OK)
             goto fail_rollback;
         snprintf(sql, sizeof(sql), "PRAGMA application_id=%d; PRAGMA user_version=%d",
                  DB_APPLICATION_ID, v);
         if (sqlite3_exec(conn, sql, NULL, NULL, &msg) != SQLITE_OK)
             goto fail_rollback;
-        if (sqlite3_exec(conn, "COMMIT", NULL, NULL, &msg) != SQLITE_OK)
-            goto fail_rollback;
-        continue;
-    fail_rollback:
-        sqlite3_exec(conn, "ROLLBACK", NULL, NULL, NULL);
-    fail:
-        db__err(err, errlen, "cannot migrate the store to schema version %d: %s", v,
-                msg != NULL ? msg : sqlite3_errmsg(conn));
-        sqlite3_free(msg);
-        return -EIO;
     }
+    v = DB_SCHEMA_VERSION;
+    if (sqlite3_exec(conn, "COMMIT", NULL, NULL, &msg) != SQLITE_OK)
+        goto fail_rollback;
     return 0;
+fail_rollback:
+    sqlite3_exec(conn, "ROLLBACK", NULL, NULL, NULL);
+fail:
+    db__err(err, errlen, "cannot migrate the store to schema version %d: %s", v,
+            msg != NULL ? msg : sqlite3_errmsg(conn));
+    sqlite3_free(msg);
+    return -EIO;
 }

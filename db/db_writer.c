@@ -20,6 +20,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -62,11 +63,13 @@ struct db_cell {
 };
 
 /*
- * Log rows are inserted EV_GROUP at a time by one multi-row INSERT: a
- * statement's fixed cost (VDBE start and halt, opening and closing the
- * table's and index's cursors) is then paid once per EV_GROUP rows.
+ * Log rows and new session rows are inserted EV_GROUP at a time by one
+ * multi-row INSERT: a statement's fixed cost (VDBE start and halt, opening
+ * and closing the table's and index's cursors) is then paid once per
+ * EV_GROUP rows. 64 measured about 8% less CPU per event than 16 in a burst
+ * and the same at gwd's steady rates (bench/RESULTS.md).
  */
-#define EV_GROUP 16
+#define EV_GROUP 64
 #define EV_COLS 14
 
 /* The text of one staged log row (SQLITE_STATIC binds point into it). */
@@ -75,7 +78,7 @@ struct db_ev_text {
     char client[NAT_ADDR_STRLEN], dst[NAT_ADDR_STRLEN], nat[NAT_ADDR_STRLEN];
 };
 
-#define SE_COLS 16
+#define SE_COLS 17
 
 /* The text of one staged session row. */
 struct db_se_text {
@@ -91,7 +94,7 @@ enum {
     STMT_INSERT_EVENT,
     STMT_INSERT_EVENTS, /* EV_GROUP rows at once (built in open_connection) */
     STMT_UPSERT_SESSION,
-    STMT_UPSERT_SESSIONS, /* EV_GROUP rows at once (built in open_connection) */
+    STMT_INSERT_SESSIONS, /* EV_GROUP new rows at once, OR IGNORE (built in open_connection) */
     STMT_UPDATE_SESSION,
     STMT_PRUNE_EVENTS,
     STMT_PRUNE_SESSIONS,
@@ -110,13 +113,14 @@ static const char *const stmt_sql[STMT_COUNT] = {
     [STMT_UPSERT_SESSION] =
         "INSERT INTO nat_sessions(id, proto, client_ip, client_port, nat_ip, nat_port, backend,"
         " backend_ip, backend_port, state, opened_at, last_seen, closed_at, close_reason,"
-        " bytes_in, bytes_out)"
-        " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+        " bytes_in, bytes_out, whois_key)"
+        " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
         " ON CONFLICT(id) DO UPDATE SET state = excluded.state, last_seen = excluded.last_seen,"
         " closed_at = excluded.closed_at, close_reason = excluded.close_reason,"
         " bytes_in = excluded.bytes_in, bytes_out = excluded.bytes_out,"
-        " nat_ip = excluded.nat_ip, nat_port = excluded.nat_port", /* a REPICK moves the port */
-    [STMT_UPSERT_SESSIONS] = NULL,
+        " nat_ip = excluded.nat_ip, nat_port = excluded.nat_port," /* a REPICK moves the port */
+        " whois_key = excluded.whois_key",
+    [STMT_INSERT_SESSIONS] = NULL,
     [STMT_UPDATE_SESSION] =
         "UPDATE nat_sessions SET state = ?2, last_seen = ?3, bytes_in = ?4, bytes_out = ?5,"
         " nat_ip = ?6, nat_port = ?7 WHERE id = ?1 AND closed_at IS NULL",
@@ -162,6 +166,8 @@ struct db {
     bool pruning; /* a pruning pass is under way */
     uint64_t prune_cutoff;
     uint64_t next_prune; /* clock ms */
+    uint64_t busy_ms;    /* monotonic ms of the last write (batch or pruning step) */
+    bool released;       /* memory given back since then (release_idle_memory) */
 
     /* Shared, under mu. */
     pthread_mutex_t mu;
@@ -200,7 +206,7 @@ void db_options_default(struct db_options *o)
 {
     memset(o, 0, sizeof(*o));
     o->queue_capacity = 32768;
-    o->flush_ms = 10;
+    o->flush_ms = 50; /* about one commit per 50 ms under a steady load: docs/store.md */
     o->batch_max = 16384;
     o->retention_ms = 7ULL * 24 * 3600 * 1000;
     o->prune_interval_ms = 10000;
@@ -416,9 +422,10 @@ static void bind_event(sqlite3_stmt *st, int base, struct db_ev_text *e, const s
 
 /*
  * Inserts the log rows staged in db->ev_pending: EV_GROUP of them with one
- * multi-row statement (one statement's fixed cost for EV_GROUP rows), fewer
- * one by one. When the group fails on a row's data, its rows are retried one
- * by one so that only the bad one is skipped (and counted).
+ * multi-row INSERT OR IGNORE (one statement's fixed cost for EV_GROUP rows;
+ * a row SQLite rejects is left out and counted), fewer one by one. When the
+ * group fails anyway (a trigger's RAISE), its rows are retried one by one so
+ * that only the bad one is skipped (and counted).
  */
 static int flush_events(struct db *db, uint64_t *skipped)
 {
@@ -431,7 +438,11 @@ static int flush_events(struct db *db, uint64_t *skipped)
         for (uint32_t i = 0; i < n; i++)
             bind_event(st, (int)i * EV_COLS, &db->ev_text[i], db->ev_pending[i]);
         rc = step_reset(st);
-        if (rc == SQLITE_OK || !is_data_error(rc))
+        if (rc == SQLITE_OK) {
+            *skipped += n - (uint32_t)sqlite3_changes(db->conn);
+            return rc;
+        }
+        if (!is_data_error(rc))
             return rc;
     }
     for (uint32_t i = 0; i < n; i++) {
@@ -487,16 +498,24 @@ static void bind_session(const struct db *db, sqlite3_stmt *st, int base, struct
         sqlite3_bind_text(st, base + 13, db_time_format(end_time, e->t), DB_TIME_STRLEN - 1,
                           SQLITE_STATIC);
         sqlite3_bind_text(st, base + 14, reason[0] != '\0' ? reason : "error", -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, base + 17, db__whois_key(r->opened_at, end_time));
     } else {
         sqlite3_bind_null(st, base + 13);
         sqlite3_bind_null(st, base + 14);
+        sqlite3_bind_null(st, base + 17);
     }
     sqlite3_bind_int64(st, base + 15, (sqlite3_int64)bytes_in);
     sqlite3_bind_int64(st, base + 16, (sqlite3_int64)bytes_out);
 }
 
-/* Writes the session rows staged in db->se_pending, like flush_events (an
- * upsert of EV_GROUP rows, or one by one). */
+/*
+ * Writes the session rows staged in db->se_pending (new sessions: OPEN
+ * records): EV_GROUP of them with one multi-row INSERT OR IGNORE, fewer one
+ * by one with the single-row upsert. When the group inserted fewer rows than
+ * it had (a row whose id exists already, a row SQLite rejects), all its rows
+ * go again through the upsert, which rewrites the ones just inserted with the
+ * same values, updates an existing row, and skips (counts) a bad one.
+ */
 static int flush_sessions(struct db *db, uint64_t *skipped)
 {
     uint32_t n = db->se_n;
@@ -504,11 +523,13 @@ static int flush_sessions(struct db *db, uint64_t *skipped)
 
     db->se_n = 0;
     if (n == EV_GROUP) {
-        sqlite3_stmt *st = db->stmt[STMT_UPSERT_SESSIONS];
+        sqlite3_stmt *st = db->stmt[STMT_INSERT_SESSIONS];
         for (uint32_t i = 0; i < n; i++)
             bind_session(db, st, (int)i * SE_COLS, &db->se_text[i], db->se_pending[i]);
         rc = step_reset(st);
-        if (rc == SQLITE_OK || !is_data_error(rc))
+        if (rc == SQLITE_OK && (uint32_t)sqlite3_changes(db->conn) == n)
+            return rc;
+        if (rc != SQLITE_OK && !is_data_error(rc))
             return rc;
     }
     for (uint32_t i = 0; i < n; i++) {
@@ -521,6 +542,20 @@ static int flush_sessions(struct db *db, uint64_t *skipped)
             return rc;
         (*skipped)++;
     }
+    return SQLITE_OK;
+}
+
+/* Writes record r's session row with the single-row upsert (no statement
+ * journal: one row). A row SQLite rejects is skipped and counted. */
+static int upsert_session(struct db *db, const struct db_rec *r, uint64_t *skipped)
+{
+    struct db_se_text e;
+    sqlite3_stmt *st = db->stmt[STMT_UPSERT_SESSION];
+    bind_session(db, st, 0, &e, r);
+    int rc = step_reset(st);
+    if (rc == SQLITE_OK || !is_data_error(rc))
+        return rc;
+    (*skipped)++;
     return SQLITE_OK;
 }
 
@@ -631,6 +666,13 @@ static int write_batch(struct db *db, uint64_t *skipped)
                 goto out_rollback;
             if (r->type == NAT_EV_REFUSE || r->no_session)
                 continue;
+            if (r->type != NAT_EV_OPEN) {
+                /* The end (or repick) of a session whose row an earlier
+                 * batch wrote: one upsert now (its row is not staged). */
+                if ((rc = upsert_session(db, r, skipped)) != SQLITE_OK)
+                    goto out_rollback;
+                continue;
+            }
             db->se_pending[db->se_n++] = r;
             if (db->se_n == EV_GROUP && (rc = flush_sessions(db, skipped)) != SQLITE_OK)
                 goto out_rollback;
@@ -741,17 +783,18 @@ out_rollback:
     return rc;
 }
 
-static void maybe_prune(struct db *db)
+/* Runs a pruning step when one is due. Returns true when it ran one. */
+static bool maybe_prune(struct db *db)
 {
     if (db->opt.retention_ms == 0)
-        return;
+        return false;
     if (!db->pruning) {
         uint64_t now = db_clock(db);
         if (now < db->next_prune)
-            return;
+            return false;
         if (now <= db->opt.retention_ms) {
             db->next_prune = now + db->opt.prune_interval_ms;
-            return;
+            return false;
         }
         db->pruning = true;
         db->prune_cutoff = now - db->opt.retention_ms;
@@ -762,9 +805,44 @@ static void maybe_prune(struct db *db)
         db->pruning = false;
         db->next_prune = db_clock(db) + db->opt.prune_interval_ms;
     }
+    return true;
 }
 
 /* ---- the writer: the loop ----------------------------------------------- */
+
+/*
+ * How long the writer stays idle (nothing to write, no pruning) before it
+ * gives its memory back (release_idle_memory). gwd's memory then follows
+ * its load: a burst of flows fills the page cache and the batch arrays, an
+ * idle store holds neither.
+ */
+#define IDLE_RELEASE_MS 500
+
+/* Gives the pages of [p, p + len) back to the kernel (they read as zeros
+ * afterwards); the partial pages at either end stay. */
+static void pages_release(void *p, size_t len)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1);
+    uintptr_t b = ((uintptr_t)p + len) & ~(page - 1);
+    if (b > a)
+        madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+/*
+ * The writer went idle: frees SQLite's cached pages of its connection (a
+ * later batch reads back the few it needs: the tails of the tables and
+ * indexes) and the pages of the batch and its session-id index, which only
+ * the writer thread touches and which hold nothing between batches (zeroed
+ * slots read as unused: slot_gen is never 0).
+ */
+static void release_idle_memory(struct db *db)
+{
+    sqlite3_db_release_memory(db->conn);
+    pages_release(db->batch, sizeof(*db->batch) * db->opt.batch_max);
+    pages_release(db->slots, sizeof(*db->slots) * ((size_t)db->slot_mask + 1));
+    db->released = true;
+}
 
 static void abs_deadline(struct timespec *ts, uint64_t ms)
 {
@@ -917,7 +995,7 @@ static void *writer_main(void *arg)
             if (db->batch_n > 0)
                 coalesce(db);
         }
-        bool full = false;
+        bool full = false, wrote = false;
         if (db->batch_n > 0) {
             uint64_t skipped = 0;
             uint32_t n = db->batch_n;
@@ -933,6 +1011,7 @@ static void *writer_main(void *arg)
                 continue;
             }
             db->batch_n = 0;
+            wrote = true;
             note_success(db, n, skipped, db->batch_end);
             full = n == db->batch_cap;
             uint64_t took = mono_us() - began;
@@ -941,8 +1020,12 @@ static void *writer_main(void *arg)
         }
         /* Here no failed batch is pending (that path retried above). Pruning
          * steps interleave with batches, also under sustained load. */
-        if (!stop)
-            maybe_prune(db);
+        if (!stop && maybe_prune(db))
+            wrote = true;
+        if (wrote) {
+            db->released = false;
+            db->busy_ms = mono_ms();
+        }
         if (full)
             continue; /* more is waiting: no pause under load */
 
@@ -969,6 +1052,13 @@ static void *writer_main(void *arg)
             sleep_ms = db->next_prune > now ? db->next_prune - now : 0;
             if (sleep_ms > 1000)
                 sleep_ms = 1000;
+        }
+        if (!db->released && !db->pruning && db->batch_n == 0) {
+            uint64_t idle = mono_ms() - db->busy_ms;
+            if (idle >= IDLE_RELEASE_MS)
+                release_idle_memory(db);
+            else if (sleep_ms > IDLE_RELEASE_MS - idle)
+                sleep_ms = IDLE_RELEASE_MS - idle;
         }
         if (db->pruning)
             sleep_ms = 0;
@@ -1000,8 +1090,8 @@ static int close_leftovers(struct db *db, char *err, size_t errlen)
         " backend_ip, backend_port, id, 'restart', bytes_in, bytes_out"
         " FROM nat_sessions WHERE closed_at IS NULL ORDER BY id";
     static const char *const sql_close =
-        "UPDATE nat_sessions SET state = 'closed', closed_at = ?1, close_reason = 'restart'"
-        " WHERE closed_at IS NULL";
+        "UPDATE nat_sessions SET state = 'closed', closed_at = ?1, close_reason = 'restart',"
+        " whois_key = gw_whois_key(opened_at, ?1) WHERE closed_at IS NULL";
     char t[DB_TIME_STRLEN];
     sqlite3_stmt *st = NULL;
     int rc;
@@ -1103,21 +1193,29 @@ static int check_writable(const char *path, char *err, size_t errlen)
     return rc;
 }
 
-/* Statement `one` (an INSERT of one row of `cols` values, "?1" .. "?cols",
- * maybe an upsert clause after them) made to insert EV_GROUP rows. Returns
- * an sqlite3_malloc'ed string or NULL. */
+/*
+ * Statement `one` (an INSERT of one row of `cols` values, "?1" .. "?cols",
+ * maybe an upsert clause after them, which is dropped) made to insert
+ * EV_GROUP rows, as INSERT OR IGNORE. Why OR IGNORE and no upsert: inside a
+ * transaction, SQLite gives a statement that writes several rows and may
+ * abort halfway (a NOT NULL check with the default ABORT, an upsert's
+ * UPDATE) a statement journal, a copy of every page the statement touches
+ * (a temp file once past 64 KiB): that doubled the writer's page writes.
+ * With OR IGNORE no check can abort the statement, so it needs none; the
+ * caller counts the rows it did not insert (sqlite3_changes). Returns an
+ * sqlite3_malloc'ed string or NULL.
+ */
 static char *multi_row_sql(const char *one, int cols)
 {
     sqlite3_str *q = sqlite3_str_new(NULL);
+    const char *into = strstr(one, "INSERT INTO ");
     const char *values = strstr(one, " VALUES(");
-    const char *tail = strchr(values, ')') + 1;
-    sqlite3_str_appendf(q, "%.*s", (int)(values - one), one);
+    sqlite3_str_appendf(q, "INSERT OR IGNORE INTO %.*s", (int)(values - into - 12), into + 12);
     for (int i = 0; i < EV_GROUP; i++) {
         sqlite3_str_appendall(q, i == 0 ? " VALUES(" : ", (");
         for (int c = 1; c <= cols; c++)
             sqlite3_str_appendf(q, c < cols ? "?%d, " : "?%d)", i * cols + c);
     }
-    sqlite3_str_appendall(q, tail);
     return sqlite3_str_finish(q);
 }
 
@@ -1173,6 +1271,11 @@ static int open_connection(struct db *db, char *err, size_t errlen)
     snprintf(sql, sizeof(sql), "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-%u",
              db->opt.cache_kib);
     sqlite3_exec(db->conn, sql, NULL, NULL, NULL);
+    /* gw_whois_key() serves the migration to version 3 and close_leftovers. */
+    if (db__register_functions(db->conn) < 0) {
+        db__err(err, errlen, "cannot register SQL functions: %s", sqlite3_errmsg(db->conn));
+        return -EIO;
+    }
     if (version < DB_SCHEMA_VERSION &&
         (rc = db__schema_migrate(db->conn, version, err, errlen)) < 0)
         return rc;
@@ -1185,7 +1288,7 @@ static int open_connection(struct db *db, char *err, size_t errlen)
     for (int i = 0; i < STMT_COUNT; i++) {
         const char *text = stmt_sql[i];
         char *multi = NULL;
-        if (i == STMT_INSERT_EVENTS || i == STMT_UPSERT_SESSIONS) {
+        if (i == STMT_INSERT_EVENTS || i == STMT_INSERT_SESSIONS) {
             multi = i == STMT_INSERT_EVENTS ? multi_row_sql(stmt_sql[STMT_INSERT_EVENT], EV_COLS)
                                             : multi_row_sql(stmt_sql[STMT_UPSERT_SESSION], SE_COLS);
             text = multi;
@@ -1281,6 +1384,7 @@ static int ckpt_start(struct db *db, char *err, size_t errlen)
         db__err(err, errlen, "cannot start the store's checkpoint thread");
         return -EAGAIN;
     }
+    pthread_setname_np(db->ckpt_thread, "gwdb-ckpt"); /* for top -H, perf */
     db->ckpt_running = true;
     sqlite3_wal_hook(db->conn, wal_hook, db);
     return 0;
@@ -1353,9 +1457,13 @@ int db_open(struct db **out, const struct db_options *o, char *err, size_t errle
     }
     while (cap < o->queue_capacity)
         cap <<= 1;
-    db = calloc(1, sizeof(*db));
+    /* struct db has 64-byte aligned members (the ring positions, each on
+     * its own cache line): calloc() only aligns to 16. */
+    size_t dbsize = (sizeof(*db) + 63) & ~(size_t)63;
+    db = aligned_alloc(64, dbsize);
     if (db == NULL)
         return -ENOMEM;
+    memset(db, 0, dbsize);
     db->opt = *o;
     db->opt.path = NULL;
     db->mask = cap - 1;
@@ -1390,6 +1498,7 @@ int db_open(struct db **out, const struct db_options *o, char *err, size_t errle
         rc = -EAGAIN;
         goto out_free;
     }
+    pthread_setname_np(db->thread, "gwdb-writer");
     *out = db;
     return 0;
 out_free:

@@ -178,6 +178,56 @@ static inline void twrite_file(const char *path, const void *data, size_t len)
     fclose(f);
 }
 
+/*
+ * Who held ip:port (proto 0 = any) at `at`: the ids, latest opened first,
+ * comma-joined into buf, found by the plain query of schema version 2 (no
+ * whois index needed: a reference to check db_whois against).
+ */
+static inline char *tscan_whois(const char *path, uint8_t proto, const char *ip, uint16_t port,
+                                uint64_t at, char *buf, size_t n)
+{
+    char sql[512], t[DB_TIME_STRLEN];
+    sqlite3 *c = NULL;
+    sqlite3_stmt *st = NULL;
+    snprintf(sql, sizeof(sql),
+             "SELECT id FROM nat_sessions WHERE nat_ip = ?1 AND nat_port = ?2 AND opened_at <= ?3"
+             " AND (closed_at IS NULL OR closed_at > ?3)%s ORDER BY opened_at DESC, id DESC",
+             proto == 0               ? ""
+             : proto == NAT_PROTO_TCP ? " AND proto = 'tcp'"
+                                      : " AND proto = 'udp'");
+    cr_assert_eq(sqlite3_open_v2(path, &c, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    cr_assert_eq(sqlite3_prepare_v2(c, sql, -1, &st, NULL), SQLITE_OK, "%s", sqlite3_errmsg(c));
+    sqlite3_bind_text(st, 1, ip, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int(st, 2, port);
+    sqlite3_bind_text(st, 3, db_time_format(at, t), -1, SQLITE_TRANSIENT);
+    buf[0] = '\0';
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        size_t l = strlen(buf);
+        snprintf(buf + l, n - l, "%s%lld", l > 0 ? "," : "",
+                 (long long)sqlite3_column_int64(st, 0));
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(c);
+    return buf;
+}
+
+/* The same question asked with db_whois. */
+static inline char *twhois(struct db_reader *r, uint8_t proto, const char *ip, uint16_t port,
+                           uint64_t at, char *buf, size_t n)
+{
+    struct db_session_row rows[16];
+    struct nat_addr a = taddr(ip);
+    int k = db_whois(r, proto, &a, port, at, rows, 16);
+    cr_assert_geq(k, 0, "db_whois: %s", db_reader_error(r));
+    cr_assert_leq(k, 16);
+    buf[0] = '\0';
+    for (int i = 0; i < k; i++) {
+        size_t l = strlen(buf);
+        snprintf(buf + l, n - l, "%s%llu", l > 0 ? "," : "", (unsigned long long)rows[i].id);
+    }
+    return buf;
+}
+
 /* 2026-11-27T16:00:00.000Z, a base time for tests. */
 #define T0 1795795200000ULL
 

@@ -300,3 +300,131 @@ Test(db_schema, refuses_a_read_only_file_and_directory)
     chmod(td.dir, 0700);
     cr_assert_eq(code, EROFS);
 }
+
+/* Version 2's step, as released (the fixture above plus this is a v2 store). */
+static const char v2_step[] = "ALTER TABLE nat_events ADD COLUMN bytes_in INTEGER;"
+                              "ALTER TABLE nat_events ADD COLUMN bytes_out INTEGER;"
+                              "PRAGMA user_version = 2;";
+
+/* Every column of the closed sessions, as text, in id order. */
+static void closed_rows(char *b, size_t n)
+{
+    tquery_text(td.path,
+                "SELECT group_concat(x, ';') FROM (SELECT id||','||proto||','||client_ip||','||"
+                "client_port||','||nat_ip||','||nat_port||','||backend||','||backend_ip||','||"
+                "backend_port||','||state||','||opened_at||','||last_seen||','||closed_at||','||"
+                "close_reason||','||bytes_in||','||bytes_out AS x FROM nat_sessions"
+                " WHERE closed_at IS NOT NULL ORDER BY id)",
+                b, n);
+}
+
+/*
+ * A version 2 store with sessions of many lengths on a few ports: migrated to
+ * version 3 (whois_key filled in, nat_sessions_port replaced by
+ * nat_sessions_whois), it keeps every row and answers whois as the v2 file
+ * did with its plain query.
+ */
+Test(db_schema, migrates_version_2_with_data_and_whois_answers_the_same)
+{
+    static const uint64_t lens[] = {0, 1, 999, 1000, 2500, 61000, 3600000, 5 * 86400000ULL};
+    const size_t nl = sizeof(lens) / sizeof(lens[0]);
+    texec(td.path, v1_schema);
+    texec(td.path, v2_step);
+    sqlite3 *c = NULL;
+    cr_assert_eq(sqlite3_open(td.path, &c), SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(c, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+    uint64_t opened[80], closed[80];
+    uint16_t ports[80];
+    const char *ips[80];
+    const size_t n = 80;
+    for (size_t i = 0; i < n; i++) {
+        char sql[768], to[DB_TIME_STRLEN], tc[DB_TIME_STRLEN];
+        ips[i] = i % 4 == 0 ? "192.0.2.9" : "192.0.2.1";
+        ports[i] = (uint16_t)(20001 + i % 3);
+        opened[i] = T0 + 10000 + i * 900;
+        closed[i] = i % 11 == 10 ? 0 : opened[i] + lens[i % nl];
+        db_time_format(opened[i], to);
+        db_time_format(closed[i] != 0 ? closed[i] : opened[i], tc);
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO nat_sessions VALUES (%zu, '%s', '10.1.0.%zu', %zu, '%s', %u, 'web',"
+                 " '10.9.0.1', 80, '%s', '%s', '%s', %s%s%s, %s, %zu, %zu)",
+                 100 + i, i % 2 ? "udp" : "tcp", i % 200, 3000 + i, ips[i], ports[i],
+                 closed[i] != 0 ? "closed" : "established", to, tc, closed[i] != 0 ? "'" : "",
+                 closed[i] != 0 ? tc : "NULL", closed[i] != 0 ? "'" : "",
+                 closed[i] != 0 ? "'client_fin'" : "NULL", i, 2 * i);
+        cr_assert_eq(sqlite3_exec(c, sql, NULL, NULL, NULL), SQLITE_OK, "%s", sqlite3_errmsg(c));
+    }
+    /* The latest time stored, where the restart will close the open ones. */
+    cr_assert_eq(
+        sqlite3_exec(c,
+                     "INSERT INTO nat_events(time, event, proto, client_ip, client_port)"
+                     " VALUES ('2027-06-01T00:00:00.000Z', 'refuse', 'tcp', '10.0.0.1', 1)",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(c, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(c);
+    cr_assert_eq(tquery_int(td.path, "PRAGMA user_version"), 2);
+
+    /* The answers of the v2 file, by its plain query. */
+    static char want[80][9][2][64];
+    char before[8192], after[8192];
+    closed_rows(before, sizeof(before));
+    for (size_t s = 0; s < n; s++) {
+        uint64_t end = closed[s] != 0 ? closed[s] : opened[s] + 700;
+        uint64_t at[9] = {opened[s] - 1, opened[s], opened[s] + 1, (opened[s] + end) / 2,
+                          end - 1,       end,       end + 1,       end / 1000 * 1000,
+                          end + 86400000};
+        for (int k = 0; k < 9; k++)
+            for (int p = 0; p < 2; p++)
+                tscan_whois(td.path, p == 0 ? 0 : s % 2 ? NAT_PROTO_UDP : NAT_PROTO_TCP, ips[s],
+                            ports[s], at[k], want[s][k][p], sizeof(want[s][k][p]));
+    }
+
+    struct db_options o = topts(td.path);
+    struct db *db = topen(&o);
+    cr_assert_eq(db_max_session_id(db), 179);
+    cr_assert_eq(db_restart_closed(db), 1 + 7); /* 42 of the fixture, and 7 here */
+    cr_assert_eq(db_close(db), 0);
+    cr_assert_eq(tquery_int(td.path, "PRAGMA user_version"), 3);
+    cr_assert_eq(tquery_int(td.path, "SELECT count(*) FROM sqlite_master WHERE name ="
+                                     " 'nat_sessions_port'"),
+                 0);
+    cr_assert_eq(tquery_int(td.path, "SELECT count(*) FROM sqlite_master WHERE name ="
+                                     " 'nat_sessions_whois'"),
+                 1);
+    cr_assert_eq(tquery_int(td.path, "SELECT count(*) FROM nat_sessions WHERE whois_key IS NULL"),
+                 0);
+    char b[32];
+    cr_assert_str_eq(tquery_text(td.path, "PRAGMA integrity_check", b, sizeof(b)), "ok");
+    /* The sessions closed before the migration are the same, column by column. */
+    tquery_text(td.path,
+                "SELECT group_concat(x, ';') FROM (SELECT id||','||proto||','||client_ip||','||"
+                "client_port||','||nat_ip||','||nat_port||','||backend||','||backend_ip||','||"
+                "backend_port||','||state||','||opened_at||','||last_seen||','||closed_at||','||"
+                "close_reason||','||bytes_in||','||bytes_out AS x FROM nat_sessions"
+                " WHERE closed_at IS NOT NULL AND close_reason <> 'restart' ORDER BY id)",
+                after, sizeof(after));
+    cr_assert_str_eq(after, before);
+
+    struct db_reader *r = NULL;
+    char err[512], got[64];
+    cr_assert_eq(db_reader_open(&r, td.path, err, sizeof(err)), 0, "%s", err);
+    unsigned answered = 0;
+    for (size_t s = 0; s < n; s++) {
+        uint64_t end = closed[s] != 0 ? closed[s] : opened[s] + 700;
+        uint64_t at[9] = {opened[s] - 1, opened[s], opened[s] + 1, (opened[s] + end) / 2,
+                          end - 1,       end,       end + 1,       end / 1000 * 1000,
+                          end + 86400000};
+        for (int k = 0; k < 9; k++) {
+            for (int p = 0; p < 2; p++) {
+                uint8_t proto = p == 0 ? 0 : s % 2 ? NAT_PROTO_UDP : NAT_PROTO_TCP;
+                twhois(r, proto, ips[s], ports[s], at[k], got, sizeof(got));
+                cr_assert_str_eq(got, want[s][k][p], "session %zu at T0+%llu proto %u", 100 + s,
+                                 (unsigned long long)(at[k] - T0), proto);
+                answered += got[0] != '\0';
+            }
+        }
+    }
+    cr_assert_gt(answered, 300, "only %u answers", answered);
+    db_reader_close(r);
+}
