@@ -4,6 +4,7 @@
  * libev watchers, and the pause/resume of accepting when descriptors run out.
  */
 #include <errno.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,8 +42,11 @@ static int open_bound(const struct gw_sockaddr *a, int type, int backlog)
 
     if (fd < 0)
         return -errno;
-    if (type == SOCK_STREAM)
+    if (type == SOCK_STREAM) {
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        /* Accepted sockets inherit it: no setsockopt per connection. */
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
     if (a->ss.ss_family == AF_INET6) {
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
         if (type == SOCK_DGRAM)

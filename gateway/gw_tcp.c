@@ -48,6 +48,14 @@ static inline int side_fd(const struct gw_flow *flow, int side)
     return flow->u.tcp.io[side].fd;
 }
 
+/* Bytes wait to be written toward `side` (in the copy buffer or the pipe). */
+static bool has_pending(const struct gw_flow *flow, int side)
+{
+    const struct gw_pipe *gp = flow->u.tcp.pipe[side];
+
+    return flow->u.tcp.pend[side] || (gp && gp->len);
+}
+
 /* The TCP part of gw_flow_close. */
 void gw_tcp_release(struct gw_flow *flow, bool rst)
 {
@@ -94,11 +102,6 @@ static void attempt_failed(struct gw_flow *flow, const char *reason)
 /* ---- connecting ---------------------------------------------------------- */
 
 /*
- * Opens the mapping toward s and starts the connect. Returns 0 (under way),
- * -ENOSPC (no mapping: refused, nothing left open), -EMFILE (out of fds), or
- * another -errno (this server failed; its session is closed).
- */
-/*
  * The flow's translated port cannot be used now (busy on the host, or its
  * 4-tuple still in TIME_WAIT): counts it in *counter and moves the session to
  * another port of the pool for GW_BUSY_PORT_MS. Returns true when it got one
@@ -113,6 +116,14 @@ static bool repick_port(struct gw_flow *flow, uint64_t *counter, uint64_t now)
     return false;
 }
 
+static void established(struct gw_flow *flow);
+
+/*
+ * Opens the mapping toward srv and starts the connect. Returns 0 (under way,
+ * or already complete: then the flow relays), -ENOSPC (no mapping: refused,
+ * nothing left open), -EMFILE (out of fds), or another -errno (this server
+ * failed; its session is closed).
+ */
 static int start_connect(struct gw_flow *flow, struct gw_server *srv, struct gw_backend *b)
 {
     struct gw_ctx *ctx = flow->ctx;
@@ -121,6 +132,7 @@ static int start_connect(struct gw_flow *flow, struct gw_server *srv, struct gw_
     struct nat_session *sess;
     enum nat_err err;
     int one = 1, fd = -1;
+    bool connected = false;
 
     memset(&key, 0, sizeof(key));
     key.client = flow->client;
@@ -157,7 +169,11 @@ static int start_connect(struct gw_flow *flow, struct gw_server *srv, struct gw_
             attempt_failed(flow, "error");
             return e == EMFILE || e == ENFILE ? -EMFILE : -e;
         }
+        /* REUSEADDR: the port may still have TIME_WAIT sockets of earlier
+         * flows. NODELAY here, not after the connect: the client socket has
+         * it from the listener (accepted sockets inherit it). */
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         if (bind(fd, (const struct sockaddr *)&ext.ss, ext.len) < 0) {
             int e = errno;
             close(fd);
@@ -173,8 +189,9 @@ static int start_connect(struct gw_flow *flow, struct gw_server *srv, struct gw_
             attempt_failed(flow, "error");
             return -e;
         }
-        if (connect(fd, (const struct sockaddr *)&srv->conf.addr.ss, srv->conf.addr.len) < 0 &&
-            errno != EINPROGRESS) {
+        connected =
+            connect(fd, (const struct sockaddr *)&srv->conf.addr.ss, srv->conf.addr.len) == 0;
+        if (!connected && errno != EINPROGRESS) {
             int e = errno;
             close(fd);
             if (e == EADDRNOTAVAIL && tries < MAX_PORT_TRIES) {
@@ -188,6 +205,24 @@ static int start_connect(struct gw_flow *flow, struct gw_server *srv, struct gw_
             return -e;
         }
         break;
+    }
+    /*
+     * A connect to a local server is usually complete by the time connect()
+     * returns EINPROGRESS (the handshake runs in the softirq of the call):
+     * one getpeername() then spares the wait for writability, its getsockopt
+     * and two epoll changes of the watcher (EPOLLOUT, then EPOLLIN). Still in
+     * progress, or failed at once (ENOTCONN either way): wait for writability,
+     * where SO_ERROR tells which.
+     */
+    if (!connected) {
+        struct sockaddr_storage peer;
+        socklen_t pl = sizeof(peer);
+        connected = getpeername(fd, (struct sockaddr *)&peer, &pl) == 0;
+    }
+    if (connected) {
+        ev_io_set(&flow->u.tcp.io[GW_SIDE_BACKEND], fd, 0);
+        established(flow);
+        return 0;
     }
     ev_io_set(&flow->u.tcp.io[GW_SIDE_BACKEND], fd, EV_WRITE);
     ev_io_start(ctx->loop, &flow->u.tcp.io[GW_SIDE_BACKEND]);
@@ -327,16 +362,20 @@ static void proxy_header(struct gw_flow *flow, int version)
 
 static void update_watchers(struct gw_flow *flow);
 
+/*
+ * The connect to the server completed: relay from now on. The client's
+ * first bytes are read when its socket is reported readable, not at once: a
+ * speculative recv here found nothing in ~40% of connections of the
+ * connection-rate benchmark and cost more CPU than the readiness report it
+ * spares (bench/RESULTS.md, "TCP: fewer system calls per new connection").
+ */
 static void established(struct gw_flow *flow)
 {
     struct gw_ctx *ctx = flow->ctx;
-    int one = 1;
 
     ev_timer_stop(ctx->loop, &flow->u.tcp.timer);
     flow->state = GW_FLOW_RELAY;
     nat_session_set_state(ctx->nat, flow->sess, NAT_STATE_ESTABLISHED, gw_loop_ms(ctx->loop));
-    setsockopt(side_fd(flow, 0), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    setsockopt(side_fd(flow, 1), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (flow->server->backend && flow->server->backend->conf.proxy_protocol)
         proxy_header(flow, flow->server->backend->conf.proxy_protocol);
     ev_io_stop(ctx->loop, &flow->u.tcp.io[GW_SIDE_BACKEND]);
@@ -387,14 +426,20 @@ static void tcp_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* ---- relaying ------------------------------------------------------------ */
 
-/* Bytes wait to be written toward `side` (in the copy buffer or the pipe). */
-static bool has_pending(const struct gw_flow *flow, int side)
+/* The side that sent the first FIN. */
+static int first_fin_side(const struct gw_flow *flow)
 {
-    const struct gw_pipe *gp = flow->u.tcp.pipe[side];
-
-    return flow->u.tcp.pend[side] || (gp && gp->len);
+    return (flow->flags & GW_FLOW_F_FIRST_FIN_BACKEND) ? GW_SIDE_BACKEND : GW_SIDE_CLIENT;
 }
 
+/*
+ * Sets each side's watcher to what the flow waits for. A side that sent its
+ * FIN is not read any more, but the watcher of the first FIN's side stays as
+ * it is until its next readiness report (GW_FLOW_F_EOF_KEPT): libev leaves a
+ * stopped fd in the epoll set, and when that fd (readable for good at EOF) is
+ * reported again it removes it with an EPOLL_CTL_DEL. Short flows often end
+ * (the other side's FIN) before that report: then no epoll_ctl at all.
+ */
 static void update_watchers(struct gw_flow *flow)
 {
     struct ev_loop *loop = flow->ctx->loop;
@@ -405,6 +450,9 @@ static void update_watchers(struct gw_flow *flow)
         uint8_t eof = i == GW_SIDE_CLIENT ? GW_FLOW_F_EOF_CLIENT : GW_FLOW_F_EOF_BACKEND;
         if (!(flow->flags & eof) && !has_pending(flow, other))
             want |= EV_READ;
+        else if ((flow->flags & eof) && (flow->flags & GW_FLOW_F_EOF_KEPT) &&
+                 i == first_fin_side(flow) && ev_is_active(&flow->u.tcp.io[i]))
+            want |= flow->u.tcp.io[i].events & EV_READ;
         if (has_pending(flow, i))
             want |= EV_WRITE;
         ev_io *w = &flow->u.tcp.io[i];
@@ -438,8 +486,14 @@ static void forward_fin(struct gw_flow *flow, int side)
 
     if (flow->flags & shut)
         return;
-    shutdown(side_fd(flow, side), SHUT_WR);
     flow->flags |= shut;
+    /* Both sides have sent their FIN and nothing waits: the flow closes right
+     * after this (relay_event), and close() sends the FIN by itself (the
+     * receive queues are empty, so it is no reset). */
+    if ((flow->flags & GW_FLOW_F_EOF_CLIENT) && (flow->flags & GW_FLOW_F_EOF_BACKEND) &&
+        !has_pending(flow, 0) && !has_pending(flow, 1))
+        return;
+    shutdown(side_fd(flow, side), SHUT_WR);
 }
 
 /* A write toward `to` failed for good: the peer is gone. Returns -1 (closed). */
@@ -518,6 +572,7 @@ static void on_eof(struct gw_flow *flow, int from)
     if (!(flow->flags & (GW_FLOW_F_EOF_CLIENT | GW_FLOW_F_EOF_BACKEND))) {
         if (from == GW_SIDE_BACKEND)
             flow->flags |= GW_FLOW_F_FIRST_FIN_BACKEND;
+        flow->flags |= GW_FLOW_F_EOF_KEPT;
         flow->state = GW_FLOW_HALF_CLOSED;
         if (flow->sess)
             nat_session_set_state(ctx->nat, flow->sess, NAT_STATE_CLOSING, gw_loop_ms(ctx->loop));
@@ -631,6 +686,8 @@ static void relay_event(struct gw_flow *flow, int side, int revents)
     if ((revents & EV_WRITE) && has_pending(flow, side) && flush_pending(flow, side) < 0)
         return;
     uint8_t eof = side == GW_SIDE_CLIENT ? GW_FLOW_F_EOF_CLIENT : GW_FLOW_F_EOF_BACKEND;
+    if ((revents & EV_READ) && (flow->flags & eof))
+        flow->flags &= (uint8_t)~GW_FLOW_F_EOF_KEPT; /* reported again: stop it now */
     if ((revents & EV_READ) && !(flow->flags & eof) && !has_pending(flow, 1 - side) &&
         relay_read(flow, side) < 0)
         return;

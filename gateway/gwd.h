@@ -488,6 +488,7 @@ struct gw_flow {
             sa_family_t local_af;   /* AF_INET, AF_INET6, or 0 = not known */
             int ifindex;
             struct gw_flow *hnext; /* ctx->udp_hash chain */
+            uint8_t uflags;        /* GW_UDP_F_* (gw_udp.c) */
         } udp;
     } u;
 };
@@ -499,6 +500,7 @@ struct gw_flow {
 #define GW_FLOW_F_FIRST_FIN_BACKEND 0x10 /* the backend sent the first FIN */
 #define GW_FLOW_F_ESTABLISHED 0x20       /* UDP: a reply was seen */
 #define GW_FLOW_F_NO_SPLICE 0x40         /* TCP: a pipe could not be had, copy only */
+#define GW_FLOW_F_EOF_KEPT 0x80          /* TCP: the first FIN's side still watched (gw_tcp.c) */
 
 LIST_HEAD(gw_flow_list, gw_flow);
 

@@ -14,7 +14,7 @@
 #                             [--tests "connrate keepalive bulk udp idle"]
 #                             [--rounds R] [--perf] [--keep]
 #                             [--quiet-wait S] [--quiet-pct P] [--nice N]
-#                             [--syscalls] [--report RESULTS_TSV]
+#                             [--syscalls] [--syscalls-perf] [--report RESULTS_TSV]
 #   --build DIR  build tree holding bench/gateway/bench_* and gateway/gwd
 #                (default /tmp/b-bench; configure it with -DCMAKE_BUILD_TYPE=Release)
 #   --quiet-wait S, --quiet-pct P: before each measurement wait up to S s
@@ -25,10 +25,18 @@
 #   --syscalls   run each proxy under `strace -c -f` and print system calls
 #                per unit of work instead of CPU (strace slows the proxy: the
 #                counts are exact, the CPU figures of such a run are not)
+#   --syscalls-perf  the same counts from the kernel's syscall tracepoints
+#                (`perf stat -e syscalls:sys_enter_*`): the proxy runs at full
+#                speed, so batching and timing-dependent paths are as in a
+#                normal run (root, or perf_event_paranoid <= -1); the CPU
+#                figures of such a run are close to normal ones
 #   --report F   only print the report of an earlier run's results.tsv (--keep)
 #   gwd-nodb     gwd with --db none: what the SQLite store costs (diagnostic)
-#   --perf       also record `perf record -e cpu-clock -g` of gwd per test
-#                (profiles left in the temp dir, which is then kept)
+#   gwd-base, gwd-base-nodb: the same with the binary $GWD_BASE, to compare
+#                two builds (before/after a change) interleaved in one run
+#   --perf       also record `perf record -e cpu-clock -g` of each proxy per
+#                test and round (perf-TEST-PROXY-ROUND.data, left in the temp
+#                dir, which is then kept)
 # Environment: GWD=path of gwd; GWD_DB=store for gwd (default a file in the
 # temp dir; "none" or ":memory:" to see what the store costs); GWD_EXTRA=more
 # gwd flags (e.g. "--nat-policy sequential").
@@ -61,6 +69,7 @@ while [ $# -gt 0 ]; do
     --nice) nice=$2; shift ;;
     --perf) perf=1; keep=1 ;;
     --syscalls) sysc=1 ;;
+    --syscalls-perf) sysc=2 ;;
     --report) report=$2; shift ;;
     --keep) keep=1 ;;
     *) sed -n '2,/^# Every process/p' "$0" >&2; exit 2 ;;
@@ -75,6 +84,9 @@ for t in bench_echo bench_connrate bench_keepalive bench_bulk bench_udp bench_id
 done
 case " $proxies " in *" gwd"*)
     [ -x "$gwd_bin" ] || { echo "run.sh: $gwd_bin missing: gwd left out" >&2; proxies=${proxies//gwd-nodb/}; proxies=${proxies//gwd/}; } ;;
+esac
+case " $proxies " in *" gwd-base"*)
+    [ -x "${GWD_BASE:-}" ] || { echo "run.sh: GWD_BASE (${GWD_BASE:-unset}) not executable: gwd-base left out" >&2; proxies=${proxies//gwd-base-nodb/}; proxies=${proxies//gwd-base/}; } ;;
 esac
 
 tmp=$(mktemp -d /tmp/gw-bench.XXXXXX)
@@ -146,6 +158,21 @@ mem_kb() { # mem_kb PID...: "private_kB rss_kB" summed (smaps_rollup)
     echo "$priv $rss"
 }
 hz=$(getconf CLK_TCK)
+
+# --syscalls-perf: one tracepoint per system call a proxy may make, those this
+# kernel has, plus the total.
+SYSC_EVENTS=raw_syscalls:sys_enter
+if [ "$sysc" = 2 ]; then
+    tp=/sys/kernel/tracing/events/syscalls
+    [ -d "$tp" ] || tp=/sys/kernel/debug/tracing/events/syscalls
+    [ -d "$tp" ] || { echo "run.sh: no syscall tracepoints (tracefs not mounted)" >&2; exit 1; }
+    for sc in accept accept4 socket setsockopt getsockopt bind connect getpeername getsockname \
+        epoll_ctl epoll_wait epoll_pwait recvfrom sendto recvmsg sendmsg recvmmsg sendmmsg \
+        read write readv writev pread64 pwrite64 splice pipe2 shutdown close fcntl ioctl \
+        futex clock_gettime fsync fdatasync openat mmap munmap madvise brk; do
+        [ -d "$tp/sys_enter_$sc" ] && SYSC_EVENTS="$SYSC_EVENTS,syscalls:sys_enter_$sc"
+    done
+fi
 
 busy_pct() { # busy_pct: % of all CPUs busy over 0.5 s (from /proc/stat)
     local a b
@@ -224,12 +251,13 @@ stream {
 EOF
         $PROXY_CPU nginx -p "$tmp" -e "$tmp/nginx-error.log" -c "$cfg" >"$tmp/nginx.log" 2>&1 &
         ;;
-    gwd | gwd-nodb)
-        local db=${GWD_DB:-$tmp/gwd.db}
-        [ "$name" = gwd-nodb ] && db=none
+    gwd | gwd-nodb | gwd-base | gwd-base-nodb)
+        local db=${GWD_DB:-$tmp/gwd.db} bin=$gwd_bin
+        case $name in *-nodb) db=none ;; esac
+        case $name in gwd-base*) bin=$GWD_BASE ;; esac
         rm -f "$tmp"/gwd.db*
         # shellcheck disable=SC2086
-        $PROXY_CPU "$gwd_bin" -p "$port" -b 127.0.0.1 --tcp-backend be=127.0.0.1:$tport \
+        $PROXY_CPU "$bin" -p "$port" -b 127.0.0.1 --tcp-backend be=127.0.0.1:$tport \
             --udp-backend ube=127.0.0.1:$UBE $nat_ips --nat-ports 20000-32767 \
             --db "$db" --control "$tmp/gwd.sock" --log-level warn \
             ${GWD_EXTRA:-} >>"$tmp/$name.log" 2>&1 &
@@ -269,8 +297,9 @@ run_one() { # run_one TEST PROXY ROUND
         [ "$t" = udp ] && { wait_listen "$port" udp || true; }
         tree=$(tree_pids "$PROXY_PID")
     fi
-    if [ "$perf" = 1 ] && [ "$px" = gwd ] && command -v perf >/dev/null; then
-        perf record -q -e cpu-clock -g -o "$tmp/perf-$t.data" -p "$PROXY_PID" >/dev/null 2>&1 &
+    if [ "$perf" = 1 ] && [ -n "$tree" ] && command -v perf >/dev/null; then
+        perf record -q -e cpu-clock -g -o "$tmp/perf-$t-$px-$r.data" -p "$(echo $tree | tr ' ' ',')" \
+            >/dev/null 2>&1 &
         perfpid=$!
         pids+=("$perfpid")
         sleep 0.2
@@ -279,6 +308,12 @@ run_one() { # run_one TEST PROXY ROUND
     if [ "$sysc" = 1 ] && [ -n "$tree" ]; then
         # shellcheck disable=SC2046
         strace -c -f -o "$tmp/strace-$t-$px-$r.txt" $(printf -- '-p %s ' $tree) 2>/dev/null &
+        stpid=$!
+        pids+=("$stpid")
+        sleep 0.5
+    elif [ "$sysc" = 2 ] && [ -n "$tree" ]; then
+        perf stat -x, -o "$tmp/perfstat-$t-$px-$r.txt" -e "$SYSC_EVENTS" \
+            -p "$(echo $tree | tr ' ' ',')" >/dev/null 2>&1 &
         stpid=$!
         pids+=("$stpid")
         sleep 0.5
@@ -362,6 +397,27 @@ for r in $(seq "$rounds"); do
 done
 fi
 
+if [ "$sysc" = 2 ]; then
+    echo
+    echo "## system calls per unit of work (perf stat, syscall tracepoints; connrate: per"
+    echo "## connection, keepalive: per request, bulk: per MiB, udp: per datagram crossing)"
+    while IFS=$'\t' read -r t px r ops rest; do
+        f=$tmp/perfstat-$t-$px-$r.txt
+        [ -s "$f" ] && [ "$ops" != FAILED ] || continue
+        [ "$t" = udp ] && ops=$(kv dgrams "$tmp/$t-$px-$r.out")
+        [ "$t" = bulk ] && ops=$(awk -v b="$ops" 'BEGIN{printf "%.0f", b / 1048576}')
+        awk -F, -v t="$t" -v px="$px" -v n="$ops" '
+            $3 == "raw_syscalls:sys_enter" { tot = $1 }
+            $3 ~ /^syscalls:sys_enter_/ && $1 ~ /^[0-9]+$/ { k = $3; sub(/^syscalls:sys_enter_/, "", k); c[k] = $1 }
+            END {
+                if (n <= 0) exit
+                line = sprintf("%-9s %-8s total %6.2f:", t, px, tot / n)
+                for (k in c) if (c[k] / n >= 0.05) line = line sprintf(" %s %.2f", k, c[k] / n)
+                print line
+            }' "$f"
+    done <"$res"
+    exit 0
+fi
 if [ "$sysc" = 1 ]; then
     echo
     echo "## system calls per unit of work (strace -c -f; connrate: per connection, keepalive:"
@@ -407,7 +463,7 @@ $1 == "idle" {
 function val(t, f) { return t == "idle" ? f[9] : (t == "bulk" ? maxg[t "/" f[2]] : f[10]) }
 END {
     split("connrate keepalive bulk udp idle", T, " ")
-    np = split("none haproxy nginx gwd gwd-nodb", P, " ")
+    np = split("none haproxy nginx gwd gwd-nodb gwd-base gwd-base-nodb", P, " ")
     unit["connrate"] = "conn"; unit["keepalive"] = "req"; unit["udp"] = "dgram"
     for (ti = 1; ti <= 5; ti++) {
         t = T[ti]; ref = ""; refp = ""; refrate = ""; refp99 = ""; refcap = ""; refratep = ""; refp99p = ""
