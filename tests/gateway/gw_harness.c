@@ -171,6 +171,16 @@ static pid_t spawn(const char *const *argv, const char *out_path, long nofile)
     _exit(127);
 }
 
+int gwd_start_config(struct gwd *g, const struct gwt_dir *d, const char *json)
+{
+    char cfgpath[256];
+
+    if (gwt_write_file(d, "gwd.json", json) != 0)
+        return -1;
+    const char *args[] = {"-c", gwt_path(d, "gwd.json", cfgpath, sizeof(cfgpath)), NULL};
+    return gwd_start(g, d, args, 0);
+}
+
 int gwd_start(struct gwd *g, const struct gwt_dir *d, const char *const *args, long nofile)
 {
     const char *argv[64];

@@ -42,6 +42,8 @@ struct gwd {
  * -1 (the process, if any, is killed).
  */
 int gwd_start(struct gwd *g, const struct gwt_dir *d, const char *const *args, long nofile);
+/* Writes `json` to DIR/gwd.json and starts gwd with `-c` it (as gwd_start). */
+int gwd_start_config(struct gwd *g, const struct gwt_dir *d, const char *json);
 /* SIGTERM, then waits (<= 20 s; then SIGKILL). Returns the exit status, or -1. */
 int gwd_stop(struct gwd *g);
 /* Waits (<= timeout_ms, then SIGKILL) for gwd to exit by itself. Returns

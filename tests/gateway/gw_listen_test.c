@@ -73,16 +73,14 @@ static int somaxconn(void)
 /* Starts gwd (its one server: a port where nothing listens) and stops it. */
 static void start_stopped(const char *backlog_json)
 {
-    char json[512], cfgpath[256];
+    char json[512];
     uint16_t dead = gwt_free_port();
 
     snprintf(json, sizeof(json),
              "{%s\"nat\":{\"ports\":\"21700-21799\"},\"backends\":[{\"name\":\"web\",\"proto\":"
              "\"tcp\",\"servers\":[\"127.0.0.1:%u\"],\"health\":{\"enabled\":false}}]}",
              backlog_json, dead);
-    cr_assert_eq(gwt_write_file(&dir, "gwd.json", json), 0);
-    const char *args[] = {"-c", gwt_path(&dir, "gwd.json", cfgpath, sizeof(cfgpath)), NULL};
-    cr_assert_eq(gwd_start(&gwd, &dir, args, 0), 0);
+    cr_assert_eq(gwd_start_config(&gwd, &dir, json), 0);
     gwd_signal(&gwd, SIGSTOP);
     stopped = true;
 }

@@ -205,7 +205,7 @@ Test(gw_relay, ten_megabytes_each_way_intact)
 /* The same with copying only (limits.splice_after 0) and a small buffer. */
 Test(gw_relay, ten_megabytes_each_way_intact_copying)
 {
-    char json[512], cfgpath[256];
+    char json[512];
 
     cr_assert_eq(gwt_backend_start(&be, &dir, "a", 0), 0);
     snprintf(json, sizeof(json),
@@ -213,9 +213,7 @@ Test(gw_relay, ten_megabytes_each_way_intact_copying)
              "\"splice_after\":0},\"backends\":[{\"name\":\"web\",\"proto\":\"tcp\","
              "\"servers\":[\"127.0.0.1:%u\"]}]}",
              be.port);
-    cr_assert_eq(gwt_write_file(&dir, "gwd.json", json), 0);
-    const char *args[] = {"-c", gwt_path(&dir, "gwd.json", cfgpath, sizeof(cfgpath)), NULL};
-    cr_assert_eq(gwd_start(&gwd, &dir, args, 0), 0);
+    cr_assert_eq(gwd_start_config(&gwd, &dir, json), 0);
     bulk_both_ways();
 }
 
@@ -384,7 +382,7 @@ Test(gw_relay, curl_through_gwd_to_an_http_server)
 
 Test(gw_relay, iperf3_udp_tcp_control_and_udp_data_on_one_port)
 {
-    char portarg[16], gp[16], out[256], cfg[512], cfgpath[256];
+    char portarg[16], gp[16], out[256], cfg[512];
     static char json[1 << 16];
 
     uint16_t ip = gwt_free_port();
@@ -410,9 +408,7 @@ Test(gw_relay, iperf3_udp_tcp_control_and_udp_data_on_one_port)
              "\"tcp\",\"health\":{\"enabled\":false},\"servers\":[\"127.0.0.1:%u\"]},{\"name\":"
              "\"u\",\"proto\":\"udp\",\"servers\":[\"127.0.0.1:%u\"]}]}",
              ip, ip);
-    cr_assert_eq(gwt_write_file(&dir, "gwd.json", cfg), 0);
-    const char *args[] = {"-c", gwt_path(&dir, "gwd.json", cfgpath, sizeof(cfgpath)), NULL};
-    cr_assert_eq(gwd_start(&gwd, &dir, args, 0), 0);
+    cr_assert_eq(gwd_start_config(&gwd, &dir, cfg), 0);
     snprintf(gp, sizeof(gp), "%u", gwd.port);
     const char *cli[] = {"iperf3", "-c", "127.0.0.1", "-p", gp,     "-u",     "-b",
                          "20M",    "-t", "2",         "-l", "1200", "--json", NULL};
@@ -457,13 +453,11 @@ static void proxy_config(char *json, size_t len, unsigned port, const char *rout
 /* The PROXY header reaches the backend first (the test backend echoes it). */
 Test(gw_relay, proxy_protocol_v1_and_v2)
 {
-    char json[1024], cfgpath[256], line[256], seen[64], local[64];
+    char json[1024], line[256], seen[64], local[64];
 
     cr_assert_eq(gwt_backend_start(&be, &dir, "a", 0), 0);
     proxy_config(json, sizeof(json), be.port, "web");
-    cr_assert_eq(gwt_write_file(&dir, "gwd.json", json), 0);
-    const char *args[] = {"-c", gwt_path(&dir, "gwd.json", cfgpath, sizeof(cfgpath)), NULL};
-    cr_assert_eq(gwd_start(&gwd, &dir, args, 0), 0);
+    cr_assert_eq(gwd_start_config(&gwd, &dir, json), 0);
     int fd = gwt_tcp_connect("127.0.0.12", gwd.port);
     cr_assert_geq(fd, 0);
     cr_assert_gt(gwt_read_line(fd, seen, sizeof(seen)), 0);
@@ -479,8 +473,7 @@ Test(gw_relay, proxy_protocol_v1_and_v2)
 
     /* v2: the route goes to the other pool. */
     proxy_config(json, sizeof(json), be.port, "web2");
-    cr_assert_eq(gwt_write_file(&dir, "gwd.json", json), 0);
-    cr_assert_eq(gwd_start(&gwd, &dir, args, 0), 0);
+    cr_assert_eq(gwd_start_config(&gwd, &dir, json), 0);
     fd = gwt_tcp_connect("127.0.0.12", gwd.port);
     cr_assert_geq(fd, 0);
     cr_assert_gt(gwt_read_line(fd, seen, sizeof(seen)), 0);
@@ -556,7 +549,7 @@ Test(gw_relay, udp_reply_from_the_address_written_to_and_ipv6)
  * address of its own family (gwd derives 127.0.0.1 and ::1), round robin. */
 Test(gw_relay, pool_mixing_ipv4_and_ipv6_servers)
 {
-    char json[512], cfgpath[256], line[128];
+    char json[512], line[128];
     int v4 = 0, v6 = 0;
 
     cr_assert_eq(gwt_backend_start(&be, &dir, "a", 0), 0);
@@ -575,9 +568,7 @@ Test(gw_relay, pool_mixing_ipv4_and_ipv6_servers)
              "\"tcp\",\"servers\":[\"127.0.0.1:%u\",\"[::1]:%u\"],\"health\":{\"enabled\":"
              "false}}]}",
              be.port, ntohs(a6.sin6_port));
-    cr_assert_eq(gwt_write_file(&dir, "gwd.json", json), 0);
-    const char *args[] = {"-c", gwt_path(&dir, "gwd.json", cfgpath, sizeof(cfgpath)), NULL};
-    cr_assert_eq(gwd_start(&gwd, &dir, args, 0), 0);
+    cr_assert_eq(gwd_start_config(&gwd, &dir, json), 0);
     for (int i = 0; i < 4; i++) {
         int fd = gwt_tcp_connect("127.0.0.30", gwd.port);
         cr_assert_geq(fd, 0);

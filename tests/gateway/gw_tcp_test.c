@@ -40,10 +40,7 @@ TestSuite(gw_tcp, .init = setup, .fini = teardown, .timeout = 120);
 
 static void start_with_config(const char *json)
 {
-    char cfgpath[256];
-    cr_assert_eq(gwt_write_file(&dir, "gwd.json", json), 0);
-    const char *args[] = {"-c", gwt_path(&dir, "gwd.json", cfgpath, sizeof(cfgpath)), NULL};
-    cr_assert_eq(gwd_start(&gwd, &dir, args, 0), 0);
+    cr_assert_eq(gwd_start_config(&gwd, &dir, json), 0);
 }
 
 /* gwd with the in-test backend (it greets first, echoes, answers FIN with "BYE"). */

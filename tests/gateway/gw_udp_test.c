@@ -45,10 +45,7 @@ TestSuite(gw_udp, .init = setup, .fini = teardown, .timeout = 120);
 
 static void start_with_config(const char *json)
 {
-    char cfgpath[256];
-    cr_assert_eq(gwt_write_file(&dir, "gwd.json", json), 0);
-    const char *args[] = {"-c", gwt_path(&dir, "gwd.json", cfgpath, sizeof(cfgpath)), NULL};
-    cr_assert_eq(gwd_start(&gwd, &dir, args, 0), 0);
+    cr_assert_eq(gwd_start_config(&gwd, &dir, json), 0);
 }
 
 /* A UDP client from src to gwd with a receive timeout of ms. */
