@@ -574,15 +574,12 @@ Test(gw_faults, store_locked_forwarding_goes_on)
 Test(gw_faults, connect_timeout_then_failover)
 {
     char json[1024], seen[64];
-    struct sockaddr_in a = {0};
-    socklen_t al = sizeof(a);
+    uint16_t port;
 
-    int stuck = socket(AF_INET, SOCK_STREAM, 0);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert_eq(bind(stuck, (struct sockaddr *)&a, sizeof(a)), 0);
-    cr_assert_eq(listen(stuck, 0), 0);
-    getsockname(stuck, (struct sockaddr *)&a, &al);
+    int stuck = gwt_tcp_listen(0, &port);
+    cr_assert_geq(stuck, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     int fill[3];
     for (int i = 0; i < 3; i++) {
         fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
@@ -594,7 +591,7 @@ Test(gw_faults, connect_timeout_then_failover)
              "{\"nat\":{\"ports\":\"23600-23699\"},\"backends\":[{\"name\":\"web\",\"proto\":"
              "\"tcp\",\"connect_timeout\":0.5,\"health\":{\"enabled\":false},\"servers\":["
              "\"127.0.0.1:%u\",\"127.0.0.1:%u\"]}]}",
-             ntohs(a.sin_port), be[0].port);
+             port, be[0].port);
     start_with_config(json);
     for (int i = 0; i < 4; i++)
         close(hello("127.0.0.14", seen, sizeof(seen)));

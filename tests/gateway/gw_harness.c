@@ -660,6 +660,23 @@ int gwt_tcp_connect(const char *src, uint16_t port)
     return client(src, port, SOCK_STREAM);
 }
 
+int gwt_tcp_listen(int backlog, uint16_t *port)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof(a);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    if (fd < 0)
+        return -1;
+    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, backlog) < 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &al) < 0) {
+        close(fd);
+        return -1;
+    }
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
 int gwt_udp_socket(const char *src, uint16_t port)
 {
     return client(src, port, SOCK_DGRAM);

@@ -86,6 +86,10 @@ uint16_t gwt_free_port(void);
 /* TCP client: bound to src (port 0), connected to 127.0.0.1:port, 10 s
  * send/receive timeouts. Returns the fd or -1. */
 int gwt_tcp_connect(const char *src, uint16_t port);
+/* A TCP socket listening on 127.0.0.1, a port the kernel picks, with this
+ * backlog (it never accepts unless the caller does). Returns the fd and the
+ * port in *port, or -1. */
+int gwt_tcp_listen(int backlog, uint16_t *port);
 /* UDP client bound to src, connected to 127.0.0.1:port, 5 s timeout. */
 int gwt_udp_socket(const char *src, uint16_t port);
 /* Reads one line (without the newline) into buf. Returns its length or -1. */

@@ -94,21 +94,16 @@ Test(gw_tcp, server_speaks_first)
 Test(gw_tcp, silent_flow_is_established)
 {
     char json[1024];
-    struct sockaddr_in a = {0};
-    socklen_t al = sizeof(a);
+    uint16_t port;
 
     /* A server that never accepts nor sends: the kernel completes the
      * handshake from the listen queue. */
-    int srv = socket(AF_INET, SOCK_STREAM, 0);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert_eq(bind(srv, (struct sockaddr *)&a, sizeof(a)), 0);
-    cr_assert_eq(listen(srv, 16), 0);
-    getsockname(srv, (struct sockaddr *)&a, &al);
+    int srv = gwt_tcp_listen(16, &port);
+    cr_assert_geq(srv, 0);
     snprintf(json, sizeof(json),
              "{\"nat\":{\"ports\":\"21710-21719\"},\"backends\":[{\"name\":\"quiet\",\"proto\":"
              "\"tcp\",\"health\":{\"enabled\":false},\"servers\":[\"127.0.0.1:%u\"]}]}",
-             ntohs(a.sin_port));
+             port);
     start_with_config(json);
     int fd = gwt_tcp_connect("127.0.0.21", gwd.port);
     cr_assert_geq(fd, 0);
