@@ -27,6 +27,9 @@
 
 #include "db/db_int.h"
 
+#define DB_STR_(x) #x
+#define DB_STR(x) DB_STR_(x)
+
 enum db_rec_kind {
     DB_REC_EVENT = 0,
     DB_REC_UPDATE,
@@ -1133,12 +1136,24 @@ out_err:
     return db__errno_of(rc);
 }
 
+/*
+ * The largest session id the store knows, so that a new run numbers its
+ * sessions above it. nat_sessions.id is the primary key (one seek). The log
+ * can name a higher id only when that session's row is gone (deleted by hand,
+ * or skipped as bad) while its events stay; those events are the newest ones,
+ * since ids grow with time, so only the last DB_MAX_ID_TAIL rows of the log
+ * are read (by rowid, from the end): a start-up costs the same with 10 or
+ * 100 million logged events, where a max() over the column read them all.
+ */
+#define DB_MAX_ID_TAIL 65536
 static int read_max_id(struct db *db)
 {
     sqlite3_stmt *st = NULL;
     int rc = sqlite3_prepare_v2(db->conn,
                                 "SELECT max(coalesce((SELECT max(id) FROM nat_sessions), 0),"
-                                " coalesce((SELECT max(session_id) FROM nat_events), 0))",
+                                " coalesce((SELECT max(session_id) FROM (SELECT session_id FROM"
+                                " nat_events ORDER BY id DESC LIMIT " DB_STR(DB_MAX_ID_TAIL) ")),"
+                                " 0))",
                                 -1, &st, NULL);
     if (rc != SQLITE_OK)
         return rc;

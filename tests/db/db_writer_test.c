@@ -429,6 +429,26 @@ Test(db_writer, restart_closes_leftovers_and_reports_max_id)
     cr_assert_eq(db_close(db), 0);
 }
 
+/* A session row deleted by hand: its id still counts (from the log), so a new
+ * run does not number a session the log already names. */
+Test(db_writer, max_id_counts_the_log_of_a_deleted_session_row)
+{
+    struct db_options o = topts(td.path);
+    struct db *db = topen(&o);
+    for (uint64_t id = 1; id <= 5; id++)
+        open_close(db, id, true);
+    cr_assert_eq(db_close(db), 0);
+    sqlite3 *c = NULL;
+    cr_assert_eq(sqlite3_open(td.path, &c), SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(c, "DELETE FROM nat_sessions WHERE id >= 4", NULL, NULL, NULL),
+                 SQLITE_OK);
+    sqlite3_close(c);
+
+    db = topen(&o);
+    cr_assert_eq(db_max_session_id(db), 5);
+    cr_assert_eq(db_close(db), 0);
+}
+
 Test(db_writer, updates_progress_of_open_sessions_only)
 {
     struct db_options o = topts(td.path);
