@@ -79,6 +79,8 @@ struct db_options {
     uint32_t close_timeout_ms;  /* how long db_close keeps retrying a failing store */
     uint32_t busy_timeout_ms;   /* SQLite busy timeout of the writer's connection */
     uint32_t cache_kib;         /* SQLite page cache of the writer's connection */
+    int thread_nice;            /* the store's threads run this much nicer than the
+                                 * opener (0..19): the data path keeps its core */
     db_clock_fn clock;          /* NULL = wall clock; tests pass their own */
     void *clock_arg;
 };
@@ -87,7 +89,7 @@ struct db_options {
  * Fills *o with the defaults: path NULL (caller sets it), queue 32768
  * records (about 6.5 MiB), flush 50 ms, batch up to 16384, retention 7 days, prune
  * every 10 s in steps of 2000 rows, retry 200 ms, close timeout 5 s, busy
- * timeout 100 ms, an 8 MiB page cache.
+ * timeout 100 ms, an 8 MiB page cache, threads 10 nice steps below the caller.
  */
 void db_options_default(struct db_options *o);
 

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -218,6 +219,7 @@ void db_options_default(struct db_options *o)
     o->close_timeout_ms = 5000;
     o->busy_timeout_ms = 100;
     o->cache_kib = 8192;
+    o->thread_nice = 10;
 }
 
 static uint64_t db_clock(const struct db *db)
@@ -665,8 +667,14 @@ static int write_batch(struct db *db, uint64_t *skipped)
             /* Log rows and session rows are staged and written EV_GROUP at
              * a time, each table in batch order. */
             db->ev_pending[db->ev_n++] = r;
-            if (db->ev_n == EV_GROUP && (rc = flush_events(db, skipped)) != SQLITE_OK)
-                goto out_rollback;
+            if (db->ev_n == EV_GROUP) {
+                if ((rc = flush_events(db, skipped)) != SQLITE_OK)
+                    goto out_rollback;
+                /* Every ~0.2 ms of work, let a data path waiting for this
+                 * core have it (see thread_be_nicer): a no-op when none is. */
+                if (db->opt.thread_nice > 0)
+                    sched_yield();
+            }
             if (r->type == NAT_EV_REFUSE || r->no_session)
                 continue;
             if (r->type != NAT_EV_OPEN) {
@@ -981,10 +989,36 @@ static void give_up(struct db *db)
     pthread_mutex_unlock(&db->mu);
 }
 
+/*
+ * Lowers the calling thread's priority by db->opt.thread_nice steps (Linux
+ * keeps a nice value per thread). Why: on a core shared with the data path
+ * (gwd pinned, or a busy machine) the writer, woken for its batch every
+ * flush_ms, preempted the loop and kept the core until the next scheduler
+ * tick (4 ms at HZ=250) with the loop's connections waiting: the connection
+ * rate p99 showed it (bench/RESULTS.md, "Store threads at nice +10"). At +10
+ * (CFS weight 110 against 1024) the writer still has ~10% of a saturated
+ * core, about twice what it needs at 8,000 connections/s; SCHED_IDLE let it
+ * fall behind until records were dropped. Failure is harmless.
+ */
+static void thread_be_nicer(const struct db *db)
+{
+    if (db->opt.thread_nice <= 0)
+        return;
+    id_t tid = (id_t)gettid();
+    errno = 0;
+    int cur = getpriority(PRIO_PROCESS, tid);
+    if (cur == -1 && errno != 0)
+        return;
+    int want = cur + db->opt.thread_nice;
+    (void)setpriority(PRIO_PROCESS, tid, want > 19 ? 19 : want);
+}
+
 static void *writer_main(void *arg)
 {
     struct db *db = arg;
     uint64_t close_deadline = 0;
+
+    thread_be_nicer(db);
 
     for (;;) {
         bool flushing;
@@ -1356,6 +1390,8 @@ static int wal_hook(void *arg, sqlite3 *conn, const char *name, int pages)
 static void *ckpt_main(void *arg)
 {
     struct db *db = arg;
+
+    thread_be_nicer(db);
     while (!atomic_load(&db->ckpt_stop)) {
         sem_wait(&db->ckpt_sem);
         if (atomic_load(&db->ckpt_stop))
@@ -1463,11 +1499,12 @@ int db_open(struct db **out, const struct db_options *o, char *err, size_t errle
 
     if (o == NULL || o->path == NULL || o->path[0] == '\0' || o->queue_capacity == 0 ||
         o->batch_max == 0 || o->batch_max > (1u << 20) || o->flush_ms > 100 ||
-        o->queue_capacity > (1u << 30) ||
+        o->queue_capacity > (1u << 30) || o->thread_nice < 0 || o->thread_nice > 19 ||
         (o->retention_ms != 0 && (o->prune_step == 0 || o->prune_interval_ms == 0))) {
         db__err(err, errlen,
                 "invalid store options (need a path, a queue, a batch size, "
-                "flush_ms <= 100, a prune step and interval when retention is set)");
+                "flush_ms <= 100, thread_nice 0..19, a prune step and interval when "
+                "retention is set)");
         return -EINVAL;
     }
     while (cap < o->queue_capacity)

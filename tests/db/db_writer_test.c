@@ -3,7 +3,9 @@
  * bound and drop counting, failures (locked, full, read-only, file size
  * limit) and recovery, restart, updates, pruning, a reader during writes.
  */
+#include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -96,6 +98,9 @@ Test(db_writer, rejects_bad_options)
     cr_assert_eq(db_open(&db, &o, err, sizeof(err)), -EINVAL);
     o = topts(td.path);
     o.flush_ms = 101;
+    cr_assert_eq(db_open(&db, &o, err, sizeof(err)), -EINVAL);
+    o = topts(td.path);
+    o.thread_nice = 20;
     cr_assert_eq(db_open(&db, &o, err, sizeof(err)), -EINVAL);
     cr_assert_eq(access(td.path, F_OK), -1, "a refused open created the file");
 }
@@ -866,4 +871,81 @@ Test(db_writer, writes_right_after_giving_memory_back)
     cr_assert_eq(tquery_int(td.path, "SELECT count(*) FROM nat_events"), 1400);
     char b[32];
     cr_assert_str_eq(tquery_text(td.path, "PRAGMA integrity_check", b, sizeof(b)), "ok");
+}
+
+/* The nice value of this process's thread named `name` (from /proc), or
+ * INT_MIN when there is no such thread. */
+static int thread_nice_of(const char *name)
+{
+    char path[320], buf[512];
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *e;
+    int nice = INT_MIN;
+
+    cr_assert_not_null(d);
+    while (nice == INT_MIN && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof(path), "/proc/self/task/%s/comm", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (f == NULL)
+            continue;
+        bool match = fgets(buf, sizeof(buf), f) != NULL && strncmp(buf, name, strlen(name)) == 0 &&
+                     buf[strlen(name)] == '\n';
+        fclose(f);
+        if (!match)
+            continue;
+        snprintf(path, sizeof(path), "/proc/self/task/%s/stat", e->d_name);
+        f = fopen(path, "r");
+        cr_assert_not_null(f);
+        cr_assert_not_null(fgets(buf, sizeof(buf), f));
+        fclose(f);
+        /* nice is field 19; count the fields after the ")" that ends comm. */
+        char *p = strrchr(buf, ')');
+        cr_assert_not_null(p);
+        int field = 2;
+        for (p++; *p != '\0' && field < 19; p++)
+            if (*p == ' ')
+                field++;
+        nice = atoi(p);
+    }
+    closedir(d);
+    return nice;
+}
+
+/* The writer and checkpoint threads run thread_nice steps below the thread
+ * that opened the store, which keeps its own priority. */
+Test(db_writer, store_threads_run_nicer_than_the_opener)
+{
+    errno = 0;
+    int base = getpriority(PRIO_PROCESS, (id_t)gettid());
+    cr_assert(!(base == -1 && errno != 0));
+    if (base > 9)
+        cr_skip_test("this test runs at nice %d already", base);
+
+    struct db_options o = topts(td.path);
+    cr_assert_eq(o.thread_nice, 10, "the default changed: update docs/store.md");
+    struct db *db = topen(&o);
+    int w = INT_MIN, c = INT_MIN;
+    for (int i = 0; i < 200 && (w != base + 10 || c != base + 10); i++) {
+        sleep_ms(5); /* the names are set right after the threads start */
+        w = thread_nice_of("gwdb-writer");
+        c = thread_nice_of("gwdb-ckpt");
+    }
+    cr_assert_eq(w, base + 10, "writer thread at nice %d, opener at %d", w, base);
+    cr_assert_eq(c, base + 10, "checkpoint thread at nice %d, opener at %d", c, base);
+    cr_assert_eq(getpriority(PRIO_PROCESS, (id_t)gettid()), base, "the opener's own nice changed");
+    for (uint64_t id = 1; id <= 200; id++)
+        open_close(db, id, true);
+    cr_assert_eq(db_close(db), 0);
+    cr_assert_eq(tquery_int(td.path, "SELECT count(*) FROM nat_events"), 400);
+
+    /* 0 leaves them where the opener is. */
+    o.thread_nice = 0;
+    db = topen(&o);
+    for (int i = 0; i < 200 && thread_nice_of("gwdb-writer") == INT_MIN; i++)
+        sleep_ms(5);
+    sleep_ms(20);
+    cr_assert_eq(thread_nice_of("gwdb-writer"), base);
+    cr_assert_eq(db_close(db), 0);
 }
