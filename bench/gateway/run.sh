@@ -397,38 +397,28 @@ for r in $(seq "$rounds"); do
 done
 fi
 
-if [ "$sysc" = 2 ]; then
+if [ "$sysc" != 0 ]; then
+    # Counts per unit of work from each round's strace -c (sysc 1) or perf stat
+    # (sysc 2) file; the two differ only in how a line names and counts a call.
+    if [ "$sysc" = 2 ]; then
+        prefix=perfstat; how="perf stat, syscall tracepoints"
+        parse='$3 == "raw_syscalls:sys_enter" { tot = $1 }
+            $3 ~ /^syscalls:sys_enter_/ && $1 ~ /^[0-9]+$/ { k = $3; sub(/^syscalls:sys_enter_/, "", k); c[k] = $1 }'
+        fs=,
+    else
+        prefix=strace; how="strace -c -f"
+        parse='$1 ~ /^[0-9.]+$/ && $NF != "total" { c[$NF] = $4; tot += $4 }'
+        fs=' '
+    fi
     echo
-    echo "## system calls per unit of work (perf stat, syscall tracepoints; connrate: per"
-    echo "## connection, keepalive: per request, bulk: per MiB, udp: per datagram crossing)"
-    while IFS=$'\t' read -r t px r ops rest; do
-        f=$tmp/perfstat-$t-$px-$r.txt
-        [ -s "$f" ] && [ "$ops" != FAILED ] || continue
-        [ "$t" = udp ] && ops=$(kv dgrams "$tmp/$t-$px-$r.out")
-        [ "$t" = bulk ] && ops=$(awk -v b="$ops" 'BEGIN{printf "%.0f", b / 1048576}')
-        awk -F, -v t="$t" -v px="$px" -v n="$ops" '
-            $3 == "raw_syscalls:sys_enter" { tot = $1 }
-            $3 ~ /^syscalls:sys_enter_/ && $1 ~ /^[0-9]+$/ { k = $3; sub(/^syscalls:sys_enter_/, "", k); c[k] = $1 }
-            END {
-                if (n <= 0) exit
-                line = sprintf("%-9s %-8s total %6.2f:", t, px, tot / n)
-                for (k in c) if (c[k] / n >= 0.05) line = line sprintf(" %s %.2f", k, c[k] / n)
-                print line
-            }' "$f"
-    done <"$res"
-    exit 0
-fi
-if [ "$sysc" = 1 ]; then
-    echo
-    echo "## system calls per unit of work (strace -c -f; connrate: per connection, keepalive:"
+    echo "## system calls per unit of work ($how; connrate: per connection, keepalive:"
     echo "## per request, bulk: per MiB, udp: per datagram crossing, idle: per flow opened)"
     while IFS=$'\t' read -r t px r ops rest; do
-        f=$tmp/strace-$t-$px-$r.txt
+        f=$tmp/$prefix-$t-$px-$r.txt
         [ -s "$f" ] && [ "$ops" != FAILED ] || continue
         [ "$t" = udp ] && ops=$(kv dgrams "$tmp/$t-$px-$r.out")
         [ "$t" = bulk ] && ops=$(awk -v b="$ops" 'BEGIN{printf "%.0f", b / 1048576}')
-        awk -v t="$t" -v px="$px" -v n="$ops" '
-            $1 ~ /^[0-9.]+$/ && $NF != "total" { c[$NF] = (NF >= 6 ? $4 : $4); tot += $4 }
+        awk -F"$fs" -v t="$t" -v px="$px" -v n="$ops" "$parse"'
             END {
                 if (n <= 0) exit
                 line = sprintf("%-9s %-8s total %6.2f:", t, px, tot / n)
