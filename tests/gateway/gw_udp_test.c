@@ -212,6 +212,52 @@ Test(gw_udp, failover_when_the_health_check_marks_the_server_down)
     cr_assert_eq(gwd_stop(&gwd), 0);
 }
 
+#define BURST_MAX 32   /* datagrams in one burst at most */
+#define BURST_SIZE 1400 /* bytes in one datagram at most */
+
+/* Byte k of datagram i of a burst: differs per datagram, per byte and per seed. */
+static char burst_byte(int i, size_t k, int seed)
+{
+    return (char)('a' + (i + (int)k + seed) % 26);
+}
+
+/* Sends n datagrams of sizes[i] bytes (burst_byte) in one sendmmsg. */
+static void burst_send(int fd, const size_t *sizes, int n, int seed)
+{
+    static char out[BURST_MAX][BURST_SIZE];
+    struct mmsghdr m[BURST_MAX];
+    struct iovec iov[BURST_MAX];
+
+    cr_assert_leq(n, BURST_MAX);
+    memset(m, 0, sizeof(m));
+    for (int i = 0; i < n; i++) {
+        cr_assert_leq(sizes[i], BURST_SIZE);
+        for (size_t k = 0; k < sizes[i]; k++)
+            out[i][k] = burst_byte(i, k, seed);
+        iov[i].iov_base = out[i];
+        iov[i].iov_len = sizes[i];
+        m[i].msg_hdr.msg_iov = &iov[i];
+        m[i].msg_hdr.msg_iovlen = 1;
+    }
+    cr_assert_eq(sendmmsg(fd, m, (unsigned)n, 0), n);
+}
+
+/* Receives the echoes of burst_send(fd, sizes, n, seed): each "PEER payload",
+ * alone, whole and in order. */
+static void burst_check(int fd, const char *peer, const size_t *sizes, int n, int seed)
+{
+    char in[BURST_SIZE + 100];
+    size_t h = strlen(peer) + 1;
+
+    for (int i = 0; i < n; i++) {
+        ssize_t got = recv(fd, in, sizeof(in), 0);
+        cr_assert_eq(got, (ssize_t)(h + sizes[i]), "datagram %d: %zd bytes", i, got);
+        cr_assert_eq(memcmp(in, peer, h - 1), 0);
+        for (size_t k = 0; k < sizes[i]; k++)
+            cr_assert_eq(in[h + k], burst_byte(i, k, seed), "datagram %d: wrong payload", i);
+    }
+}
+
 /* Bursts: 16 equal datagrams then a shorter one (one GSO run in gwd), and
  * mixed sizes with an empty datagram, from two clients interleaved: every
  * datagram comes back alone, whole and in order. */
@@ -233,33 +279,13 @@ Test(gw_udp, bursts_keep_datagram_boundaries_both_ways)
     char peer[2][64];
     for (int c = 0; c < 2; c++)
         cr_assert_eq(ask(fd[c], "hello", peer[c], sizeof(peer[c])), 0);
-    static char out[2][N][1400], in[2000];
     for (int round = 0; round < 3; round++) {
-        for (int c = 0; c < 2; c++) {
-            struct mmsghdr m[N];
-            struct iovec iov[N];
-            memset(m, 0, sizeof(m));
-            for (int i = 0; i < N; i++) {
-                for (size_t k = 0; k < sizes[i]; k++)
-                    out[c][i][k] = (char)('a' + (i + (int)k + c + round) % 26);
-                iov[i].iov_base = out[c][i];
-                iov[i].iov_len = sizes[i];
-                m[i].msg_hdr.msg_iov = &iov[i];
-                m[i].msg_hdr.msg_iovlen = 1;
-            }
-            cr_assert_eq(sendmmsg(fd[c], m, N, 0), N);
-        }
-        for (int c = 0; c < 2; c++) {
-            size_t h = strlen(peer[c]) + 1;
-            for (int i = 0; i < N; i++) {
-                ssize_t n = recv(fd[c], in, sizeof(in), 0);
-                cr_assert_eq(n, (ssize_t)(h + sizes[i]), "client %d datagram %d: %zd bytes", c,
-                             i, n);
-                cr_assert_eq(memcmp(in, peer[c], h - 1), 0);
-                cr_assert_eq(memcmp(in + h, out[c][i], sizes[i]), 0,
-                             "client %d datagram %d: wrong payload", c, i);
-            }
-        }
+        /* Both clients' bursts are sent before either is read: gwd sees them
+         * interleaved in its batches. */
+        for (int c = 0; c < 2; c++)
+            burst_send(fd[c], sizes, N, c + round);
+        for (int c = 0; c < 2; c++)
+            burst_check(fd[c], peer[c], sizes, N, c + round);
     }
     cr_assert_eq(stat_of("udp_dropped"), 0);
     close(fd[0]);
@@ -271,8 +297,7 @@ Test(gw_udp, bursts_keep_datagram_boundaries_both_ways)
  * control block): a client on ::1 sends a burst to a gwd bound to ::1. */
 Test(gw_udp, ipv6_client_burst_comes_back_whole)
 {
-    char json[1024], cfgpath[256], peer[64], in[600];
-    static char out[12][400];
+    char json[1024], cfgpath[256], peer[64];
 
     cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
     snprintf(json, sizeof(json),
@@ -294,28 +319,10 @@ Test(gw_udp, ipv6_client_burst_comes_back_whole)
     struct timeval tv = {2, 0};
     cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
     cr_assert_eq(ask(fd, "hello", peer, sizeof(peer)), 0);
-    size_t h = strlen(peer) + 1;
+    static const size_t sizes[12] = {400, 400, 400, 400, 400, 400, 400, 400, 400, 400, 400, 50};
     for (int round = 0; round < 3; round++) {
-        struct mmsghdr m[12];
-        struct iovec iov[12];
-        memset(m, 0, sizeof(m));
-        for (int i = 0; i < 12; i++) {
-            size_t len = i == 11 ? 50 : 400;
-            for (size_t k = 0; k < len; k++)
-                out[i][k] = (char)('A' + (i + (int)k + round) % 26);
-            iov[i].iov_base = out[i];
-            iov[i].iov_len = len;
-            m[i].msg_hdr.msg_iov = &iov[i];
-            m[i].msg_hdr.msg_iovlen = 1;
-        }
-        cr_assert_eq(sendmmsg(fd, m, 12, 0), 12);
-        for (int i = 0; i < 12; i++) {
-            size_t len = i == 11 ? 50 : 400;
-            ssize_t n = recv(fd, in, sizeof(in), 0);
-            cr_assert_eq(n, (ssize_t)(h + len), "datagram %d: %zd bytes", i, n);
-            cr_assert_eq(memcmp(in, peer, h - 1), 0);
-            cr_assert_eq(memcmp(in + h, out[i], len), 0, "datagram %d: wrong payload", i);
-        }
+        burst_send(fd, sizes, 12, round);
+        burst_check(fd, peer, sizes, 12, round);
     }
     cr_assert_eq(stat_of("udp_dropped"), 0);
     close(fd);
