@@ -54,11 +54,29 @@ static void start_pair(const char *ports)
     cr_assert_eq(gwd_start(&gwd, &dir, args, 0), 0);
 }
 
+/* After the client's FIN: the backend's "BYE" then its FIN reach the client,
+ * and the store holds one session ended by client_fin with bytes_in as sent;
+ * the backend saw the FIN from a NAT port in [lo, hi]. Closes fd. */
+static void expect_bye_and_end(int fd, unsigned bytes_in, unsigned lo, unsigned hi)
+{
+    char line[128], c, sql[160];
+
+    cr_assert_eq(gwt_read_line(fd, line, sizeof(line)), 3);
+    cr_assert_str_eq(line, "BYE");
+    cr_assert_eq(recv(fd, &c, 1, 0), 0);
+    close(fd);
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM nat_sessions WHERE close_reason='client_fin' AND bytes_in=%u",
+             bytes_in);
+    cr_assert_eq(gwt_db_int(gwd.db, sql, 1, 5000), 1);
+    cr_assert_eq(gwt_backend_count_nat(&be, "fin", lo, hi), 1);
+}
+
 /* A server-speaks-first protocol (SSH, SMTP): the banner reaches the client
  * before the client has sent a byte, then the flow relays and ends as usual. */
 Test(gw_tcp, server_speaks_first)
 {
-    char line[128], c;
+    char line[128];
 
     start_pair("21700-21709");
     int fd = gwt_tcp_connect("127.0.0.20", gwd.port);
@@ -73,20 +91,11 @@ Test(gw_tcp, server_speaks_first)
     cr_assert_eq(gwt_read_line(fd, line, sizeof(line)), 4);
     cr_assert_str_eq(line, "ping");
     cr_assert_eq(shutdown(fd, SHUT_WR), 0);
-    cr_assert_eq(gwt_read_line(fd, line, sizeof(line)), 3);
-    cr_assert_str_eq(line, "BYE");
-    cr_assert_eq(recv(fd, &c, 1, 0), 0);
-    close(fd);
-    cr_assert_eq(gwt_db_int(gwd.db,
-                            "SELECT count(*) FROM nat_sessions WHERE close_reason='client_fin' "
-                            "AND bytes_in=5",
-                            1, 5000),
-                 1);
+    expect_bye_and_end(fd, 5, 21700, 21709);
     /* bytes_out: the banner, the echo, "BYE\n". */
     cr_assert_eq(
         gwt_db_int(gwd.db, "SELECT bytes_out FROM nat_sessions", (long long)(banner + 5 + 4), 5000),
         (long long)(banner + 5 + 4));
-    cr_assert_eq(gwt_backend_count_nat(&be, "fin", 21700, 21709), 1);
 }
 
 /* A connect that completes while neither side ever sends: the session is
@@ -124,23 +133,14 @@ Test(gw_tcp, silent_flow_is_established)
  * server's answer still reaches the client, then the server's FIN. */
 Test(gw_tcp, client_fin_before_any_byte)
 {
-    char line[128], c;
+    char line[128];
 
     start_pair("21720-21729");
     int fd = gwt_tcp_connect("127.0.0.22", gwd.port);
     cr_assert_geq(fd, 0);
     cr_assert_eq(shutdown(fd, SHUT_WR), 0);
     cr_assert_gt(gwt_read_line(fd, line, sizeof(line)), 0); /* the banner */
-    cr_assert_eq(gwt_read_line(fd, line, sizeof(line)), 3);
-    cr_assert_str_eq(line, "BYE");
-    cr_assert_eq(recv(fd, &c, 1, 0), 0);
-    close(fd);
-    cr_assert_eq(gwt_db_int(gwd.db,
-                            "SELECT count(*) FROM nat_sessions WHERE close_reason='client_fin' "
-                            "AND bytes_in=0",
-                            1, 5000),
-                 1);
-    cr_assert_eq(gwt_backend_count_nat(&be, "fin", 21720, 21729), 1);
+    expect_bye_and_end(fd, 0, 21720, 21729);
 }
 
 /* Every server refuses: each attempt is a session closed connect_failed, and
