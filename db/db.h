@@ -45,6 +45,9 @@
 
 /* ---- time helpers (used by everyone) ------------------------------------ */
 
+/* The last time the fixed-width form can write: 9999-12-31T23:59:59.999Z. */
+#define DB_TIME_MAX_MS 253402300799999ULL
+
 /*
  * Writes `ms` (milliseconds since the epoch) as ISO-8601 UTC with
  * milliseconds, always 24 characters ("2026-11-27T16:31:25.123Z"), into buf.

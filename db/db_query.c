@@ -521,13 +521,11 @@ int db_whois(struct db_reader *r, uint8_t proto, const struct nat_addr *nat_ip, 
         db__strlcpy(r->err, sqlite3_errmsg(r->conn), sizeof(r->err));
         return -EIO;
     }
-    db_time_format(at_ms, t);
-    uint64_t at_s = 0;
-    db_time_parse(t, &at_s); /* the time as stored: clamped like the text */
-    at_s /= 1000;
+    /* The time as stored: clamped like the text. */
+    uint64_t at_s = (at_ms < DB_TIME_MAX_MS ? at_ms : DB_TIME_MAX_MS) / 1000;
     sqlite3_bind_text(st, 1, db__addr_format(nat_ip->b, ip), -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 2, nat_port);
-    sqlite3_bind_text(st, 3, t, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, db_time_format(at_ms, t), -1, SQLITE_STATIC);
     if (proto != 0)
         sqlite3_bind_text(st, 4, db__proto_name(proto), -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 5, (sqlite3_int64)at_s);

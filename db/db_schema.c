@@ -91,9 +91,8 @@ uint64_t db__wall_ms(void)
 
 int64_t db__whois_key(uint64_t opened_ms, uint64_t closed_ms)
 {
-    const uint64_t max_ms = 253402300799999ULL; /* db_time_format's 9999-12-31T23:59:59.999Z */
-    uint64_t o = (opened_ms < max_ms ? opened_ms : max_ms) / 1000;
-    uint64_t c = (closed_ms < max_ms ? closed_ms : max_ms) / 1000;
+    uint64_t o = (opened_ms < DB_TIME_MAX_MS ? opened_ms : DB_TIME_MAX_MS) / 1000;
+    uint64_t c = (closed_ms < DB_TIME_MAX_MS ? closed_ms : DB_TIME_MAX_MS) / 1000;
     uint64_t d = c > o ? c - o : 0;
     unsigned level = d == 0 ? 0 : 64u - (unsigned)__builtin_clzll(d);
     return (int64_t)(((uint64_t)level << DB_WHOIS_SHIFT) | (c >> level));

@@ -9,7 +9,6 @@
 #include "db/db.h"
 
 #define MS_PER_DAY 86400000ULL
-#define DB_TIME_MAX_MS 253402300799999ULL /* 9999-12-31T23:59:59.999Z */
 
 /* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's method). */
 static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)

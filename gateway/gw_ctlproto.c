@@ -610,9 +610,6 @@ int ctl_json_quote(char *buf, size_t size, const char *s)
     return (int)o;
 }
 
-/* 9999-12-31T23:59:59.999Z: the last time that keeps the fixed width. */
-#define CTL_TIME_MAX_MS 253402300799999ULL
-
 char *ctl_time_format(uint64_t ms, char *buf)
 {
     return db_time_format(ms, buf); /* the store's form: one format everywhere */
@@ -649,7 +646,7 @@ int ctl_time_parse(const char *s, uint64_t *ms)
             return -1;
         errno = 0;
         v = strtoull(p, &end, 10);
-        if (errno || *end || v > CTL_TIME_MAX_MS / 1000)
+        if (errno || *end || v > DB_TIME_MAX_MS / 1000)
             return -1;
         *ms = (uint64_t)v * 1000;
         return 0;
