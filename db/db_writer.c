@@ -513,6 +513,20 @@ static void bind_session(const struct db *db, sqlite3_stmt *st, int base, struct
     sqlite3_bind_int64(st, base + 16, (sqlite3_int64)bytes_out);
 }
 
+/* Writes record r's session row with the single-row upsert (no statement
+ * journal: one row). A row SQLite rejects is skipped and counted. */
+static int upsert_session(struct db *db, const struct db_rec *r, uint64_t *skipped)
+{
+    struct db_se_text e;
+    sqlite3_stmt *st = db->stmt[STMT_UPSERT_SESSION];
+    bind_session(db, st, 0, &e, r);
+    int rc = step_reset(st);
+    if (rc == SQLITE_OK || !is_data_error(rc))
+        return rc;
+    (*skipped)++;
+    return SQLITE_OK;
+}
+
 /*
  * Writes the session rows staged in db->se_pending (new sessions: OPEN
  * records): EV_GROUP of them with one multi-row INSERT OR IGNORE, fewer one
@@ -537,30 +551,9 @@ static int flush_sessions(struct db *db, uint64_t *skipped)
         if (rc != SQLITE_OK && !is_data_error(rc))
             return rc;
     }
-    for (uint32_t i = 0; i < n; i++) {
-        sqlite3_stmt *st = db->stmt[STMT_UPSERT_SESSION];
-        bind_session(db, st, 0, &db->se_text[0], db->se_pending[i]);
-        rc = step_reset(st);
-        if (rc == SQLITE_OK)
-            continue;
-        if (!is_data_error(rc))
+    for (uint32_t i = 0; i < n; i++)
+        if ((rc = upsert_session(db, db->se_pending[i], skipped)) != SQLITE_OK)
             return rc;
-        (*skipped)++;
-    }
-    return SQLITE_OK;
-}
-
-/* Writes record r's session row with the single-row upsert (no statement
- * journal: one row). A row SQLite rejects is skipped and counted. */
-static int upsert_session(struct db *db, const struct db_rec *r, uint64_t *skipped)
-{
-    struct db_se_text e;
-    sqlite3_stmt *st = db->stmt[STMT_UPSERT_SESSION];
-    bind_session(db, st, 0, &e, r);
-    int rc = step_reset(st);
-    if (rc == SQLITE_OK || !is_data_error(rc))
-        return rc;
-    (*skipped)++;
     return SQLITE_OK;
 }
 
