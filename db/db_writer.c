@@ -210,7 +210,7 @@ void db_options_default(struct db_options *o)
 {
     memset(o, 0, sizeof(*o));
     o->queue_capacity = 32768;
-    o->flush_ms = 50; /* about one commit per 50 ms under a steady load: docs/store.md */
+    o->flush_ms = 50; /* one commit per 50 ms under a steady load: docs/store.md */
     o->batch_max = 16384;
     o->retention_ms = 7ULL * 24 * 3600 * 1000;
     o->prune_interval_ms = 10000;
@@ -1026,10 +1026,10 @@ static void *writer_main(void *arg)
                 coalesce(db);
         }
         bool full = false, wrote = false;
+        uint64_t began = mono_us();
         if (db->batch_n > 0) {
             uint64_t skipped = 0;
             uint32_t n = db->batch_n;
-            uint64_t began = mono_us();
             int rc = write_batch(db, &skipped);
             if (rc != SQLITE_OK) {
                 note_failure(db, rc, "cannot write to");
@@ -1061,9 +1061,12 @@ static void *writer_main(void *arg)
 
         if (!ring_empty(db)) {
             /* A partial batch went out, or a producer is mid-copy: let the
-             * next batch gather unless someone waits for it. */
-            if (!stop && !flushing && db->opt.flush_ms > 0)
-                writer_wait(db, db->opt.flush_ms, WAKE_STOP | WAKE_FLUSH);
+             * next batch gather unless someone waits for it. The wait counts
+             * from this batch's start, so that under a steady load commits
+             * come every flush_ms, not every flush_ms plus a batch's time. */
+            uint64_t spent_ms = (mono_us() - began) / 1000;
+            if (!stop && !flushing && db->opt.flush_ms > spent_ms)
+                writer_wait(db, db->opt.flush_ms - spent_ms, WAKE_STOP | WAKE_FLUSH);
             else
                 sched_yield();
             continue;

@@ -3,9 +3,13 @@
  * read the echo back, close; --conc connections in flight, one epoll loop.
  * Bounded by --seconds and --count; a connection stuck for 5 s is counted as
  * a timeout. Prints a human line and one "RESULT key=value..." line.
+ * --rate R paces the starts at R per second (an offered load below what the
+ * proxy can take, so that its CPU per connection is not tied to how fast it
+ * went): a start that finds all --conc slots busy waits for one and counts
+ * as late.
  *
  * usage: bench_connrate --target A:P [--conc N] [--seconds S] [--count N]
- *                       [--msg B] [--src-ips N] [--rst]
+ *                       [--msg B] [--src-ips N] [--rst] [--rate R]
  */
 #include "bench_util.h"
 
@@ -28,11 +32,13 @@ struct cr_conn {
 struct cr_ctx {
     struct bu_opts o;
     int rst;
+    double rate; /* starts per second; 0 = as fast as the slots allow */
     int ep;
     struct cr_conn *slot; /* owned: o.conc slots */
     char *msg;            /* owned */
     char *rbuf;           /* owned */
-    uint64_t started, done, errors, timeouts, connect_errs;
+    uint64_t started, done, errors, timeouts, connect_errs, late;
+    uint64_t t0;
     unsigned next_src;
     struct bu_hist hist;
 };
@@ -117,13 +123,19 @@ static void cr_event(struct cr_ctx *c, int i, uint32_t events)
 static int usage(void)
 {
     fprintf(stderr, "usage: bench_connrate --target A:P [--conc N] [--seconds S] [--count N]\n"
-                    "                      [--msg B] [--src-ips N] [--rst]\n");
+                    "                      [--msg B] [--src-ips N] [--rst] [--rate R]\n");
     return 2;
 }
 
 static int want_more(const struct cr_ctx *c, uint64_t now, uint64_t end)
 {
     return !bu_stop && now < end && (c->o.count == 0 || c->started < c->o.count);
+}
+
+/* With --rate: true when the schedule has a start due at `now`. */
+static int start_due(const struct cr_ctx *c, uint64_t now)
+{
+    return c->rate <= 0 || (double)c->started < (double)(now - c->t0) * c->rate / 1e9;
 }
 
 int main(int argc, char **argv)
@@ -144,6 +156,8 @@ int main(int argc, char **argv)
             continue;
         if (!strcmp(argv[i], "--rst"))
             c.rst = 1;
+        else if (!strcmp(argv[i], "--rate") && i + 1 < argc && (c.rate = atof(argv[++i])) > 0)
+            continue;
         else
             return usage();
     }
@@ -158,16 +172,17 @@ int main(int argc, char **argv)
         return 1;
     memset(c.msg, 'c', (size_t)c.o.msg);
     t0 = bu_now_ns();
+    c.t0 = t0;
     end = t0 + (uint64_t)(c.o.seconds * 1e9);
     last_sweep = t0;
     for (i = 0; i < c.o.conc; i++) {
         c.slot[i].fd = -1;
-        if (want_more(&c, t0, end) && cr_start(&c, i) < 0)
+        if (want_more(&c, t0, end) && start_due(&c, t0) && cr_start(&c, i) < 0)
             c.connect_errs++;
     }
     /* Bounded: stops at end (plus at most one connection timeout to drain). */
     for (;;) {
-        n = epoll_wait(c.ep, evs, 256, 100);
+        n = epoll_wait(c.ep, evs, 256, c.rate > 0 ? 1 : 100);
         for (i = 0; i < n; i++)
             cr_event(&c, (int)evs[i].data.u32, evs[i].events);
         now = bu_now_ns();
@@ -179,10 +194,13 @@ int main(int argc, char **argv)
                 c.timeouts++;
                 cr_end(&c, i, 0);
             }
-            if (s->fd < 0 && want_more(&c, now, end) && cr_start(&c, i) < 0)
+            if (s->fd < 0 && want_more(&c, now, end) && start_due(&c, now) && cr_start(&c, i) < 0)
                 c.connect_errs++;
             live += s->fd >= 0;
         }
+        /* Paced and every slot busy with a start due: the proxy lags. */
+        if (c.rate > 0 && live == c.o.conc && want_more(&c, now, end) && start_due(&c, now))
+            c.late++;
         if (now - last_sweep > 100000000ull)
             last_sweep = now;
         if (live == 0 && !want_more(&c, now, end))
@@ -195,11 +213,15 @@ int main(int argc, char **argv)
         double secs = (double)(now - t0) / 1e9;
 
         printf("connrate: %llu conns in %.2f s = %.0f conn/s, errors %llu (timeouts %llu, "
-               "connect %llu), latency p50 %.0f us p99 %.0f us\n",
+               "connect %llu), latency p50 %.0f us p99 %.0f us",
                (unsigned long long)c.done, secs, (double)c.done / secs,
                (unsigned long long)c.errors, (unsigned long long)c.timeouts,
                (unsigned long long)c.connect_errs, bu_hist_pct(&c.hist, 50),
                bu_hist_pct(&c.hist, 99));
+        if (c.rate > 0)
+            printf(", paced at %.0f/s (%llu waits for a free slot)", c.rate,
+                   (unsigned long long)c.late);
+        printf("\n");
         printf("RESULT ops=%llu secs=%.3f rate=%.1f errors=%llu p50_us=%.1f p99_us=%.1f\n",
                (unsigned long long)c.done, secs, (double)c.done / secs,
                (unsigned long long)(c.errors + c.connect_errs), bu_hist_pct(&c.hist, 50),

@@ -15,6 +15,7 @@
 #                             [--rounds R] [--perf] [--keep]
 #                             [--quiet-wait S] [--quiet-pct P] [--nice N]
 #                             [--syscalls] [--syscalls-perf] [--report RESULTS_TSV]
+#                             [--conn-rate R]
 #   --build DIR  build tree holding bench/gateway/bench_* and gateway/gwd
 #                (default /tmp/b-bench; configure it with -DCMAKE_BUILD_TYPE=Release)
 #   --quiet-wait S, --quiet-pct P: before each measurement wait up to S s
@@ -31,6 +32,9 @@
 #                normal run (root, or perf_event_paranoid <= -1); the CPU
 #                figures of such a run are close to normal ones
 #   --report F   only print the report of an earlier run's results.tsv (--keep)
+#   --conn-rate R  connrate at a fixed offered load of R connections/s (below
+#                what every proxy takes: its CPU per connection then does not
+#                depend on how fast it went, and rounds vary much less)
 #   gwd-nodb     gwd with --db none: what the SQLite store costs (diagnostic)
 #   gwd-base, gwd-base-nodb: the same with the binary $GWD_BASE, to compare
 #                two builds (before/after a change) interleaved in one run
@@ -38,7 +42,8 @@
 #                test and round (perf-TEST-PROXY-ROUND.data, left in the temp
 #                dir, which is then kept)
 # Environment: GWD=path of gwd; GWD_DB=store for gwd (default a file in the
-# temp dir; "none" or ":memory:" to see what the store costs); GWD_EXTRA=more
+# temp dir; "none" or ":memory:" to see what the store costs); GWD_BASE_DB=the
+# same for gwd-base (default: GWD_DB's); GWD_EXTRA=more
 # gwd flags (e.g. "--nat-policy sequential").
 # Every process it starts is killed by PID on exit; every run is bounded.
 set -u
@@ -56,6 +61,7 @@ sysc=0
 perf=0
 keep=0
 report=""
+conn_rate=""
 while [ $# -gt 0 ]; do
     case "$1" in
     --build) build=$2; shift ;;
@@ -71,6 +77,7 @@ while [ $# -gt 0 ]; do
     --syscalls) sysc=1 ;;
     --syscalls-perf) sysc=2 ;;
     --report) report=$2; shift ;;
+    --conn-rate) conn_rate=$2; shift ;;
     --keep) keep=1 ;;
     *) sed -n '2,/^# Every process/p' "$0" >&2; exit 2 ;;
     esac
@@ -146,6 +153,15 @@ cpu_ticks() { # cpu_ticks PID...: utime+stime of all threads, in clock ticks
         sum=$((sum + ${12} + ${13}))
     done
     echo "$sum"
+}
+thread_ticks() { # thread_ticks PID...: "comm ticks" per thread name (threads of one name summed)
+    local p t
+    for p in "$@"; do
+        for t in /proc/"$p"/task/*; do
+            [ -r "$t/stat" ] || continue
+            sed 's/^[0-9]* (\(.*\)) [A-Za-z] \(.*\)$/\1 \2/' "$t/stat" 2>/dev/null
+        done
+    done | awk '{c[$1] += $12 + $13} END {for (n in c) print n, c[n]}' | sort
 }
 mem_kb() { # mem_kb PID...: "private_kB rss_kB" summed (smaps_rollup)
     local p priv=0 rss=0
@@ -253,8 +269,8 @@ EOF
         ;;
     gwd | gwd-nodb | gwd-base | gwd-base-nodb)
         local db=${GWD_DB:-$tmp/gwd.db} bin=$gwd_bin
+        case $name in gwd-base*) bin=$GWD_BASE; db=${GWD_BASE_DB:-$db} ;; esac
         case $name in *-nodb) db=none ;; esac
-        case $name in gwd-base*) bin=$GWD_BASE ;; esac
         rm -f "$tmp"/gwd.db*
         # shellcheck disable=SC2086
         $PROXY_CPU "$bin" -p "$port" -b 127.0.0.1 --tcp-backend be=127.0.0.1:$tport \
@@ -322,8 +338,12 @@ run_one() { # run_one TEST PROXY ROUND
     [ "$sysc" = 1 ] || wait_quiet
     # shellcheck disable=SC2086
     c0=$(cpu_ticks $tree)
+    # shellcheck disable=SC2086
+    local th0 th1
+    th0=$(thread_ticks $tree)
     case $t in
-    connrate) $LOAD_CPU "$tools/bench_connrate" --target "$target" --conc 64 --src-ips 64 --seconds "$secs" >"$out" 2>&1 ;;
+    connrate) $LOAD_CPU "$tools/bench_connrate" --target "$target" --conc 64 --src-ips 64 --seconds "$secs" \
+        ${conn_rate:+--rate "$conn_rate"} >"$out" 2>&1 ;;
     keepalive) $LOAD_CPU "$tools/bench_keepalive" --target "$target" --conc 50 --seconds "$secs" >"$out" 2>&1 ;;
     bulk) $LOAD_CPU "$tools/bench_bulk" --target "$target" --conc 1 --seconds "$secs" >"$out" 2>&1 ;;
     udp) $LOAD_CPU "$tools/bench_udp" --target "$target" --conc 16 --window 4 --seconds "$secs" >"$out" 2>&1 ;;
@@ -361,6 +381,8 @@ run_one() { # run_one TEST PROXY ROUND
             [ "$still" -ge 2 ] && break
         done
     fi
+    # shellcheck disable=SC2086
+    th1=$(thread_ticks $tree)
     [ "$perfpid" != 0 ] && kill_pid "$perfpid"
     [ "$px" != none ] && kill_pid "$PROXY_PID"
     local ops rate p50 p99 err gbps dg cpu_us per
@@ -382,6 +404,12 @@ run_one() { # run_one TEST PROXY ROUND
             "$err" "$cpu_us" "$per" "$gbps" >>"$res"
     fi
     echo "run.sh: $t $px round $r ($QUIET before): $(grep -v "^RESULT" "$out" | head -1)" >&2
+    # Where a multi-threaded proxy's CPU went (gwd: the loop, the store's writer
+    # and checkpointer), per unit of work.
+    if [ -n "$tree" ] && [ "$t" != idle ] && [ "$(echo "$th1" | wc -l)" -gt 1 ]; then
+        echo "run.sh:   threads, us per unit: $(join <(echo "$th0") <(echo "$th1") |
+            awk -v hz="$hz" -v n="$ops" 'n > 0 {printf "%s %.1f  ", $1, ($3 - $2) * 1e6 / hz / n}')" >&2
+    fi
 }
 
 if [ -z "$report" ]; then
@@ -522,7 +550,7 @@ echo "(best of $rounds round(s) per proxy: each row is the round with the least 
 echo " except bulk Gbit/s, the best round's; targets on ops/s and p99 use each proxy's best round;"
 echo " CPU = the proxy's utime+stime (all processes and threads)"
 echo " over the load run; ratio = vs the best peer (bulk: vs HAProxy, udp: vs nginx); connrate:"
-echo " 64 in flight from 64 client IPs, 64 B echo, client closes; keepalive: 50 conns x 64 B echo;"
+echo " 64 in flight from 64 client IPs${conn_rate:+, paced at $conn_rate conn/s}, 64 B echo, client closes; keepalive: 50 conns x 64 B echo;"
 echo " bulk: 1 conn one way into a sink (Gbit/s/CPU-s = what one full core of the proxy would move); udp: 16 sockets x 4 in flight, 64 B, us/dgram counts"
 echo " requests + replies; idle: $flows flows, B/flow = private memory (smaps_rollup) delta / flows)"
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
