@@ -5,8 +5,8 @@
  * a timeout. Prints a human line and one "RESULT key=value..." line.
  * --rate R paces the starts at R per second (an offered load below what the
  * proxy can take, so that its CPU per connection is not tied to how fast it
- * went): a start that finds all --conc slots busy waits for one and counts
- * as late.
+ * went): a start that finds all --conc slots busy waits for one (the loop
+ * passes that found one due and no slot free are counted: 0 = the pace held).
  *
  * usage: bench_connrate --target A:P [--conc N] [--seconds S] [--count N]
  *                       [--msg B] [--src-ips N] [--rst] [--rate R]
@@ -219,8 +219,8 @@ int main(int argc, char **argv)
                (unsigned long long)c.connect_errs, bu_hist_pct(&c.hist, 50),
                bu_hist_pct(&c.hist, 99));
         if (c.rate > 0)
-            printf(", paced at %.0f/s (%llu waits for a free slot)", c.rate,
-                   (unsigned long long)c.late);
+            printf(", paced at %.0f/s (%llu passes found a start due and no free slot)",
+                   c.rate, (unsigned long long)c.late);
         printf("\n");
         printf("RESULT ops=%llu secs=%.3f rate=%.1f errors=%llu p50_us=%.1f p99_us=%.1f\n",
                (unsigned long long)c.done, secs, (double)c.done / secs,

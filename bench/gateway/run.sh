@@ -36,6 +36,9 @@
 #                what every proxy takes: its CPU per connection then does not
 #                depend on how fast it went, and rounds vary much less)
 #   gwd-nodb     gwd with --db none: what the SQLite store costs (diagnostic)
+#   haproxy-log, nginx-log: the peers with a log line per connection
+#                (HAProxy: option tcplog to stdout, a file; nginx: access_log
+#                with a 64 KiB buffer): what logging costs them (diagnostic)
 #   gwd-base, gwd-base-nodb: the same with the binary $GWD_BASE, to compare
 #                two builds (before/after a change) interleaved in one run
 #   --perf       also record `perf record -e cpu-clock -g` of each proxy per
@@ -229,14 +232,21 @@ start_proxy() { # start_proxy NAME PORT TCP_BACKEND_PORT: sets PROXY_PID (0 for 
     PROXY_PID=0
     case $name in
     none) return 0 ;;
-    haproxy)
+    haproxy | haproxy-log)
+        # haproxy-log: the same with a log line per connection (option
+        # tcplog) written to its stdout, a file: what logging costs HAProxy.
+        local logcfg="" logopt=""
+        [ "$name" = haproxy-log ] && { logcfg="log stdout format raw local0"; logopt="log global
+    option tcplog"; }
         cfg=$tmp/haproxy.cfg
         cat >"$cfg" <<EOF
 global
     nbthread 1
     maxconn 9900
+    $logcfg
 defaults
     mode tcp
+    $logopt
     timeout connect 5s
     timeout client 60s
     timeout server 60s
@@ -246,9 +256,14 @@ frontend fe
 backend be
     server s1 127.0.0.1:$tport
 EOF
-        $PROXY_CPU haproxy -db -f "$cfg" >"$tmp/haproxy.log" 2>&1 &
+        $PROXY_CPU haproxy -db -f "$cfg" >"$tmp/$name.log" 2>&1 &
         ;;
-    nginx)
+    nginx | nginx-log)
+        # nginx-log: the same with an access_log line per session, buffered
+        # (64 KiB) as nginx's docs advise for busy servers.
+        local logcfg="access_log off;"
+        [ "$name" = nginx-log ] && logcfg="log_format gw '\$remote_addr:\$remote_port \$time_iso8601 \$protocol \$status \$bytes_received \$bytes_sent \$session_time \$upstream_addr';
+    access_log $tmp/nginx-access.log gw buffer=64k;"
         cfg=$tmp/nginx.conf
         cat >"$cfg" <<EOF
 load_module /usr/lib/nginx/modules/ngx_stream_module.so;
@@ -259,6 +274,7 @@ pid $tmp/nginx.pid;
 error_log $tmp/nginx-error.log warn;
 events { worker_connections 19900; }
 stream {
+    $logcfg
     upstream be { server 127.0.0.1:$tport; }
     upstream ube { server 127.0.0.1:$UBE; }
     server { listen 127.0.0.1:$port; proxy_pass be; }
@@ -301,7 +317,7 @@ run_one() { # run_one TEST PROXY ROUND
     local t=$1 px=$2 r=$3 port tport=$BE target tree c0 c1 out=$tmp/$1-$2-$3.out
     local m0 m1 lpid perfpid=0
     [ "$t" = bulk ] && tport=$SINK
-    [ "$t" = udp ] && [ "$px" = haproxy ] && return 0 # HAProxy 2.6 has no UDP proxy
+    case $t/$px in udp/haproxy*) return 0 ;; esac # HAProxy 2.6 has no UDP proxy
     [ "$t" = idle ] && [ "$r" != 1 ] && return 0      # memory does not vary: once
     port=$(pick_port) || return 1
     start_proxy "$px" "$port" "$tport" || { printf '%s\t%s\t%s\tFAILED\n' "$t" "$px" "$r" >>"$res"; return 0; }
@@ -481,7 +497,7 @@ $1 == "idle" {
 function val(t, f) { return t == "idle" ? f[9] : (t == "bulk" ? maxg[t "/" f[2]] : f[10]) }
 END {
     split("connrate keepalive bulk udp idle", T, " ")
-    np = split("none haproxy nginx gwd gwd-nodb gwd-base gwd-base-nodb", P, " ")
+    np = split("none haproxy nginx gwd gwd-nodb gwd-base gwd-base-nodb haproxy-log nginx-log", P, " ")
     unit["connrate"] = "conn"; unit["keepalive"] = "req"; unit["udp"] = "dgram"
     for (ti = 1; ti <= 5; ti++) {
         t = T[ti]; ref = ""; refp = ""; refrate = ""; refp99 = ""; refcap = ""; refratep = ""; refp99p = ""
@@ -543,6 +559,38 @@ END {
                 printf "  target: <= 1024 B/flow: %s\n", (v + 0 <= 1024) ? "MET" : "MISSED"
             }
         }
+    }
+}' "$res"
+# The mean over all rounds, beside the best round: with the machine's
+# round-to-round spread, a difference smaller than the spread of the means
+# is not a difference.
+[ "$rounds" -gt 1 ] && awk -F'\t' '
+$4 != "FAILED" && $1 != "idle" && $1 != "bulk" && $10 != "" {
+    k = $1 "/" $2; n[k]++; cpu[k] += $10; cpu2[k] += $10 * $10; rate[k] += $5; p99[k] += $7
+    if (!(k in lo) || $10 < lo[k]) lo[k] = $10
+    if (!(k in hi) || $10 > hi[k]) hi[k] = $10
+}
+END {
+    split("connrate keepalive udp", T, " ")
+    np = split("haproxy nginx gwd gwd-nodb gwd-base gwd-base-nodb haproxy-log nginx-log", P, " ")
+    for (ti = 1; ti <= 3; ti++) {
+        t = T[ti]; ref = ""; hdr = 0
+        for (pi = 1; pi <= 2; pi++) {
+            k = t "/" P[pi]
+            if (!(k in n) || (t == "udp" && P[pi] != "nginx")) continue
+            if (ref == "" || cpu[k] / n[k] < ref) { ref = cpu[k] / n[k]; refp = P[pi] }
+        }
+        for (pi = 1; pi <= np; pi++) {
+            k = t "/" P[pi]
+            if (!(k in n)) continue
+            if (!hdr) { printf "\n## %s, mean of the rounds\n%-13s %6s %10s %15s %9s %9s %8s\n", t, "proxy", "rounds",
+                "us/unit", "(min-max)", "ops/s", "p99 us", "ratio"; hdr = 1 }
+            m = cpu[k] / n[k]
+            printf "%-13s %6d %10.1f %15s %9.0f %9.0f %8s\n", P[pi], n[k], m,
+                sprintf("(%.1f-%.1f)", lo[k], hi[k]), rate[k] / n[k], p99[k] / n[k],
+                ref != "" ? sprintf("%.2fx", m / ref) : ""
+        }
+        if (hdr && ref != "") printf "(ratio: mean us/unit vs the mean of %s)\n", refp
     }
 }' "$res"
 echo
