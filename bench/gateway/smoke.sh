@@ -39,6 +39,13 @@ check() { # check NAME OUTFILE: RESULT with ops > 0 and errors=0
 }
 "$dir/bench_connrate" --target 127.0.0.1:$tcp --conc 8 --src-ips 4 --seconds 0.5 >"$tmp/cr" 2>&1 || fail "connrate exit $?: $(cat "$tmp/cr")"
 check connrate "$tmp/cr"
+# Paced: 400/s for 0.5 s starts at most 201 connections (the schedule's
+# bound) and, on an idle loopback echo, not far fewer.
+"$dir/bench_connrate" --target 127.0.0.1:$tcp --conc 8 --seconds 0.5 --rate 400 >"$tmp/crp" 2>&1 ||
+    fail "connrate --rate exit $?: $(cat "$tmp/crp")"
+check connrate-paced "$tmp/crp"
+paced=$(sed -n 's/^RESULT ops=\([0-9]*\).*/\1/p' "$tmp/crp")
+[ "$paced" -le 201 ] && [ "$paced" -ge 120 ] || fail "connrate --rate 400 for 0.5 s made $paced connections"
 "$dir/bench_keepalive" --target 127.0.0.1:$tcp --conc 4 --seconds 0.5 >"$tmp/ka" 2>&1 || fail "keepalive exit $?: $(cat "$tmp/ka")"
 check keepalive "$tmp/ka"
 "$dir/bench_bulk" --target 127.0.0.1:$sink --seconds 0.5 >"$tmp/bu" 2>&1 || fail "bulk exit $?: $(cat "$tmp/bu")"
