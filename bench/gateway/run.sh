@@ -31,7 +31,8 @@
 #                speed, so batching and timing-dependent paths are as in a
 #                normal run (root, or perf_event_paranoid <= -1); the CPU
 #                figures of such a run are close to normal ones
-#   --report F   only print the report of an earlier run's results.tsv (--keep)
+#   --report F   only print the report of an earlier run's results.tsv (--keep);
+#                add --rounds and, for a paced run, --conn-rate as it had them
 #   --conn-rate R  connrate at a fixed offered load of R connections/s (below
 #                what every proxy takes: its CPU per connection then does not
 #                depend on how fast it went, and rounds vary much less)
@@ -354,8 +355,8 @@ run_one() { # run_one TEST PROXY ROUND
     [ "$sysc" = 1 ] || wait_quiet
     # shellcheck disable=SC2086
     c0=$(cpu_ticks $tree)
-    # shellcheck disable=SC2086
     local th0 th1
+    # shellcheck disable=SC2086
     th0=$(thread_ticks $tree)
     case $t in
     connrate) $LOAD_CPU "$tools/bench_connrate" --target "$target" --conc 64 --src-ips 64 --seconds "$secs" \
@@ -476,7 +477,7 @@ fi
 # Report: one table per test, best round per proxy (lowest CPU per op; for
 # bulk highest Gbit/s; for idle lowest bytes per flow), the ratio to the
 # reference peer and, for gwd, the target and whether it is met.
-awk -F'\t' -v flows="$flows" -v rounds="$rounds" '
+awk -F'\t' -v flows="$flows" -v rounds="$rounds" -v paced="$conn_rate" '
 function peer(p) { return p == "haproxy" || p == "nginx" }
 $4 == "FAILED" { failed[$1 "/" $2] = 1; next }
 $1 == "idle" {
@@ -545,7 +546,12 @@ END {
                 printf "%-8s %8s %8.0f %8.0f %8.0f %6s %7s %9s %8s\n", p, f[4], f[5], f[6], f[7], f[8], cpu, f[10] == "" ? "-" : sprintf("%.1f", f[10]), ratio
             }
             if (p != "gwd" || v == "" || (ref == "" && t != "idle")) continue
-            if (t == "connrate" || t == "keepalive") {
+            if (t == "connrate" && paced != "") {
+                # paced: every proxy had the same offered load, no ops/s to compare
+                printf "  target: us/%s <= %s (%s): %s; best p99 %.0f <= %.0f us (%s): %s (paced at %s/s)\n",
+                    unit[t], ref, refp, (v + 0 <= ref + 0) ? "MET" : "MISSED",
+                    minp99[k], refp99, refp99p, (minp99[k] <= refp99) ? "MET" : "MISSED", paced
+            } else if (t == "connrate" || t == "keepalive") {
                 printf "  target: us/%s <= %s (%s): %s; best ops/s %.0f >= %.0f (%s): %s; best p99 %.0f <= %.0f us (%s): %s\n",
                     unit[t], ref, refp, (v + 0 <= ref + 0) ? "MET" : "MISSED",
                     maxrate[k], refrate, refratep, (maxrate[k] >= refrate) ? "MET" : "MISSED",
@@ -566,7 +572,7 @@ END {
 # is not a difference.
 [ "$rounds" -gt 1 ] && awk -F'\t' '
 $4 != "FAILED" && $1 != "idle" && $1 != "bulk" && $10 != "" {
-    k = $1 "/" $2; n[k]++; cpu[k] += $10; cpu2[k] += $10 * $10; rate[k] += $5; p99[k] += $7
+    k = $1 "/" $2; n[k]++; cpu[k] += $10; rate[k] += $5; p99[k] += $7
     if (!(k in lo) || $10 < lo[k]) lo[k] = $10
     if (!(k in hi) || $10 > hi[k]) hi[k] = $10
 }
