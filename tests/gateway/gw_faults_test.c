@@ -36,11 +36,7 @@ static void setup(void)
 
 static void teardown(void)
 {
-    if (gwd.pid > 0)
-        gwd_stop(&gwd);
-    for (int i = 0; i < 3; i++)
-        gwt_backend_stop(&be[i], false);
-    gwt_dir_free(&dir);
+    gwt_teardown(&gwd, be, (int)(sizeof(be) / sizeof(be[0])), &dir);
 }
 
 TestSuite(gw_faults, .init = setup, .fini = teardown, .timeout = 180);

@@ -599,6 +599,15 @@ void gwt_backend_stop(struct gwt_backend *b, bool kill_hard)
     b->pid = 0;
 }
 
+void gwt_teardown(struct gwd *g, struct gwt_backend *be, int n, struct gwt_dir *d)
+{
+    if (g->pid > 0)
+        gwd_stop(g);
+    for (int i = 0; i < n; i++)
+        gwt_backend_stop(&be[i], false);
+    gwt_dir_free(d);
+}
+
 int gwt_backend_count(const struct gwt_backend *b, const char *prefix)
 {
     return count_in_file(b->log, prefix, true);

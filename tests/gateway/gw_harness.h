@@ -76,6 +76,9 @@ int gwt_backend_start(struct gwt_backend *b, const struct gwt_dir *d, const char
 void gwt_backend_stop(struct gwt_backend *b, bool kill_hard);
 /* Counts log lines beginning with `prefix`. */
 int gwt_backend_count(const struct gwt_backend *b, const char *prefix);
+/* A suite's teardown: stops gwd (when it runs), the `n` backends of `be`
+ * (SIGTERM), and removes the test directory. */
+void gwt_teardown(struct gwd *g, struct gwt_backend *be, int n, struct gwt_dir *d);
 
 /* Counts "WHAT IP:PORT" lines whose PORT is in [lo, hi]: flows that came
  * through the NAT pool lo-hi (health checks come from elsewhere). */

@@ -44,10 +44,7 @@ static void teardown(void)
         }
     }
     n_helpers = 0;
-    if (gwd.pid > 0)
-        gwd_stop(&gwd);
-    gwt_backend_stop(&be, false);
-    gwt_dir_free(&dir);
+    gwt_teardown(&gwd, &be, 1, &dir);
 }
 
 TestSuite(gw_relay, .init = setup, .fini = teardown, .timeout = 180);

@@ -30,10 +30,7 @@ static void setup(void)
 
 static void teardown(void)
 {
-    if (gwd.pid > 0)
-        gwd_stop(&gwd);
-    gwt_backend_stop(&be, false);
-    gwt_dir_free(&dir);
+    gwt_teardown(&gwd, &be, 1, &dir);
 }
 
 TestSuite(gw_tcp, .init = setup, .fini = teardown, .timeout = 120);

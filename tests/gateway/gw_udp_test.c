@@ -34,11 +34,7 @@ static void setup(void)
 
 static void teardown(void)
 {
-    if (gwd.pid > 0)
-        gwd_stop(&gwd);
-    for (int i = 0; i < 2; i++)
-        gwt_backend_stop(&be[i], false);
-    gwt_dir_free(&dir);
+    gwt_teardown(&gwd, be, (int)(sizeof(be) / sizeof(be[0])), &dir);
 }
 
 TestSuite(gw_udp, .init = setup, .fini = teardown, .timeout = 120);
