@@ -260,6 +260,12 @@ int main(int argc, char **argv)
         gw_config_free(ctx.cfg);
         return 1;
     }
+    if ((rc = gw_poll_init(&ctx.poll, ctx.loop)) < 0) {
+        fprintf(stderr, "gwd: cannot make the epoll set: %s\n", strerror(-rc));
+        ev_loop_destroy(ctx.loop);
+        gw_config_free(ctx.cfg);
+        return 1;
+    }
     ctx.start_ms = gw_now_ms();
     ctx.exit_code = 0;
     TAILQ_INIT(&ctx.backends);
@@ -293,6 +299,7 @@ int main(int argc, char **argv)
     if (rc < 0) {
         gw_control_stop(&ctx);
         ctx_free(&ctx);
+        gw_poll_destroy(&ctx.poll);
         ev_loop_destroy(ctx.loop);
         return 1;
     }
@@ -317,6 +324,7 @@ int main(int argc, char **argv)
     ev_signal_stop(ctx.loop, &ctx.sig_int);
     ev_signal_stop(ctx.loop, &ctx.sig_hup);
     ctx_free(&ctx);
+    gw_poll_destroy(&ctx.poll);
     ev_loop_destroy(ctx.loop);
     gw_log(GW_LOG_INFO, "stopped");
     return ctx.exit_code;

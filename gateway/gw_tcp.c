@@ -19,7 +19,7 @@
 #define MAX_PORT_TRIES 16 /* bind/connect retries on other pool ports per attempt */
 #define MAX_FAILOVER 8    /* servers tried per flow at most */
 
-static void tcp_io_cb(struct ev_loop *loop, ev_io *w, int revents);
+static void tcp_io_cb(struct gw_io *w, int revents);
 static void tcp_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 
 static const char *side_reason(int side, const char *what)
@@ -59,12 +59,12 @@ static bool has_pending(const struct gw_flow *flow, int side)
 /* The TCP part of gw_flow_close. */
 void gw_tcp_release(struct gw_flow *flow, bool rst)
 {
-    struct ev_loop *loop = flow->ctx->loop;
+    struct gw_ctx *ctx = flow->ctx;
 
     for (int i = 0; i < 2; i++) {
-        ev_io_stop(loop, &flow->u.tcp.io[i]);
+        gw_io_forget(&ctx->poll, &flow->u.tcp.io[i]);
         close_fd(side_fd(flow, i), rst);
-        ev_io_set(&flow->u.tcp.io[i], -1, 0);
+        gw_io_set(&flow->u.tcp.io[i], -1, 0);
         free(flow->u.tcp.pend[i]);
         flow->u.tcp.pend[i] = NULL;
         if (flow->u.tcp.pipe[i]) {
@@ -74,7 +74,7 @@ void gw_tcp_release(struct gw_flow *flow, bool rst)
             flow->u.tcp.pipe[i] = NULL;
         }
     }
-    ev_timer_stop(loop, &flow->u.tcp.timer);
+    ev_timer_stop(ctx->loop, &flow->u.tcp.timer);
 }
 
 /* One connect attempt failed: close its socket, its session and its server. */
@@ -83,10 +83,10 @@ static void attempt_failed(struct gw_flow *flow, const char *reason)
     struct gw_ctx *ctx = flow->ctx;
     struct nat_session *s = flow->sess;
 
-    ev_io_stop(ctx->loop, &flow->u.tcp.io[GW_SIDE_BACKEND]);
+    gw_io_forget(&ctx->poll, &flow->u.tcp.io[GW_SIDE_BACKEND]);
     ev_timer_stop(ctx->loop, &flow->u.tcp.timer);
     close_fd(side_fd(flow, GW_SIDE_BACKEND), false);
-    ev_io_set(&flow->u.tcp.io[GW_SIDE_BACKEND], -1, 0);
+    gw_io_set(&flow->u.tcp.io[GW_SIDE_BACKEND], -1, 0);
     flow->sess = NULL;
     if (s) {
         s->udata = NULL;
@@ -220,12 +220,12 @@ static int start_connect(struct gw_flow *flow, struct gw_server *srv, struct gw_
         connected = getpeername(fd, (struct sockaddr *)&peer, &pl) == 0;
     }
     if (connected) {
-        ev_io_set(&flow->u.tcp.io[GW_SIDE_BACKEND], fd, 0);
+        gw_io_set(&flow->u.tcp.io[GW_SIDE_BACKEND], fd, 0);
         established(flow);
         return 0;
     }
-    ev_io_set(&flow->u.tcp.io[GW_SIDE_BACKEND], fd, EV_WRITE);
-    ev_io_start(ctx->loop, &flow->u.tcp.io[GW_SIDE_BACKEND]);
+    gw_io_set(&flow->u.tcp.io[GW_SIDE_BACKEND], fd, EV_WRITE);
+    gw_io_start(&ctx->poll, &flow->u.tcp.io[GW_SIDE_BACKEND]);
     ev_timer_set(&flow->u.tcp.timer, b->conf.connect_timeout_ms / 1000.0, 0.);
     ev_timer_start(ctx->loop, &flow->u.tcp.timer);
     return 0;
@@ -378,7 +378,7 @@ static void established(struct gw_flow *flow)
     nat_session_set_state(ctx->nat, flow->sess, NAT_STATE_ESTABLISHED, gw_loop_ms(ctx->loop));
     if (flow->server->backend && flow->server->backend->conf.proxy_protocol)
         proxy_header(flow, flow->server->backend->conf.proxy_protocol);
-    ev_io_stop(ctx->loop, &flow->u.tcp.io[GW_SIDE_BACKEND]);
+    gw_io_stop(&ctx->poll, &flow->u.tcp.io[GW_SIDE_BACKEND]);
     flow->u.tcp.io[GW_SIDE_BACKEND].events = 0;
     update_watchers(flow);
 }
@@ -435,14 +435,14 @@ static int first_fin_side(const struct gw_flow *flow)
 /*
  * Sets each side's watcher to what the flow waits for. A side that sent its
  * FIN is not read any more, but the watcher of the first FIN's side stays as
- * it is until its next readiness report (GW_FLOW_F_EOF_KEPT): libev leaves a
- * stopped fd in the epoll set, and when that fd (readable for good at EOF) is
- * reported again it removes it with an EPOLL_CTL_DEL. Short flows often end
+ * it is until its next readiness report (GW_FLOW_F_EOF_KEPT): gw_poll (as
+ * libev) leaves a stopped fd in the epoll set, and when that fd (readable for
+ * good at EOF) is reported again it removes it with an EPOLL_CTL_DEL. Short flows often end
  * (the other side's FIN) before that report: then no epoll_ctl at all.
  */
 static void update_watchers(struct gw_flow *flow)
 {
-    struct ev_loop *loop = flow->ctx->loop;
+    struct gw_poll *poll = &flow->ctx->poll;
 
     for (int i = 0; i < 2; i++) {
         int other = 1 - i;
@@ -451,17 +451,17 @@ static void update_watchers(struct gw_flow *flow)
         if (!(flow->flags & eof) && !has_pending(flow, other))
             want |= EV_READ;
         else if ((flow->flags & eof) && (flow->flags & GW_FLOW_F_EOF_KEPT) &&
-                 i == first_fin_side(flow) && ev_is_active(&flow->u.tcp.io[i]))
+                 i == first_fin_side(flow) && gw_io_active(&flow->u.tcp.io[i]))
             want |= flow->u.tcp.io[i].events & EV_READ;
         if (has_pending(flow, i))
             want |= EV_WRITE;
-        ev_io *w = &flow->u.tcp.io[i];
-        if (ev_is_active(w) && (w->events & (EV_READ | EV_WRITE)) == want)
+        struct gw_io *w = &flow->u.tcp.io[i];
+        if (gw_io_active(w) && w->events == want)
             continue;
-        ev_io_stop(loop, w);
+        gw_io_stop(poll, w);
         if (want) {
-            ev_io_set(w, w->fd, want);
-            ev_io_start(loop, w);
+            gw_io_set(w, w->fd, want);
+            gw_io_start(poll, w);
         }
     }
 }
@@ -700,12 +700,15 @@ static void relay_event(struct gw_flow *flow, int side, int revents)
     update_watchers(flow);
 }
 
-static void tcp_io_cb(struct ev_loop *loop, ev_io *w, int revents)
+static void tcp_io_cb(struct gw_io *w, int revents)
 {
     struct gw_flow *flow = w->data;
     int side = w == &flow->u.tcp.io[GW_SIDE_CLIENT] ? GW_SIDE_CLIENT : GW_SIDE_BACKEND;
 
-    (void)loop;
+    if (revents & EV_ERROR) { /* its socket could not be watched (gw_poll.h) */
+        gw_flow_close(flow, "error");
+        return;
+    }
     if (flow->state == GW_FLOW_CONNECTING) {
         if (side == GW_SIDE_BACKEND)
             connect_done(flow, false);
@@ -736,7 +739,7 @@ static void flow_start(struct gw_listener *l, int fd, const struct sockaddr *sa)
     flow->state = GW_FLOW_CONNECTING;
     gw_endpoint_from_sockaddr(&flow->client, sa);
     for (int i = 0; i < 2; i++) {
-        ev_io_init(&flow->u.tcp.io[i], tcp_io_cb, i == GW_SIDE_CLIENT ? fd : -1, 0);
+        gw_io_init(&flow->u.tcp.io[i], tcp_io_cb, i == GW_SIDE_CLIENT ? fd : -1, 0);
         flow->u.tcp.io[i].data = flow;
     }
     ev_timer_init(&flow->u.tcp.timer, tcp_timer_cb, 0., 0.);

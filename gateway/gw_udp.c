@@ -155,7 +155,7 @@ void gw_udp_index_free(struct gw_ctx *ctx)
 /* The UDP part of gw_flow_close. */
 void gw_udp_release(struct gw_flow *flow)
 {
-    ev_io_stop(flow->ctx->loop, &flow->u.udp.io);
+    gw_io_forget(&flow->ctx->poll, &flow->u.udp.io);
     if (flow->u.udp.fd >= 0)
         close(flow->u.udp.fd);
     flow->u.udp.fd = -1;
@@ -361,15 +361,17 @@ static int send_dgrams(struct gw_udp_batch *b, struct gw_flow *flow, const struc
     return sent;
 }
 
-static void upstream_cb(struct ev_loop *loop, ev_io *w, int revents)
+static void upstream_cb(struct gw_io *w, int revents)
 {
     struct gw_flow *flow = w->data;
     struct gw_ctx *ctx = flow->ctx;
     struct gw_udp_batch *b = batch_get(ctx);
     struct gw_sockaddr client;
 
-    (void)loop;
-    (void)revents;
+    if (revents & EV_ERROR) { /* its socket could not be watched (gw_poll.h) */
+        gw_flow_close(flow, "error");
+        return;
+    }
     if (!b)
         return;
     gw_sockaddr_from_endpoint(&client, &flow->client);
@@ -533,7 +535,7 @@ static struct gw_flow *flow_new(struct gw_listener *l, const struct nat_endpoint
     flow->u.udp.fd = fd;
     flow->u.udp.listener = l;
     local_from_cmsg(flow, m);
-    ev_io_init(&flow->u.udp.io, upstream_cb, fd, EV_READ);
+    gw_io_init(&flow->u.udp.io, upstream_cb, fd, EV_READ);
     flow->u.udp.io.data = flow;
     LIST_INSERT_HEAD(&ctx->flows, flow, link);
     ctx->counters.udp_live++;
@@ -542,7 +544,7 @@ static struct gw_flow *flow_new(struct gw_listener *l, const struct nat_endpoint
         gw_flow_close(flow, "error");
         return NULL;
     }
-    ev_io_start(ctx->loop, &flow->u.udp.io);
+    gw_io_start(&ctx->poll, &flow->u.udp.io);
     return flow;
 }
 
@@ -585,7 +587,7 @@ static struct gw_flow *udp_failover(struct gw_flow *flow)
     }
     /* The old socket goes first: with endpoint-independent mapping the new
      * session gets the same nat_ip:nat_port, which the new socket binds. */
-    ev_io_stop(ctx->loop, &flow->u.udp.io);
+    gw_io_forget(&ctx->poll, &flow->u.udp.io);
     close(flow->u.udp.fd);
     flow->u.udp.fd = -1;
     struct nat_key key;
@@ -625,8 +627,8 @@ static struct gw_flow *udp_failover(struct gw_flow *flow)
         gw_server_release(old); /* may free a retired server */
     flow->u.udp.fd = fd;
     flow->u.udp.uflags &= (uint8_t)~GW_UDP_F_REFUSED;
-    ev_io_set(&flow->u.udp.io, fd, EV_READ);
-    ev_io_start(ctx->loop, &flow->u.udp.io);
+    gw_io_set(&flow->u.udp.io, fd, EV_READ);
+    gw_io_start(&ctx->poll, &flow->u.udp.io);
     ctx->counters.failovers++;
     return flow;
 }

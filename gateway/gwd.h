@@ -22,6 +22,7 @@
 #include <sys/queue.h>
 #include <sys/socket.h>
 
+#include "gw_poll.h"
 #include "nat/nat.h"
 
 struct db; /* db/db.h: the SQLite store (opaque here) */
@@ -471,15 +472,15 @@ struct gw_flow {
     struct nat_endpoint client; /* the client's address and port */
     union {
         struct {
-            ev_io io[2];             /* [GW_SIDE_CLIENT], [GW_SIDE_BACKEND]; io[i].fd is
-                                        side i's socket (-1 when none) */
+            struct gw_io io[2];      /* [GW_SIDE_CLIENT], [GW_SIDE_BACKEND]; io[i].fd is
+                                        side i's socket (-1 when none); in ctx->poll */
             ev_timer timer;          /* connect timeout */
             struct gw_buf *pend[2];  /* owned; bytes waiting to be written to side i */
             struct gw_pipe *pipe[2]; /* owned; bulk: bytes toward side i go by splice */
         } tcp;
         struct {
-            int fd; /* upstream socket */
-            ev_io io;
+            int fd;          /* upstream socket */
+            struct gw_io io; /* fd in ctx->poll */
             struct gw_listener *listener; /* borrowed: where replies go out */
             union {
                 struct in_addr v4;
@@ -590,6 +591,7 @@ struct gw_ratelimits {
 
 struct gw_ctx {
     struct ev_loop *loop;          /* borrowed */
+    struct gw_poll poll;           /* the flows' sockets (gw_poll.h) */
     struct gw_config *cfg;         /* owned; replaced by a reload */
     struct gw_cli cli;             /* the flags, reapplied on reload */
     struct nat_table *nat;         /* owned */
