@@ -105,16 +105,18 @@ void gw_io_forget(struct gw_poll *p, struct gw_io *w)
             p->ev[i].data.ptr = NULL;
 }
 
-/* Calls each watcher that could not be put in the set with EV_ERROR (the
- * ones failing again meanwhile wait for the next pass). */
+/* Calls each watcher that could not be put in the set with EV_ERROR, one
+ * at a time off the list: a callback may forget others still on it. The
+ * ones that fail meanwhile are served at the next pass (fail() fed one). */
 static void serve_failed(struct gw_poll *p)
 {
-    struct gw_io *list = p->failed;
+    size_t n = 0;
 
-    p->failed = NULL;
-    while (list) {
-        struct gw_io *w = list;
-        list = w->next_failed;
+    for (struct gw_io *w = p->failed; w; w = w->next_failed)
+        n++;
+    while (n-- > 0 && p->failed) {
+        struct gw_io *w = p->failed;
+        p->failed = w->next_failed;
         w->failed = false;
         if (w->active)
             w->cb(w, EV_ERROR);

@@ -168,3 +168,40 @@ Test(gw_poll, a_socket_the_set_refuses_gets_ev_error)
     io[1].fd = sp[1][0];
     fclose(f);
 }
+
+static struct gw_io *victim;
+static int error_calls;
+
+static void forget_victim(struct gw_io *w, int revents)
+{
+    (void)w;
+    cr_expect_eq(revents, EV_ERROR);
+    error_calls++;
+    if (victim) {
+        gw_io_forget(&poll_set, victim);
+        victim = NULL;
+    }
+}
+
+Test(gw_poll, an_ev_error_callback_may_forget_another_failed_watcher)
+{
+    FILE *f1 = tmpfile(), *f2 = tmpfile();
+    cr_assert(f1 && f2);
+    struct gw_io a, b;
+    gw_io_init(&a, forget_victim, fileno(f1), EV_READ);
+    gw_io_init(&b, forget_victim, fileno(f2), EV_READ);
+    gw_io_start(&poll_set, &a);
+    gw_io_start(&poll_set, &b);
+    cr_assert(a.failed && b.failed);
+    victim = &a; /* b is served first (the list is last-in first-out) and forgets a */
+    error_calls = 0;
+    pass();
+    cr_expect_eq(error_calls, 1);
+    cr_expect_not(a.failed);
+    cr_expect_null(poll_set.failed);
+    pass();
+    cr_expect_eq(error_calls, 1);
+    gw_io_forget(&poll_set, &b);
+    fclose(f1);
+    fclose(f2);
+}
