@@ -220,6 +220,19 @@ static json_t *stats_traffic(const struct gw_ctx *ctx)
     return o;
 }
 
+/* The flows' epoll set (gw_poll.h): how the loop batches readiness reports. */
+static json_t *stats_loop(const struct gw_ctx *ctx)
+{
+    const struct gw_poll *p = &ctx->poll;
+    json_t *o = json_object();
+
+    json_object_set_new(o, "passes", jint(p->passes));
+    json_object_set_new(o, "reports", jint(p->reports));
+    json_object_set_new(o, "epoll_ctl", jint(p->ctl));
+    json_object_set_new(o, "watch_errors", jint(p->watch_errors));
+    return o;
+}
+
 static json_t *stats_store(struct gw_ctx *ctx)
 {
     struct db_stats ds;
@@ -291,6 +304,7 @@ static void cmd_show_stats(struct ctl_client *c, const struct ctl_request *req)
     json_object_set_new(r, "mappings", stats_mappings(ctx, &ns));
     json_object_set_new(r, "pool", stats_pool(ctx, &ns));
     json_object_set_new(r, "traffic", stats_traffic(ctx));
+    json_object_set_new(r, "loop", stats_loop(ctx));
     json_object_set_new(r, "nat_memory_bytes", jint(ns.memory_bytes));
     json_object_set_new(r, "store", stats_store(ctx));
     json_object_set_new(r, "backends", stats_health(ctx));

@@ -56,6 +56,7 @@ void gw_io_set(struct gw_io *w, int fd, int events)
 /* Puts w on the failed list; the loop's next pass calls it with EV_ERROR. */
 static void fail(struct gw_poll *p, struct gw_io *w, int err)
 {
+    p->watch_errors++;
     double now = ev_now(p->loop);
     if (now - p->warned_at >= 1.0) {
         gw_log(GW_LOG_WARN, "epoll_ctl on fd %d: %s: its flow is closed (%lu more not logged)",

@@ -48,14 +48,15 @@ struct gw_io {
 
 struct gw_poll {
     int epfd;
-    struct ev_loop *loop; /* borrowed */
-    ev_io io;             /* epfd in the libev loop */
-    int cur, n;           /* the batch being served: ev[cur] now, n in all */
-    uint64_t passes;      /* epoll_wait calls that returned reports */
-    uint64_t reports;     /* readiness reports served or dropped */
-    uint64_t ctl;         /* epoll_ctl calls */
-    struct gw_io *failed; /* watchers that could not be put in the set */
-    double warned_at;     /* last warning about one (ev_now), and how many since */
+    struct ev_loop *loop;  /* borrowed */
+    ev_io io;              /* epfd in the libev loop */
+    int cur, n;            /* the batch being served: ev[cur] now, n in all */
+    uint64_t passes;       /* epoll_wait calls that returned reports */
+    uint64_t reports;      /* readiness reports served or dropped */
+    uint64_t ctl;          /* epoll_ctl calls */
+    uint64_t watch_errors; /* registrations the set refused (gw_io_start) */
+    struct gw_io *failed;  /* watchers that could not be put in the set */
+    double warned_at;      /* last warning about one (ev_now), and how many since */
     uint64_t unwarned;
     struct epoll_event ev[GW_POLL_BATCH];
 };

@@ -347,6 +347,14 @@ void ctl_print_stats(FILE *out, const json_t *st)
             ctl_fmt_bytes(jget(st, "traffic.bytes_out"), b2, sizeof(b2)),
             jget(st, "traffic.udp_datagrams_in"), jget(st, "traffic.udp_datagrams_out"),
             jget(st, "traffic.udp_dropped"));
+    v = json_object_get(st, "loop");
+    if (json_is_object(v)) {
+        uint64_t passes = jget(v, "passes");
+        fprintf(out, "%-10s %" PRIu64 " passes, %.1f readiness reports per pass, %" PRIu64
+                " epoll_ctl, %" PRIu64 " watch errors\n",
+                "loop", passes, passes ? (double)jget(v, "reports") / (double)passes : 0.0,
+                jget(v, "epoll_ctl"), jget(v, "watch_errors"));
+    }
     if (json_is_object(store)) {
         bool degraded = json_is_true(json_object_get(store, "degraded"));
         fprintf(out,

@@ -159,6 +159,12 @@ Test(ctl_daemon, show_stats_counts_flows_and_pool_use)
     cr_assert_eq(ctl_jint(ip0, "in_use"), 3);
     cr_assert_eq(ctl_jint(res, "traffic.udp_datagrams_in"), 3);
     cr_assert_eq(ctl_jint(res, "traffic.bytes_in"), 12);
+    /* each echo came back on an upstream socket of the flows' epoll set */
+    cr_assert_geq(ctl_jint(res, "loop.reports"), 3);
+    cr_assert_geq(ctl_jint(res, "loop.passes"), 1);
+    cr_assert_geq(ctl_jint(res, "loop.reports"), ctl_jint(res, "loop.passes"));
+    cr_assert_geq(ctl_jint(res, "loop.epoll_ctl"), 3, "one registration per upstream socket");
+    cr_assert_eq(ctl_jint(res, "loop.watch_errors"), 0);
     cr_assert(json_is_object(json_object_get(res, "store")), "the store is on");
     cr_assert_geq(ctl_jint(res, "store.queue_capacity"), 1);
     cr_assert_eq(json_array_size(json_object_get(res, "backends")), 2);
