@@ -17,26 +17,11 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
-"$dir/bench_echo" --tcp 127.0.0.1:0 --sink 127.0.0.1:0 --udp 127.0.0.1:0 --seconds 60 \
-    >"$tmp/echo.out" 2>"$tmp/echo.err" &
-echo_pid=$!
-for _ in $(seq 50); do
-    [ "$(grep -c '^LISTEN' "$tmp/echo.out")" = 3 ] && break
-    sleep 0.1
-done
-tcp=$(awk '$1=="LISTEN" && $2=="tcp" {print $3}' "$tmp/echo.out")
-sink=$(awk '$1=="LISTEN" && $2=="sink" {print $3}' "$tmp/echo.out")
-udp=$(awk '$1=="LISTEN" && $2=="udp" {print $3}' "$tmp/echo.out")
-[ -n "$tcp" ] && [ -n "$sink" ] && [ -n "$udp" ] || fail "bench_echo did not announce its ports"
-
-check() { # check NAME OUTFILE: RESULT with ops > 0 and errors=0
-    local ops err
-    ops=$(sed -n 's/^RESULT ops=\([0-9]*\).*/\1/p' "$2")
-    err=$(sed -n 's/^RESULT.* errors=\([0-9]*\).*/\1/p' "$2")
-    [ -n "$ops" ] && [ "$ops" -gt 0 ] || fail "$1 moved nothing: $(cat "$2")"
-    [ "$err" = 0 ] || fail "$1 had errors: $(cat "$2")"
-    echo "ok $1: $(head -1 "$2")"
-}
+# shellcheck source=bench/gateway/echo_lib.sh
+. "$(dirname "$0")/echo_lib.sh"
+echo_start "$dir" "$tmp" 60 || fail "bench_echo did not announce its ports"
+tcp=$echo_tcp sink=$echo_sink udp=$echo_udp
+check() { result_check "$1" "$2" || fail "$1"; }
 "$dir/bench_connrate" --target 127.0.0.1:$tcp --conc 8 --src-ips 4 --seconds 0.5 >"$tmp/cr" 2>&1 || fail "connrate exit $?: $(cat "$tmp/cr")"
 check connrate "$tmp/cr"
 # Paced: 400/s for 0.5 s starts at most 201 connections (the schedule's

@@ -38,18 +38,12 @@ fail() {
 }
 command -v sqlite3 >/dev/null || { echo "SKIP: no sqlite3 CLI (scripts/deps.sh test installs it)"; exit 77; }
 
-"$tools/bench_echo" --tcp 127.0.0.1:0 --udp 127.0.0.1:0 --seconds $((secs + 60)) \
-    >"$tmp/echo.out" 2>"$tmp/echo.err" &
-pids+=($!)
-for _ in $(seq 50); do
-    [ "$(grep -c '^LISTEN' "$tmp/echo.out")" = 2 ] && break
-    sleep 0.1
-done
-tcp=$(awk '$1=="LISTEN" && $2=="tcp" {print $3}' "$tmp/echo.out")
-udp=$(awk '$1=="LISTEN" && $2=="udp" {print $3}' "$tmp/echo.out")
-[ -n "$tcp" ] && [ -n "$udp" ] || fail "bench_echo did not announce its ports"
-tcp=127.0.0.1:$tcp
-udp=127.0.0.1:$udp
+# shellcheck source=bench/gateway/echo_lib.sh
+. "$(dirname "$0")/../../bench/gateway/echo_lib.sh"
+echo_start "$tools" "$tmp" $((secs + 60)) || fail "bench_echo did not announce its ports"
+pids+=("$echo_pid")
+tcp=127.0.0.1:$echo_tcp
+udp=127.0.0.1:$echo_udp
 
 "$gwd_bin" -p 0 -b 127.0.0.1 --tcp-backend "$tcp" --udp-backend "$udp" --nat-ports 20000-32767 \
     --db "$tmp/gwd.db" --control "$tmp/ctl.sock" >"$tmp/gwd.out" 2>"$tmp/gwd.err" &
@@ -98,13 +92,7 @@ for p in "${load_pids[@]}"; do
     wait "$p" || true
 done
 for name in connrate connrst keepalive udp bulk; do
-    line=$(grep '^RESULT' "$tmp/$name.out")
-    [ -n "$line" ] || fail "$name printed no result: $(tail -2 "$tmp/$name.err")"
-    echo "$name: $line"
-    ops=$(sed -n 's/.* ops=\([0-9]*\).*/\1/p' <<<"$line")
-    errors=$(sed -n 's/.* errors=\([0-9]*\).*/\1/p' <<<"$line")
-    [ "${ops:-0}" -gt 0 ] || fail "$name moved nothing"
-    [ "$errors" = 0 ] || fail "$name: $errors errors through gwd"
+    result_check "$name" "$tmp/$name.out" || fail "$name through gwd"
 done
 
 stats >"$tmp/end.json" || fail "show stats after the load"
