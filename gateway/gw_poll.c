@@ -150,7 +150,10 @@ static void poll_cb(struct ev_loop *loop, ev_io *io, int revents)
             w->cb(w, got & want);
             continue;
         }
-        /* Reported for what it no longer wants: narrow the set now. */
+        /* Reported for what it no longer wants: narrow the set now (an
+         * event outside the registered ones changes nothing). */
+        if (want != 0 && w->kernel == want)
+            continue;
         int rc = set_interest(p, w, want);
         if (rc < 0)
             fail(p, w, -rc);
