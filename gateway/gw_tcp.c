@@ -435,10 +435,11 @@ static int first_fin_side(const struct gw_flow *flow)
 /*
  * Sets each side's watcher to what the flow waits for. A side that sent its
  * FIN is not read any more, but the watcher of the first FIN's side stays as
- * it is until its next readiness report (GW_FLOW_F_EOF_KEPT): gw_poll (as
- * libev) leaves a stopped fd in the epoll set, and when that fd (readable for
- * good at EOF) is reported again it removes it with an EPOLL_CTL_DEL. Short flows often end
- * (the other side's FIN) before that report: then no epoll_ctl at all.
+ * it is until its next readiness report (GW_FLOW_F_EOF_KEPT): gw_poll, as
+ * libev, leaves a stopped fd in the epoll set, and when that fd (readable for
+ * good at EOF) is reported again it removes it with an EPOLL_CTL_DEL. Short
+ * flows often end (the other side's FIN) before that report: then no
+ * epoll_ctl at all.
  */
 static void update_watchers(struct gw_flow *flow)
 {
