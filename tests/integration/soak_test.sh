@@ -59,13 +59,11 @@ done
 target=127.0.0.1:$port
 
 stats() { "$gwctl_bin" --socket "$tmp/ctl.sock" --json --timeout 5 show stats; }
-# jfield FILE DOTTED.KEY: an integer or boolean out of gwctl's JSON
+# jfield FILE DOTTED.KEY: a value out of gwctl's JSON (SQLite's JSON functions
+# and the sqlite3 shell's readfile(): no other JSON tool needed)
 jfield() {
-    python3 -c 'import json,sys
-v=json.load(open(sys.argv[1]))
-v=v.get("result", v)
-for k in sys.argv[2].split("."): v=v[k]
-print(str(v).lower())' "$1" "$2"
+    sqlite3 :memory: "SELECT coalesce(json_extract(j, '\$.result.$2'), json_extract(j, '\$.$2'))
+                      FROM (SELECT CAST(readfile('$1') AS TEXT) AS j)"
 }
 
 run_load() { # name tool args...
