@@ -1,5 +1,5 @@
 # shellcheck shell=bash disable=SC2034  # the variables are for the sourcing script
-# echo_lib.sh - sourced by bench/gateway/smoke.sh and
+# echo_lib.sh - sourced by bench/gateway/smoke.sh, sched.sh and
 # tests/integration/soak_test.sh: bench_echo as a backend on kernel-chosen
 # loopback ports, and the check of a load tool's RESULT line.
 
@@ -20,6 +20,19 @@ echo_start() {
     echo_sink=$(awk '$1=="LISTEN" && $2=="sink" {print $3}' "$2/echo.out")
     echo_udp=$(awk '$1=="LISTEN" && $2=="udp" {print $3}' "$2/echo.out")
     [ -n "$echo_tcp" ] && [ -n "$echo_sink" ] && [ -n "$echo_udp" ]
+}
+
+# stop_pids SIGNAL PID...: sends SIGNAL to each PID still alive (0 = none)
+# and waits for it: the processes this script started, and only those.
+stop_pids() {
+    local sig=$1 p
+    shift
+    for p in "$@"; do
+        if [ "$p" != 0 ] && kill -0 "$p" 2>/dev/null; then
+            kill "-$sig" "$p"
+            wait "$p" 2>/dev/null
+        fi
+    done
 }
 
 # result_check NAME FILE: FILE's RESULT line has ops > 0 and errors=0; else

@@ -36,12 +36,7 @@ tmp=$(mktemp -d /tmp/gw-sched.XXXXXX)
 echo_pid=0
 gwd_pid=0
 cleanup() {
-    for p in "$gwd_pid" "$echo_pid"; do
-        if [ "$p" != 0 ] && kill -0 "$p" 2>/dev/null; then
-            kill -TERM "$p"
-            wait "$p" 2>/dev/null
-        fi
-    done
+    stop_pids TERM "$gwd_pid" "$echo_pid"
     rm -rf "$tmp"
 }
 trap cleanup EXIT

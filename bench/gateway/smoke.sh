@@ -7,18 +7,15 @@ set -u
 dir=$1
 tmp=$(mktemp -d /tmp/gw-bench-smoke.XXXXXX)
 echo_pid=0
+# shellcheck source=bench/gateway/echo_lib.sh
+. "$(dirname "$0")/echo_lib.sh"
 cleanup() {
-    if [ "$echo_pid" != 0 ] && kill -0 "$echo_pid" 2>/dev/null; then
-        kill -TERM "$echo_pid"
-        wait "$echo_pid" 2>/dev/null
-    fi
+    stop_pids TERM "$echo_pid"
     rm -rf "$tmp"
 }
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
-# shellcheck source=bench/gateway/echo_lib.sh
-. "$(dirname "$0")/echo_lib.sh"
 echo_start "$dir" "$tmp" 60 || fail "bench_echo did not announce its ports"
 tcp=$echo_tcp sink=$echo_sink udp=$echo_udp
 check() { result_check "$1" "$2" || fail "$1"; }

@@ -19,15 +19,12 @@ gwctl_bin=$2
 tools=$3
 secs=${4:-10}
 tmp=$(mktemp -d /tmp/gw-soak.XXXXXX)
+# shellcheck source=bench/gateway/echo_lib.sh
+. "$(dirname "$0")/../../bench/gateway/echo_lib.sh"
 pids=()
 gwd_pid=0
 cleanup() {
-    for p in "${pids[@]}" "$gwd_pid"; do
-        if [ "$p" != 0 ] && kill -0 "$p" 2>/dev/null; then
-            kill -KILL "$p"
-            wait "$p" 2>/dev/null
-        fi
-    done
+    stop_pids KILL "${pids[@]}" "$gwd_pid"
     rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -38,8 +35,6 @@ fail() {
 }
 command -v sqlite3 >/dev/null || { echo "SKIP: no sqlite3 CLI (scripts/deps.sh test installs it)"; exit 77; }
 
-# shellcheck source=bench/gateway/echo_lib.sh
-. "$(dirname "$0")/../../bench/gateway/echo_lib.sh"
 echo_start "$tools" "$tmp" $((secs + 60)) || fail "bench_echo did not announce its ports"
 pids+=("$echo_pid")
 tcp=127.0.0.1:$echo_tcp
