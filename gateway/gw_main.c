@@ -260,7 +260,7 @@ int main(int argc, char **argv)
         gw_config_free(ctx.cfg);
         return 1;
     }
-    if ((rc = gw_poll_init(&ctx.poll, ctx.loop)) < 0) {
+    if ((rc = gw_poll_init(&ctx.poll, ctx.loop, &ctx.rl.poll)) < 0) {
         fprintf(stderr, "gwd: cannot make the epoll set: %s\n", strerror(-rc));
         ev_loop_destroy(ctx.loop);
         gw_config_free(ctx.cfg);

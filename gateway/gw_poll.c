@@ -56,16 +56,11 @@ void gw_io_set(struct gw_io *w, int fd, int events)
 /* Puts w on the failed list; the loop's next pass calls it with EV_ERROR. */
 static void fail(struct gw_poll *p, struct gw_io *w, int err)
 {
+    uint64_t held;
     p->watch_errors++;
-    double now = ev_now(p->loop);
-    if (now - p->warned_at >= 1.0) {
+    if (gw_log_allow(p->rl, gw_loop_ms(p->loop), &held))
         gw_log(GW_LOG_WARN, "epoll_ctl on fd %d: %s: its flow is closed (%lu more not logged)",
-               w->fd, strerror(err), (unsigned long)p->unwarned);
-        p->warned_at = now;
-        p->unwarned = 0;
-    } else {
-        p->unwarned++;
-    }
+               w->fd, strerror(err), (unsigned long)held);
     if (w->failed)
         return;
     w->failed = true;
@@ -162,10 +157,10 @@ static void poll_cb(struct ev_loop *loop, ev_io *io, int revents)
     p->cur = 0;
 }
 
-int gw_poll_init(struct gw_poll *p, struct ev_loop *loop)
+int gw_poll_init(struct gw_poll *p, struct ev_loop *loop, struct gw_ratelimit *rl)
 {
     memset(p, 0, sizeof(*p));
-    p->warned_at = -1e9;
+    p->rl = rl;
     p->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (p->epfd < 0)
         return -errno;

@@ -33,6 +33,7 @@
 #define GW_POLL_BATCH 256
 
 struct gw_io;
+struct gw_ratelimit; /* gwd.h */
 typedef void (*gw_io_cb)(struct gw_io *w, int revents);
 
 struct gw_io {
@@ -48,21 +49,22 @@ struct gw_io {
 
 struct gw_poll {
     int epfd;
-    struct ev_loop *loop;  /* borrowed */
-    ev_io io;              /* epfd in the libev loop */
-    int cur, n;            /* the batch being served: ev[cur] now, n in all */
-    uint64_t passes;       /* epoll_wait calls that returned reports */
-    uint64_t reports;      /* readiness reports served or dropped */
-    uint64_t ctl;          /* epoll_ctl calls */
-    uint64_t watch_errors; /* registrations the set refused (gw_io_start) */
-    struct gw_io *failed;  /* watchers that could not be put in the set */
-    double warned_at;      /* last warning about one (ev_now), and how many since */
-    uint64_t unwarned;
+    struct ev_loop *loop;    /* borrowed */
+    ev_io io;                /* epfd in the libev loop */
+    int cur, n;              /* the batch being served: ev[cur] now, n in all */
+    uint64_t passes;         /* epoll_wait calls that returned reports */
+    uint64_t reports;        /* readiness reports served or dropped */
+    uint64_t ctl;            /* epoll_ctl calls */
+    uint64_t watch_errors;   /* registrations the set refused (gw_io_start) */
+    struct gw_io *failed;    /* watchers that could not be put in the set */
+    struct gw_ratelimit *rl; /* borrowed: paces the warnings about them */
     struct epoll_event ev[GW_POLL_BATCH];
 };
 
-/* Makes the epoll set and starts its watcher on loop. Returns 0 or -errno. */
-int gw_poll_init(struct gw_poll *p, struct ev_loop *loop);
+/* Makes the epoll set and starts its watcher on loop; warnings about
+ * sockets the set refuses are paced by rl (gw_log_allow). Returns 0 or
+ * -errno. */
+int gw_poll_init(struct gw_poll *p, struct ev_loop *loop, struct gw_ratelimit *rl);
 /* Stops the watcher and closes the set (the sockets are closed by then). */
 void gw_poll_destroy(struct gw_poll *p);
 

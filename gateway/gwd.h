@@ -585,6 +585,7 @@ struct gw_ratelimits {
     struct gw_ratelimit refused; /* flows refused (no mapping, no server) */
     struct gw_ratelimit sockets; /* socket/bind errors toward backends */
     struct gw_ratelimit accept;  /* accept errors and pauses */
+    struct gw_ratelimit poll;    /* sockets the flows' epoll set refused */
 };
 
 /* ---- the context --------------------------------------------------------- */

@@ -11,12 +11,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "gateway/gw_poll.h"
+#include "gateway/gwd.h" /* gw_poll.h, struct gw_ratelimit */
 
 #define N 4
 
 static struct ev_loop *loop;
 static struct gw_poll poll_set;
+static struct gw_ratelimit warn_rl;
 static int sp[N][2]; /* [i][0] watched, [i][1] its peer */
 static struct gw_io io[N];
 static int order[16], n_order;
@@ -44,7 +45,7 @@ static void setup(void)
 {
     loop = ev_loop_new(EVFLAG_AUTO);
     cr_assert_not_null(loop);
-    cr_assert_eq(gw_poll_init(&poll_set, loop), 0);
+    cr_assert_eq(gw_poll_init(&poll_set, loop, &warn_rl), 0);
     for (int i = 0; i < N; i++) {
         cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sp[i]), 0);
         gw_io_init(&io[i], record, sp[i][0], EV_READ);
