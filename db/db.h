@@ -48,6 +48,12 @@
 /* The last time the fixed-width form can write: 9999-12-31T23:59:59.999Z. */
 #define DB_TIME_MAX_MS 253402300799999ULL
 
+/* ms, or DB_TIME_MAX_MS when later: the time as the fixed-width form stores it. */
+static inline uint64_t db_time_clamp(uint64_t ms)
+{
+    return ms < DB_TIME_MAX_MS ? ms : DB_TIME_MAX_MS;
+}
+
 /*
  * Writes `ms` (milliseconds since the epoch) as ISO-8601 UTC with
  * milliseconds, always 24 characters ("2026-11-27T16:31:25.123Z"), into buf.

@@ -522,7 +522,7 @@ int db_whois(struct db_reader *r, uint8_t proto, const struct nat_addr *nat_ip, 
         return -EIO;
     }
     /* The time as stored: clamped like the text. */
-    uint64_t at_s = (at_ms < DB_TIME_MAX_MS ? at_ms : DB_TIME_MAX_MS) / 1000;
+    uint64_t at_s = db_time_clamp(at_ms) / 1000;
     sqlite3_bind_text(st, 1, db__addr_format(nat_ip->b, ip), -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 2, nat_port);
     sqlite3_bind_text(st, 3, db_time_format(at_ms, t), -1, SQLITE_STATIC);

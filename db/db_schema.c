@@ -91,8 +91,8 @@ uint64_t db__wall_ms(void)
 
 int64_t db__whois_key(uint64_t opened_ms, uint64_t closed_ms)
 {
-    uint64_t o = (opened_ms < DB_TIME_MAX_MS ? opened_ms : DB_TIME_MAX_MS) / 1000;
-    uint64_t c = (closed_ms < DB_TIME_MAX_MS ? closed_ms : DB_TIME_MAX_MS) / 1000;
+    uint64_t o = db_time_clamp(opened_ms) / 1000;
+    uint64_t c = db_time_clamp(closed_ms) / 1000;
     uint64_t d = c > o ? c - o : 0;
     unsigned level = d == 0 ? 0 : 64u - (unsigned)__builtin_clzll(d);
     return (int64_t)(((uint64_t)level << DB_WHOIS_SHIFT) | (c >> level));

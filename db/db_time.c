@@ -44,8 +44,7 @@ static void put_digits(char *p, unsigned v, int n)
 
 char *db_time_format(uint64_t ms, char buf[DB_TIME_STRLEN])
 {
-    if (ms > DB_TIME_MAX_MS)
-        ms = DB_TIME_MAX_MS;
+    ms = db_time_clamp(ms);
     uint64_t days = ms / MS_PER_DAY;
     uint64_t rem = ms % MS_PER_DAY;
     unsigned y, mo, d;
