@@ -67,12 +67,8 @@ measure() { # measure GWD
     perf sched record -o "$dir/sched.data" -C 1 -- sleep "$secs" >/dev/null 2>&1
     wal=$(stat -c %s "$dir/gwd.db-wal" 2>/dev/null || echo 0)
     wait "$load_pid"
-    kill -TERM "$gwd_pid"
-    wait "$gwd_pid"
-    gwd_pid=0
-    kill -TERM "$echo_pid"
-    wait "$echo_pid" 2>/dev/null
-    echo_pid=0
+    stop_pids TERM "$gwd_pid" "$echo_pid"
+    gwd_pid=0 echo_pid=0
     echo "$gwd: $(grep '^RESULT' "$dir/load.out" | cut -c1-110)"
     perf sched timehist -i "$dir/sched.data" --state 2>/dev/null | awk -v wal="$wal" -v secs="$secs" '
         /^ *[0-9]+\.[0-9]+ \[/ {
