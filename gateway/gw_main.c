@@ -275,6 +275,9 @@ int main(int argc, char **argv)
     ctx.scratch_size = ctx.cfg->buffer_size > 65536 ? ctx.cfg->buffer_size : 65536;
     ctx.scratch = malloc(ctx.scratch_size);
     if (!ctx.scratch) {
+        fprintf(stderr, "gwd: out of memory for the relay buffer\n");
+        gw_poll_destroy(&ctx.poll);
+        ev_loop_destroy(ctx.loop);
         gw_config_free(ctx.cfg);
         return 1;
     }
