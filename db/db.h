@@ -30,7 +30,7 @@
 #include "nat/nat.h"
 
 /* The schema version this build writes (PRAGMA user_version). */
-#define DB_SCHEMA_VERSION 3
+#define DB_SCHEMA_VERSION 4
 /* PRAGMA application_id of a gw store ("gwDB"): how a gw file is told apart. */
 #define DB_APPLICATION_ID 0x67774442
 
@@ -90,6 +90,9 @@ struct db_options {
     uint32_t cache_kib;         /* SQLite page cache of the writer's connection */
     int thread_nice;            /* the store's threads run this much nicer than the
                                  * opener (0..19): the data path keeps its core */
+    bool log_flows;             /* true: every event gets a nat_events row; false
+                                 * (log "blocks"): only refusals and block events do,
+                                 * the flows are in nat_sessions alone */
     db_clock_fn clock;          /* NULL = wall clock; tests pass their own */
     void *clock_arg;
 };
@@ -327,7 +330,8 @@ struct db_event_row {
     uint64_t id;
     char time[DB_TIME_STRLEN];
     uint64_t time_ms;
-    char event[DB_TOKEN_MAX]; /* "open", "close", "expire", "refuse" */
+    char event[DB_TOKEN_MAX]; /* "open", "close", "expire", "refuse", "repick",
+                                 "block_alloc", "block_free" */
     uint8_t proto;
     char proto_name[8];
     char client_ip[NAT_ADDR_STRLEN];
@@ -340,6 +344,7 @@ struct db_event_row {
     uint64_t session_id;
     char reason[DB_TOKEN_MAX];    /* "" for open */
     uint64_t bytes_in, bytes_out; /* close/expire only */
+    uint16_t nat_port_last;       /* block events: the block's last port; else 0 */
 };
 
 typedef int (*db_event_fn)(void *arg, const struct db_event_row *r);

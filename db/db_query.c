@@ -23,7 +23,7 @@ static const char session_cols[] =
 
 static const char event_cols[] =
     "id, time, event, proto, client_ip, client_port, nat_ip, nat_port, backend, backend_ip,"
-    " backend_port, session_id, reason, bytes_in, bytes_out";
+    " backend_port, session_id, reason, bytes_in, bytes_out, nat_port_last";
 
 const char *const db_session_sort_keys[] = {
     "id",        "proto",     "client_ip",  "client_port",  "nat_ip",
@@ -373,6 +373,7 @@ static void read_event_row(sqlite3_stmt *st, struct db_event_row *r)
     col_text(st, 12, r->reason, sizeof(r->reason));
     r->bytes_in = (uint64_t)sqlite3_column_int64(st, 13);
     r->bytes_out = (uint64_t)sqlite3_column_int64(st, 14);
+    r->nat_port_last = (uint16_t)sqlite3_column_int(st, 15);
 }
 
 /* Prepares sql, binds w. Returns the statement or NULL (r->err set). */
@@ -743,6 +744,7 @@ static int export_event(void *arg, const struct db_event_row *r)
 {
     bool refuse = r->nat_ip[0] == '\0';
     bool ends = strcmp(r->event, "close") == 0 || strcmp(r->event, "expire") == 0;
+    bool block = r->nat_port_last != 0;
     struct field f[] = {
         NUM("id", r->id),
         TEXT("time", r->time),
@@ -753,12 +755,13 @@ static int export_event(void *arg, const struct db_event_row *r)
         {"nat_ip", r->nat_ip, 0, refuse},
         {"nat_port", NULL, r->nat_port, refuse},
         TEXT("backend", r->backend),
-        TEXT("backend_ip", r->backend_ip),
-        NUM("backend_port", r->backend_port),
+        {"backend_ip", r->backend_ip, 0, block},
+        {"backend_port", NULL, r->backend_port, block},
         {"session_id", NULL, r->session_id, r->session_id == 0},
         {"reason", r->reason, 0, r->reason[0] == '\0'},
         {"bytes_in", NULL, r->bytes_in, !ends},
         {"bytes_out", NULL, r->bytes_out, !ends},
+        {"nat_port_last", NULL, r->nat_port_last, !block},
     };
     put_row(arg, f, sizeof(f) / sizeof(f[0]));
     return 0;

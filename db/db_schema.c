@@ -343,6 +343,12 @@ static const char *const migrations[DB_SCHEMA_VERSION] = {
     " WHERE closed_at IS NOT NULL;"
     "DROP INDEX nat_sessions_port;"
     "CREATE INDEX nat_sessions_whois ON nat_sessions(whois_key, nat_port);",
+    /* 4: block_alloc / block_free rows (the block policy) name a range of
+     * ports: nat_port .. nat_port_last. Their index finds the blocks still
+     * held (a restart frees them) without reading the per-flow rows. */
+    "ALTER TABLE nat_events ADD COLUMN nat_port_last INTEGER;"
+    "CREATE INDEX nat_events_blocks ON nat_events(nat_ip, nat_port, id)"
+    " WHERE event IN ('block_alloc', 'block_free');",
 };
 
 int db__schema_migrate(sqlite3 *conn, int from, char *err, size_t errlen)

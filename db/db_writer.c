@@ -42,7 +42,7 @@ struct db_rec {
     uint8_t type; /* enum nat_event_type */
     uint8_t proto;
     uint8_t state;
-    uint16_t client_port, dst_port, nat_port;
+    uint16_t client_port, dst_port, nat_port, nat_port_last; /* last: block events */
     uint64_t time, id, opened_at, last_seen, bytes_in, bytes_out;
     uint8_t client[16], dst[16], nat[16];
     char reason[DB_TOKEN_MAX];
@@ -74,7 +74,7 @@ struct db_cell {
  * and the same at gwd's steady rates (bench/RESULTS.md).
  */
 #define EV_GROUP 64
-#define EV_COLS 14
+#define EV_COLS 15
 
 /* The text of one staged log row (SQLITE_STATIC binds point into it). */
 struct db_ev_text {
@@ -111,8 +111,9 @@ static const char *const stmt_sql[STMT_COUNT] = {
     [STMT_ROLLBACK] = "ROLLBACK",
     [STMT_INSERT_EVENT] =
         "INSERT INTO nat_events(time, event, proto, client_ip, client_port, nat_ip, nat_port,"
-        " backend, backend_ip, backend_port, session_id, reason, bytes_in, bytes_out)"
-        " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        " backend, backend_ip, backend_port, session_id, reason, bytes_in, bytes_out,"
+        " nat_port_last)"
+        " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     [STMT_INSERT_EVENTS] = NULL,
     [STMT_UPSERT_SESSION] =
         "INSERT INTO nat_sessions(id, proto, client_ip, client_port, nat_ip, nat_port, backend,"
@@ -220,6 +221,7 @@ void db_options_default(struct db_options *o)
     o->busy_timeout_ms = 100;
     o->cache_kib = 8192;
     o->thread_nice = 10;
+    o->log_flows = true;
 }
 
 static uint64_t db_clock(const struct db *db)
@@ -303,6 +305,7 @@ int db_submit(struct db *db, const struct nat_event *ev, const char *backend_nam
     r->type = (uint8_t)ev->type;
     r->time = ev->time;
     rec_fill_session(r, &ev->s);
+    r->nat_port_last = ev->port_last;
     db__strlcpy(r->reason, ev->reason, sizeof(r->reason));
     db__strlcpy(r->backend, backend_name, sizeof(r->backend));
     ring_publish(db, c, pos);
@@ -360,6 +363,21 @@ static const char *event_name(uint8_t type)
     return type < NAT_EV_COUNT ? nat_event_name((enum nat_event_type)type) : "unknown";
 }
 
+/* Block events are about a client's range of ports, not a session. */
+static bool is_block(const struct db_rec *r)
+{
+    return r->kind == DB_REC_EVENT &&
+           (r->type == NAT_EV_BLOCK_ALLOC || r->type == NAT_EV_BLOCK_FREE);
+}
+
+/* Whether event record r gets a log row: every event with log "flows"; with
+ * log "blocks" (db_options.log_flows false) the refusals and the block events
+ * only, the flows themselves being in nat_sessions. */
+static bool is_logged(const struct db *db, const struct db_rec *r)
+{
+    return db->opt.log_flows || r->type == NAT_EV_REFUSE || is_block(r);
+}
+
 /* Formats a 16-byte address into buf (NAT_ADDR_STRLEN); returns its length. */
 static int addr_text(const uint8_t a[16], char *buf)
 {
@@ -392,7 +410,8 @@ static int step_reset(sqlite3_stmt *st)
 static void bind_event(sqlite3_stmt *st, int base, struct db_ev_text *e, const struct db_rec *r)
 {
     bool ends = r->type == NAT_EV_CLOSE || r->type == NAT_EV_EXPIRE;
-    const char *proto = db__proto_name(r->proto);
+    bool block = is_block(r);
+    const char *proto = block ? "any" : db__proto_name(r->proto);
 
     db_time_format(r->time, e->t);
     sqlite3_bind_text(st, base + 1, e->t, DB_TIME_STRLEN - 1, SQLITE_STATIC);
@@ -407,11 +426,21 @@ static void bind_event(sqlite3_stmt *st, int base, struct db_ev_text *e, const s
     } else {
         sqlite3_bind_text(st, base + 6, e->nat, addr_text(r->nat, e->nat), SQLITE_STATIC);
         sqlite3_bind_int(st, base + 7, r->nat_port);
-        sqlite3_bind_int64(st, base + 11, (sqlite3_int64)r->id);
+        if (block)
+            sqlite3_bind_null(st, base + 11);
+        else
+            sqlite3_bind_int64(st, base + 11, (sqlite3_int64)r->id);
     }
     sqlite3_bind_text(st, base + 8, r->backend, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, base + 9, e->dst, addr_text(r->dst, e->dst), SQLITE_STATIC);
-    sqlite3_bind_int(st, base + 10, r->dst_port);
+    if (block) {
+        sqlite3_bind_null(st, base + 9);
+        sqlite3_bind_null(st, base + 10);
+        sqlite3_bind_int(st, base + 15, r->nat_port_last);
+    } else {
+        sqlite3_bind_text(st, base + 9, e->dst, addr_text(r->dst, e->dst), SQLITE_STATIC);
+        sqlite3_bind_int(st, base + 10, r->dst_port);
+        sqlite3_bind_null(st, base + 15);
+    }
     if (r->reason[0] != '\0')
         sqlite3_bind_text(st, base + 12, r->reason, -1, SQLITE_STATIC);
     else
@@ -600,7 +629,7 @@ static void coalesce(struct db *db)
     for (uint32_t i = 0; i < db->batch_n; i++) {
         struct db_rec *r = &db->batch[i];
         bool is_open = r->kind == DB_REC_EVENT && r->type == NAT_EV_OPEN;
-        if (r->kind == DB_REC_EVENT && r->type == NAT_EV_REFUSE)
+        if ((r->kind == DB_REC_EVENT && r->type == NAT_EV_REFUSE) || is_block(r))
             continue;
         struct db_slot *sl = slot_find(db, r->id);
         if (is_open) {
@@ -659,7 +688,8 @@ static int write_batch(struct db *db, uint64_t *skipped)
         if (r->kind == DB_REC_EVENT) {
             /* Log rows and session rows are staged and written EV_GROUP at
              * a time, each table in batch order. */
-            db->ev_pending[db->ev_n++] = r;
+            if (is_logged(db, r))
+                db->ev_pending[db->ev_n++] = r;
             if (db->ev_n == EV_GROUP) {
                 if ((rc = flush_events(db, skipped)) != SQLITE_OK)
                     goto out_rollback;
@@ -668,7 +698,7 @@ static int write_batch(struct db *db, uint64_t *skipped)
                 if (db->opt.thread_nice > 0)
                     sched_yield();
             }
-            if (r->type == NAT_EV_REFUSE || r->no_session)
+            if (r->type == NAT_EV_REFUSE || is_block(r) || r->no_session)
                 continue;
             if (r->type != NAT_EV_OPEN) {
                 /* The end (or repick) of a session whose row an earlier
@@ -1109,7 +1139,8 @@ static void *writer_main(void *arg)
 
 /* ---- open and close ----------------------------------------------------- */
 
-/* Closes the sessions a previous run left open (reason "restart"). */
+/* Closes the sessions a previous run left open and frees the port blocks it
+ * left held (reason "restart"). */
 static int close_leftovers(struct db *db, char *err, size_t errlen)
 {
     static const char *const sql_last =
@@ -1125,6 +1156,16 @@ static int close_leftovers(struct db *db, char *err, size_t errlen)
     static const char *const sql_close =
         "UPDATE nat_sessions SET state = 'closed', closed_at = ?1, close_reason = 'restart',"
         " whois_key = gw_whois_key(opened_at, ?1) WHERE closed_at IS NULL";
+    /* a block whose latest row is its block_alloc is still held */
+    static const char *const sql_blocks =
+        "INSERT INTO nat_events(time, event, proto, client_ip, client_port, nat_ip, nat_port,"
+        " backend, reason, nat_port_last)"
+        " SELECT ?1, 'block_free', 'any', client_ip, client_port, nat_ip, nat_port, '',"
+        " 'restart', nat_port_last FROM nat_events WHERE event = 'block_alloc' AND id IN"
+        " (SELECT max(id) FROM nat_events WHERE event IN ('block_alloc', 'block_free')"
+        " GROUP BY nat_ip, nat_port) ORDER BY id";
+    /* the session rows last: restart_closed counts them */
+    const char *steps[3] = {sql_blocks, db->opt.log_flows ? sql_log : NULL, sql_close};
     char t[DB_TIME_STRLEN];
     sqlite3_stmt *st = NULL;
     int rc;
@@ -1140,8 +1181,10 @@ static int close_leftovers(struct db *db, char *err, size_t errlen)
         db_time_format(db_clock(db), t);
     sqlite3_finalize(st);
     st = NULL;
-    for (int i = 0; i < 2; i++) {
-        rc = sqlite3_prepare_v2(db->conn, i == 0 ? sql_log : sql_close, -1, &st, NULL);
+    for (int i = 0; i < 3; i++) {
+        if (steps[i] == NULL)
+            continue;
+        rc = sqlite3_prepare_v2(db->conn, steps[i], -1, &st, NULL);
         if (rc != SQLITE_OK)
             goto out_rollback;
         sqlite3_bind_text(st, 1, t, -1, SQLITE_STATIC);

@@ -399,7 +399,6 @@ static void cmd_backend(struct ctl_client *c, const struct ctl_request *req)
 
 static void cmd_subscribe(struct ctl_client *c, const struct ctl_request *req)
 {
-    static const char *const names[] = {"open", "close", "expire", "refuse", "health"};
     json_t *ev = json_array();
 
     if (!ev || ctl_client_subscribe(c, req->u.events) < 0) {
@@ -407,9 +406,9 @@ static void cmd_subscribe(struct ctl_client *c, const struct ctl_request *req)
         ctl_client_fail(c, req->id, CTL_ERR_INTERNAL, "out of memory");
         return;
     }
-    for (unsigned k = 0; k < 5; k++)
+    for (unsigned k = 0; k < CTL_EVK_COUNT; k++)
         if (req->u.events & (1u << k))
-            json_array_append_new(ev, json_string(names[k]));
+            json_array_append_new(ev, json_string(ctl_event_kind_name(k)));
     ctl_client_reply(c, req->id, json_pack("{s:o}", "events", ev));
 }
 

@@ -508,12 +508,23 @@ static int parse_nat_ips(struct pctx *p, struct gw_config *cfg, json_t *a)
     return 0;
 }
 
+/* "flows": a log row per flow event; "blocks": per port block (the block
+ * policy), the flows being in nat_sessions alone. */
+static int parse_nat_log(const char *s, bool *blocks)
+{
+    if (strcmp(s, "flows") != 0 && strcmp(s, "blocks") != 0)
+        return -1;
+    *blocks = strcmp(s, "blocks") == 0;
+    return 0;
+}
+
 static int parse_nat(struct pctx *p, struct gw_config *cfg, json_t *o)
 {
     static const char *const keys[] = {
         "policy",      "mapping",          "ips",        "ports",
         "timeouts",    "per_client_limit", "block_size", "max_blocks_per_client",
-        "reuse_delay", "max_sessions",     "seed",       NULL};
+        "reuse_delay", "max_sessions",     "seed",       "log",
+        NULL};
     static const char *const tkeys[] = {"udp", "tcp_established", "tcp_transitory", NULL};
     struct nat_config *n = &cfg->nat;
     const char *s = NULL;
@@ -541,6 +552,11 @@ static int parse_nat(struct pctx *p, struct gw_config *cfg, json_t *o)
             return fail(p, "nat.mapping", "unknown mapping \"%s\" (eim, adm, apdm)", s);
         n->mapping = (enum nat_mapping)v;
     }
+    s = NULL;
+    if (get_string(p, o, "nat", "log", &s))
+        return -EINVAL;
+    if (s && parse_nat_log(s, &cfg->nat_log_blocks) < 0)
+        return fail(p, "nat.log", "unknown log \"%s\" (flows, blocks)", s);
     json_t *ips = json_object_get(o, "ips");
     if (ips && parse_nat_ips(p, cfg, ips))
         return -EINVAL;
@@ -1157,6 +1173,8 @@ static int apply_flags(struct pctx *p, struct gw_config *cfg, const struct gw_cl
                         cli->nat_mapping);
         cfg->nat.mapping = (enum nat_mapping)v;
     }
+    if (cli->nat_log && parse_nat_log(cli->nat_log, &cfg->nat_log_blocks) < 0)
+        return fail(p, "--nat-log", "unknown log \"%s\" (flows, blocks)", cli->nat_log);
     if (cli->db) {
         cfg->db_path_default = false;
         free(cfg->db_path);
@@ -1313,6 +1331,9 @@ static int validate(struct pctx *p, struct gw_config *cfg)
         cfg->nat.block_size > (uint32_t)(cfg->nat.port_hi - cfg->nat.port_lo + 1))
         return fail(p, "nat.block_size", "%u is larger than the port range %u-%u",
                     cfg->nat.block_size, cfg->nat.port_lo, cfg->nat.port_hi);
+    if (cfg->nat_log_blocks && cfg->nat.policy != NAT_POLICY_BLOCK)
+        return fail(p, "nat.log", "\"blocks\" needs nat.policy \"block\" (policy is \"%s\")",
+                    nat_policy_name(cfg->nat.policy));
     if (cfg->port != 0 && cfg->port >= cfg->nat.port_lo && cfg->port <= cfg->nat.port_hi)
         return fail(p, "nat.ports", "%u-%u holds the listening port %u", cfg->nat.port_lo,
                     cfg->nat.port_hi, cfg->port);
@@ -1455,7 +1476,7 @@ json_t *gw_config_to_json(const struct gw_config *cfg)
     const uint32_t *t = cfg->nat.timeout_ms;
     root = json_pack(
         "{s:{s:i, s:o, s:i},"
-        " s:{s:s, s:s, s:o, s:s, s:{s:o, s:o, s:o}, s:I, s:I, s:I, s:o, s:I, s:I},"
+        " s:{s:s, s:s, s:o, s:s, s:{s:o, s:o, s:o}, s:I, s:I, s:I, s:o, s:I, s:I, s:s},"
         " s:o, s:o, s:{s:o, s:o}, s:{s:I, s:I, s:I}, s:s}",
         "listen", "port", (int)cfg->port, "bind", binds, "backlog", cfg->backlog, "nat", "policy",
         nat_policy_name(cfg->nat.policy), "mapping", nat_mapping_name(cfg->nat.mapping), "ips", ips,
@@ -1465,7 +1486,8 @@ json_t *gw_config_to_json(const struct gw_config *cfg)
         (json_int_t)cfg->nat.per_client_limit, "block_size", (json_int_t)cfg->nat.block_size,
         "max_blocks_per_client", (json_int_t)cfg->nat.max_blocks_per_client, "reuse_delay",
         seconds_json(cfg->nat.reuse_delay_ms), "max_sessions", (json_int_t)cfg->nat.max_sessions,
-        "seed", (json_int_t)cfg->nat.seed, "backends", backends, "routes", routes, "timeouts",
+        "seed", (json_int_t)cfg->nat.seed, "log", cfg->nat_log_blocks ? "blocks" : "flows",
+        "backends", backends, "routes", routes, "timeouts",
         "connect", seconds_json(cfg->connect_timeout_ms), "drain",
         seconds_json(cfg->drain_timeout_ms), "limits", "max_flows", (json_int_t)cfg->max_flows,
         "buffer", (json_int_t)cfg->buffer_size, "splice_after", (json_int_t)cfg->splice_after,

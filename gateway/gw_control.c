@@ -504,6 +504,9 @@ static unsigned nat_event_kind(enum nat_event_type t)
         return CTL_EVK_EXPIRE;
     case NAT_EV_REFUSE:
         return CTL_EVK_REFUSE;
+    case NAT_EV_BLOCK_ALLOC:
+    case NAT_EV_BLOCK_FREE:
+        return CTL_EVK_BLOCK;
     default:
         return 0;
     }
@@ -524,7 +527,13 @@ static int format_nat_event(char *buf, size_t size, const struct gw_event *ev)
         strcpy(reason, "null");
     if (ctl_json_quote(bname, sizeof(bname), ev->backend ? ev->backend : "") < 0)
         strcpy(bname, "\"\"");
-    if (ne->type == NAT_EV_REFUSE) {
+    if (ne->type == NAT_EV_BLOCK_ALLOC || ne->type == NAT_EV_BLOCK_FREE) {
+        n = snprintf(buf, size,
+                     "{\"event\":\"%s\",\"time\":\"%s\",\"block\":{\"client_ip\":\"%s\","
+                     "\"nat_ip\":\"%s\",\"nat_port\":%u,\"nat_port_last\":%u}}\n",
+                     nat_event_name(ne->type), t, nat_addr_format(&ne->s.key.client.addr, cip),
+                     nat_addr_format(&ne->s.ext.addr, bip), ne->s.ext.port, ne->port_last);
+    } else if (ne->type == NAT_EV_REFUSE) {
         n = snprintf(buf, size,
                      "{\"event\":\"refuse\",\"time\":\"%s\",\"reason\":%s,\"session\":{"
                      "\"proto\":\"%s\",\"client_ip\":\"%s\",\"client_port\":%u,\"backend\":%s,"

@@ -55,7 +55,13 @@ static const char *const sort_names[CTL_SORT_COUNT] = {
     [CTL_SORT_BYTES] = "bytes",
 };
 
-static const char *const evk_names[] = {"open", "close", "expire", "refuse", "health"};
+static const char *const evk_names[CTL_EVK_COUNT] = {"open",   "close",  "expire",
+                                                     "refuse", "health", "block"};
+
+const char *ctl_event_kind_name(unsigned k)
+{
+    return k < CTL_EVK_COUNT ? evk_names[k] : "unknown";
+}
 
 /* The index of `name` among the n `names`, or -1. */
 static int name_index(const char *const *names, int n, const char *name)
@@ -337,7 +343,7 @@ static enum ctl_err parse_events(struct ctl_error *err, json_t *args, unsigned *
             if (k < 0)
                 return fail(err, CTL_ERR_BAD_ARGUMENT,
                             "argument 'events' may hold \"open\", \"close\", \"expire\", "
-                            "\"refuse\", \"health\"");
+                            "\"refuse\", \"health\", \"block\"");
             *events |= 1u << k;
         }
     }

@@ -106,8 +106,14 @@ enum ctl_event_kind {
     CTL_EVK_EXPIRE = 1u << 2,
     CTL_EVK_REFUSE = 1u << 3,
     CTL_EVK_HEALTH = 1u << 4,
-    CTL_EVK_ALL = 0x1f,
+    CTL_EVK_BLOCK = 1u << 5, /* block_alloc and block_free (the block policy) */
+    CTL_EVK_ALL = 0x3f,
 };
+#define CTL_EVK_COUNT 6
+
+/* The name of event kind bit k (0 .. CTL_EVK_COUNT - 1), as subscribe takes
+ * it: "open", "close", "expire", "refuse", "health", "block". */
+const char *ctl_event_kind_name(unsigned k);
 
 /* The arguments of show nat and flush nat. */
 struct ctl_nat_query {

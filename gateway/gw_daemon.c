@@ -56,9 +56,11 @@ static void keep_fixed(struct gw_ctx *ctx, struct gw_config *next)
         memcmp(next->nat.ips, running->ips, sizeof(running->ips[0]) * running->n_ips) != 0 ||
         next->nat.port_lo != running->port_lo || next->nat.port_hi != running->port_hi ||
         next->nat.block_size != running->block_size ||
-        next->nat.max_blocks_per_client != running->max_blocks_per_client)
-        gw_log(GW_LOG_WARN, "reload: nat policy, mapping, ips, ports and blocks change only "
-                            "with a restart; the running ones are kept");
+        next->nat.max_blocks_per_client != running->max_blocks_per_client ||
+        next->nat_log_blocks != cur->nat_log_blocks)
+        gw_log(GW_LOG_WARN, "reload: nat policy, mapping, ips, ports, blocks and log change "
+                            "only with a restart; the running ones are kept");
+    next->nat_log_blocks = cur->nat_log_blocks;
     memcpy(n.timeout_ms, next->nat.timeout_ms, sizeof(n.timeout_ms));
     n.per_client_limit = next->nat.per_client_limit;
     n.reuse_delay_ms = next->nat.reuse_delay_ms;

@@ -22,6 +22,7 @@ static void usage(FILE *out)
             "usage: gwd [-c|--config FILE] [-p|--port PORT] [-b|--bind ADDR]...\n"
             "           [--tcp-backend [NAME=]HOST:PORT]... [--udp-backend [NAME=]HOST:PORT]...\n"
             "           [--nat-ip ADDR]... [--nat-ports LO-HI] [--nat-policy P] [--nat-mapping M]\n"
+            "           [--nat-log flows|blocks]\n"
             "           [--db PATH|:memory:|none] [--control PATH] [--user USER]\n"
             "           [--log-level LEVEL] [--check-config] [--version] [--help]\n"
             "\n"
@@ -36,6 +37,10 @@ static void usage(FILE *out)
             "  --nat-ports LO-HI      translated source ports (default 20000-32767)\n"
             "  --nat-policy P         sequential|random|preserve|block (default random)\n"
             "  --nat-mapping M        eim|adm|apdm (default eim)\n"
+            "  --nat-log L            what the store's log (nat_events) records: flows (every\n"
+            "                         open and close, the default) or blocks (the port blocks\n"
+            "                         of --nat-policy block, as carriers log; the flows are\n"
+            "                         still in nat_sessions)\n"
             "  --db PATH              SQLite store, :memory:, or none (default /var/lib/gw/gwd.db\n"
             "                         for root, else $XDG_STATE_HOME/gwd.db or\n"
             "                         ~/.local/state/gwd.db)\n"
@@ -55,6 +60,7 @@ enum {
     OPT_NAT_PORTS,
     OPT_NAT_POLICY,
     OPT_NAT_MAPPING,
+    OPT_NAT_LOG,
     OPT_DB,
     OPT_CONTROL,
     OPT_USER,
@@ -74,6 +80,7 @@ static const struct option long_options[] = {
     {"nat-ports", required_argument, NULL, OPT_NAT_PORTS},
     {"nat-policy", required_argument, NULL, OPT_NAT_POLICY},
     {"nat-mapping", required_argument, NULL, OPT_NAT_MAPPING},
+    {"nat-log", required_argument, NULL, OPT_NAT_LOG},
     {"db", required_argument, NULL, OPT_DB},
     {"control", required_argument, NULL, OPT_CONTROL},
     {"user", required_argument, NULL, OPT_USER},
@@ -139,6 +146,9 @@ static int parse_args(int argc, char **argv, struct gw_cli *cli)
             break;
         case OPT_NAT_MAPPING:
             cli->nat_mapping = optarg;
+            break;
+        case OPT_NAT_LOG:
+            cli->nat_log = optarg;
             break;
         case OPT_DB:
             cli->db = optarg;

@@ -210,6 +210,7 @@ static int store_open(struct gw_ctx *ctx)
         make_parents(path);
     db_options_default(&o);
     o.path = path;
+    o.log_flows = !ctx->cfg->nat_log_blocks;
     int rc = db_open(&ctx->db, &o, err, sizeof(err));
     if (rc < 0) {
         gw_log(GW_LOG_ERROR, "store %s: %s", path, err);

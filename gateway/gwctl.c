@@ -1148,23 +1148,34 @@ static int db_event_cb(void *arg, const struct db_event_row *r)
     if (p->o->json) {
         json_array_append_new(
             p->arr,
-            json_pack("{s:I,s:s,s:s,s:s,s:s,s:i,s:s?,s:i,s:s,s:s,s:i,s:I,s:s?,s:I,s:I}", "id",
+            json_pack("{s:I,s:s,s:s,s:s,s:s,s:i,s:s?,s:i,s:s,s:s,s:i,s:I,s:s?,s:I,s:I,s:o}", "id",
                       (json_int_t)r->id, "time", r->time, "event", r->event, "proto", r->proto_name,
                       "client_ip", r->client_ip, "client_port", r->client_port, "nat_ip",
                       r->nat_ip[0] ? r->nat_ip : NULL, "nat_port", r->nat_port, "backend",
                       r->backend, "backend_ip", r->backend_ip, "backend_port", r->backend_port,
                       "session_id", (json_int_t)r->session_id, "reason",
                       r->reason[0] ? r->reason : NULL, "bytes_in", (json_int_t)r->bytes_in,
-                      "bytes_out", (json_int_t)r->bytes_out));
+                      "bytes_out", (json_int_t)r->bytes_out, "nat_port_last",
+                      r->nat_port_last ? json_integer(r->nat_port_last) : json_null()));
         return 0;
     }
-    ctl_fmt_endpoint(r->client_ip, r->client_port, client, sizeof(client));
+    bool block = r->nat_port_last != 0; /* block_alloc/free: a client's range of ports */
+    if (block)
+        snprintf(client, sizeof(client), "%s", r->client_ip);
+    else
+        ctl_fmt_endpoint(r->client_ip, r->client_port, client, sizeof(client));
     if (r->nat_ip[0])
         ctl_fmt_endpoint(r->nat_ip, r->nat_port, nat, sizeof(nat));
     else
         strcpy(nat, "-");
-    ctl_fmt_endpoint(r->backend_ip, r->backend_port, ep, sizeof(ep));
-    snprintf(bend, sizeof(bend), "%s%s%s", r->backend, r->backend[0] ? "/" : "", ep);
+    if (block) {
+        size_t len = strlen(nat);
+        snprintf(nat + len, sizeof(nat) - len, "-%u", r->nat_port_last);
+        strcpy(bend, "-");
+    } else {
+        ctl_fmt_endpoint(r->backend_ip, r->backend_port, ep, sizeof(ep));
+        snprintf(bend, sizeof(bend), "%s%s%s", r->backend, r->backend[0] ? "/" : "", ep);
+    }
     bool closing = strcmp(r->event, "close") == 0 || strcmp(r->event, "expire") == 0;
     cells[0] = r->time;
     cells[1] = r->event;

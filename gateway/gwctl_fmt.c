@@ -449,6 +449,18 @@ int ctl_print_event(FILE *out, const json_t *ev)
                 jstr(ev, "why") ? jstr(ev, "why") : "");
         return 0;
     }
+    if (strncmp(type, "block_", 6) == 0) {
+        const json_t *b = json_object_get(ev, "block");
+        uint64_t lo = 0, hi = 0;
+
+        cip = jstr(b, "client_ip");
+        nip = jstr(b, "nat_ip");
+        if (!cip || !nip || juint(b, "nat_port", &lo) < 0 || juint(b, "nat_port_last", &hi) < 0)
+            return -1;
+        fprintf(out, "%s %s %s -> %s-%u\n", t, type, cip,
+                ctl_fmt_endpoint(nip, (unsigned)lo, nat, sizeof(nat)), (unsigned)hi);
+        return 0;
+    }
     proto = jstr(s, "proto");
     cip = jstr(s, "client_ip");
     bip = jstr(s, "backend_ip");

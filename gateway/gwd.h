@@ -111,6 +111,7 @@ struct gw_config {
 
     struct nat_config nat;
     bool nat_ips_set; /* false: derived from the backends at validation */
+    bool nat_log_blocks; /* nat.log "blocks": the log holds port blocks, not flows */
 
     struct gw_backend_conf *backends; /* owned */
     size_t n_backends;
@@ -154,7 +155,7 @@ struct gw_cli {
     size_t n_udp_backends;
     const char *nat_ips[NAT_MAX_IPS];
     size_t n_nat_ips;
-    const char *nat_ports, *nat_policy, *nat_mapping;
+    const char *nat_ports, *nat_policy, *nat_mapping, *nat_log;
     const char *db, *control, *user, *log_level;
     bool check_config;
 };

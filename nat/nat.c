@@ -353,11 +353,34 @@ static void emit(struct nat_table *t, enum nat_event_type type, uint64_t now, co
     if (t->ev_fn == NULL)
         return;
     ev.type = type;
+    ev.port_last = 0;
     ev.time = now;
     ev.reason = reason;
     ev.s = *s;
     if (type == NAT_EV_CLOSE || type == NAT_EV_EXPIRE)
         ev.s.state = NAT_STATE_CLOSED;
+    t->ev_fn(t->ev_arg, &ev);
+}
+
+/* A block event: block `bn` of nat address `ip` taken by (ALLOC) or given
+ * back from (FREE) client c. See struct nat_event for what it carries. */
+static void emit_block(struct nat_table *t, enum nat_event_type type, uint64_t now,
+                       const struct nat_client *c, unsigned ip, uint32_t bn)
+{
+    struct nat_event ev;
+
+    if (t->ev_fn == NULL)
+        return;
+    memset(&ev, 0, sizeof(ev));
+    ev.type = type;
+    ev.time = now;
+    ev.s.key.client.addr = c->addr;
+    ev.s.ext.addr = t->cfg.ips[ip];
+    ev.s.ext.port = (uint16_t)(t->cfg.port_lo + bn * t->cfg.block_size);
+    ev.port_last = (uint16_t)(ev.s.ext.port + t->cfg.block_size - 1);
+    ev.s.ip_index = (uint8_t)ip;
+    ev.s.opened_at = now;
+    ev.s.last_seen = now;
     t->ev_fn(t->ev_arg, &ev);
 }
 
@@ -479,8 +502,8 @@ static uint32_t client_add(struct nat_table *t, const struct nat_addr *a, uint64
 }
 
 /* Drops a record with no sessions left (hc: the hash of its address),
- * giving back its blocks. */
-static void client_drop(struct nat_table *t, uint32_t ci, uint64_t hc)
+ * giving back its blocks (a BLOCK_FREE event each). */
+static void client_drop(struct nat_table *t, uint32_t ci, uint64_t hc, uint64_t now)
 {
     struct nat_client *c = &t->clients[ci];
 
@@ -489,6 +512,7 @@ static void client_drop(struct nat_table *t, uint32_t ci, uint64_t hc)
 
         t->blk[(size_t)ip * t->blk_words + b / 64] &= ~(1ULL << (b % 64));
         t->st.blocks_in_use--;
+        emit_block(t, NAT_EV_BLOCK_FREE, now, c, ip, b);
     }
     t->block_bytes -= c->cap_blocks * sizeof(uint32_t);
     free(c->blocks);
@@ -801,8 +825,10 @@ static int port_pick(struct nat_table *t, uint32_t si, unsigned ip, uint16_t cli
 }
 
 /* NAT_POLICY_BLOCK: a free port in one of the client's blocks on `ip`, taking
- * a new block when they are full. -1 with *err set when none. */
-static int block_pick(struct nat_table *t, uint32_t ci, uint32_t si, unsigned ip, enum nat_err *err)
+ * a new block (a BLOCK_ALLOC event) when they are full. -1 with *err set when
+ * none. */
+static int block_pick(struct nat_table *t, uint32_t ci, uint32_t si, unsigned ip, uint64_t now,
+                      enum nat_err *err)
 {
     struct nat_client *c = &t->clients[ci];
     struct nat_portset *ps = t->sets[si];
@@ -847,6 +873,7 @@ static int block_pick(struct nat_table *t, uint32_t ci, uint32_t si, unsigned ip
                 blk[bn / 64] |= 1ULL << (bn % 64);
                 c->blocks[c->nblocks++] = (uint32_t)ip << 16 | (uint32_t)bn;
                 t->st.blocks_in_use++;
+                emit_block(t, NAT_EV_BLOCK_ALLOC, now, c, ip, (uint32_t)bn);
                 return off;
             }
             from = (uint32_t)bn + 1;
@@ -867,7 +894,7 @@ struct pick {
  * else on the first IP of that family (from a policy-chosen start) that has
  * room. Takes nothing but blocks. */
 static enum nat_err pool_pick(struct nat_table *t, uint32_t ci, const struct nat_key *k,
-                              struct pick *pk)
+                              uint64_t now, struct pick *pk)
 {
     unsigned fam = family(&k->dst.addr), n = t->cfg.n_ips, start;
     enum nat_err err = NAT_ERR_POOL_EXHAUSTED, e;
@@ -889,7 +916,7 @@ static enum nat_err pool_pick(struct nat_table *t, uint32_t ci, const struct nat
             continue;
         e = NAT_ERR_POOL_EXHAUSTED;
         if (t->cfg.policy == NAT_POLICY_BLOCK)
-            off = block_pick(t, ci, si, ip, &e);
+            off = block_pick(t, ci, si, ip, now, &e);
         else
             off = port_pick(t, si, ip, k->client.port);
         if (off >= 0) {
@@ -1183,10 +1210,10 @@ enum nat_err nat_session_open(struct nat_table *t, const struct nat_key *key, ui
         pk.ip = sess(t, head)->pub.ip_index;
         pk.off = sess(t, head)->pub.ext.port - t->cfg.port_lo;
     } else {
-        err = pool_pick(t, ci, key, &pk);
+        err = pool_pick(t, ci, key, now, &pk);
         if (err != NAT_OK) {
             if (new_client)
-                client_drop(t, ci, hc);
+                client_drop(t, ci, hc, now);
             return refuse(t, err, key, backend, now);
         }
         port_take(t, pk.set, pk.ip, pk.off);
@@ -1380,7 +1407,7 @@ enum nat_err nat_session_repick(struct nat_table *t, struct nat_session *s, uint
     if (nh_reserve(&t->by_outside) != 0 || nh_reserve(&t->by_mapping) != 0)
         return NAT_ERR_NOMEM;
     ci = client_find(t, &s->key.client.addr);
-    err = pool_pick(t, ci, &s->key, &pk);
+    err = pool_pick(t, ci, &s->key, now, &pk);
     if (err != NAT_OK)
         return err;
     /* take the new port before the old one goes, so its set stays alive */
@@ -1413,6 +1440,7 @@ static void session_end(struct nat_table *t, struct nat_sess *is, uint64_t now,
     uint64_t hc = hash_client(t, &copy.key.client.addr), hin = hash_inside(t, &copy.key);
     uint64_t hout = hash_outside(t, copy.key.proto, &copy.ext, &copy.key.dst), hm = 0;
     uint32_t ci;
+    bool drop;
 
     /* start every cache miss this takes at once */
     nh_prefetch(&t->by_inside, hin);
@@ -1430,8 +1458,7 @@ static void session_end(struct nat_table *t, struct nat_sess *is, uint64_t now,
         port_release(t, set_find(t, &copy.key), copy.ip_index, copy.ext.port - t->cfg.port_lo, now);
     lru_unlink(t, is);
     ci = client_find_h(t, &copy.key.client.addr, hc);
-    if (ci != NIL && --t->clients[ci].sessions == 0)
-        client_drop(t, ci, hc);
+    drop = ci != NIL && --t->clients[ci].sessions == 0;
     t->st.live--;
     t->st.live_by[pi][copy.state]--;
     /* the caller's pointer stays valid through its event; listings skip it */
@@ -1439,6 +1466,9 @@ static void session_end(struct nat_table *t, struct nat_sess *is, uint64_t now,
     emit(t, type, now, reason, &copy);
     t->dying = NIL;
     slab_put(t, is->self);
+    /* after the CLOSE/EXPIRE: the log then reads close, block_free */
+    if (drop)
+        client_drop(t, ci, hc, now);
 }
 
 void nat_session_close(struct nat_table *t, struct nat_session *s, uint64_t now, const char *reason)

@@ -204,10 +204,12 @@ enum nat_event_type {
     NAT_EV_REFUSE, /* nat_session_open failed for want of a mapping */
     NAT_EV_REPICK, /* nat_session_repick gave the session another external port:
                       the event's s.ext is the new one; reason "eaddrinuse" */
+    NAT_EV_BLOCK_ALLOC, /* NAT_POLICY_BLOCK: a client took a block of ports */
+    NAT_EV_BLOCK_FREE,  /* ... and gave it back (its last session went) */
     NAT_EV_COUNT
 };
 
-/* "open", "close", "expire", "refuse", "repick". */
+/* "open", "close", "expire", "refuse", "repick", "block_alloc", "block_free". */
 const char *nat_event_name(enum nat_event_type t);
 
 /*
@@ -215,9 +217,19 @@ const char *nat_event_name(enum nat_event_type t);
  * REFUSE only `key`, `backend` and `opened_at` are set, id 0). `reason` is the
  * close reason given by the caller (a string with static lifetime), "timeout"
  * for EXPIRE, nat_err_name() of the failure for REFUSE, NULL for OPEN.
+ *
+ * Block events (RFC 7422 / port-block allocation, where a carrier logs one
+ * record per block instead of one per flow) are about a client, not a
+ * session: only s.key.client.addr (the client), s.ext (the nat address and
+ * the block's first port), s.ip_index and s.opened_at are set, s.id and
+ * s.key.proto are 0 (a block serves both protocols), and port_last is the
+ * block's last port. BLOCK_ALLOC comes before the OPEN (or REPICK) that took
+ * the block, BLOCK_FREE after the CLOSE or EXPIRE of the client's last
+ * session. port_last is 0 for the other events.
  */
 struct nat_event {
     enum nat_event_type type;
+    uint16_t port_last;
     uint64_t time;
     const char *reason;
     struct nat_session s;

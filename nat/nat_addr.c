@@ -221,8 +221,8 @@ const char *nat_strerror(enum nat_err e)
     return (unsigned)e < NAT_ERR_COUNT ? err_texts[e] : "unknown error";
 }
 
-static const char *const event_names[NAT_EV_COUNT] = {"open", "close", "expire", "refuse",
-                                                      "repick"};
+static const char *const event_names[NAT_EV_COUNT] = {
+    "open", "close", "expire", "refuse", "repick", "block_alloc", "block_free"};
 
 const char *nat_event_name(enum nat_event_type t)
 {

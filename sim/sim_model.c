@@ -241,7 +241,8 @@ static void on_nat_event(void *arg, const struct nat_event *ev)
     struct model *m = arg;
     long idx;
 
-    if (ev->type == NAT_EV_REFUSE || ev->type == NAT_EV_REPICK)
+    if (ev->type == NAT_EV_REFUSE || ev->type == NAT_EV_REPICK ||
+        ev->type == NAT_EV_BLOCK_ALLOC || ev->type == NAT_EV_BLOCK_FREE)
         return;
     port_ref(m, &ev->s, ev->type == NAT_EV_OPEN ? +1 : -1);
     idx = client_index(m, ev->s.key.client.addr.b, false);

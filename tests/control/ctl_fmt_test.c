@@ -289,6 +289,11 @@ Test(ctl_fmt, events_golden)
         "{\"event\":\"health\",\"time\":\"2026-11-27T16:21:28.000Z\",\"backend\":\"web\","
         "\"server\":\"a\",\"old_state\":\"up\",\"new_state\":\"down\",\"why\":\"health check\"}",
         0, NULL);
+    json_t *block = json_loads(
+        "{\"event\":\"block_alloc\",\"time\":\"2026-11-27T16:21:29.000Z\",\"block\":{"
+        "\"client_ip\":\"127.0.0.2\",\"nat_ip\":\"127.0.0.1\",\"nat_port\":20064,"
+        "\"nat_port_last\":20127}}",
+        0, NULL);
     json_t *junk = json_loads("{\"id\":1,\"ok\":true}", 0, NULL);
 
     cap_open(&c);
@@ -296,16 +301,19 @@ Test(ctl_fmt, events_golden)
     cr_assert_eq(ctl_print_event(c.f, close), 0);
     cr_assert_eq(ctl_print_event(c.f, refuse), 0);
     cr_assert_eq(ctl_print_event(c.f, health), 0);
+    cr_assert_eq(ctl_print_event(c.f, block), 0);
     cr_assert_eq(ctl_print_event(c.f, junk), -1);
     cap_check(&c, "2026-11-27T16:21:25.123Z open   tcp 127.0.0.2:40000 -> 127.0.0.1:24001 -> "
                   "web/127.0.0.1:9000\n"
                   "2026-11-27T16:21:26.000Z close  tcp 127.0.0.2:40000 -> 127.0.0.1:24001 -> "
                   "web/127.0.0.1:9000 client_fin in 1.2K out 3.4M\n"
                   "2026-11-27T16:21:27.000Z refuse udp [::1]:5353 -> dns/[::1]:53 pool_exhausted\n"
-                  "2026-11-27T16:21:28.000Z health web/a up -> down (health check)\n");
+                  "2026-11-27T16:21:28.000Z health web/a up -> down (health check)\n"
+                  "2026-11-27T16:21:29.000Z block_alloc 127.0.0.2 -> 127.0.0.1:20064-20127\n");
     json_decref(open);
     json_decref(close);
     json_decref(refuse);
     json_decref(health);
+    json_decref(block);
     json_decref(junk);
 }

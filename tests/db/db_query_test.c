@@ -452,13 +452,14 @@ Test(db_query, exports_events_with_nulls)
                      "\"proto\":\"tcp\",\"client_ip\":\"10.0.0.1\",\"client_port\":1001,"
                      "\"nat_ip\":null,\"nat_port\":null,\"backend\":\"web\","
                      "\"backend_ip\":\"10.9.0.1\",\"backend_port\":80,\"session_id\":null,"
-                     "\"reason\":\"pool_exhausted\",\"bytes_in\":null,\"bytes_out\":null}\n");
+                     "\"reason\":\"pool_exhausted\",\"bytes_in\":null,\"bytes_out\":null,"
+                     "\"nat_port_last\":null}\n");
     q.event = "expire";
     cr_assert_str_eq(export(true, DB_FORMAT_CSV, &q),
                      "id,time,event,proto,client_ip,client_port,nat_ip,nat_port,backend,"
-                     "backend_ip,backend_port,session_id,reason,bytes_in,bytes_out\r\n"
+                     "backend_ip,backend_port,session_id,reason,bytes_in,bytes_out,nat_port_last\r\n"
                      "3,2026-11-27T16:00:03.000Z,expire,udp,10.0.0.9,53,192.0.2.1,20000,dns,"
-                     "10.9.0.1,80,3,timeout,0,0\r\n");
+                     "10.9.0.1,80,3,timeout,0,0,\r\n");
 }
 
 Test(db_query, export_quotes_and_escapes_text)

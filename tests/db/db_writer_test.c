@@ -949,3 +949,79 @@ Test(db_writer, store_threads_run_nicer_than_the_opener)
     cr_assert_eq(thread_nice_of("gwdb-writer"), base);
     cr_assert_eq(db_close(db), 0);
 }
+
+/* A block event: client cip took (or gave back) nip:lo .. lo + 63. */
+static struct nat_event block_ev(enum nat_event_type type, const char *cip, const char *nip,
+                                 uint16_t lo, uint64_t time)
+{
+    struct nat_event ev;
+    memset(&ev, 0, sizeof(ev));
+    ev.type = type;
+    ev.time = time;
+    ev.s.key.client.addr = taddr(cip);
+    ev.s.ext.addr = taddr(nip);
+    ev.s.ext.port = lo;
+    ev.s.opened_at = ev.s.last_seen = time;
+    ev.port_last = (uint16_t)(lo + 63);
+    return ev;
+}
+
+/* Port-block logging: block rows carry the range, log "blocks" keeps the
+ * flows out of the log (but in nat_sessions), and a restart frees the blocks
+ * a previous run left held. */
+Test(db_writer, block_rows_log_blocks_mode_and_restart_frees_held_blocks)
+{
+    struct db_options o = topts(td.path);
+    o.log_flows = false;
+    struct db *db = topen(&o);
+    struct nat_event a = block_ev(NAT_EV_BLOCK_ALLOC, "10.1.0.1", "192.0.2.1", 20000, T0);
+    submit_retry(db, &a, "");
+    open_close(db, 1, true); /* one flow: a session row, no log rows */
+    struct nat_event r =
+        tev(NAT_EV_REFUSE, 0, NAT_PROTO_UDP, "10.1.0.9", 5353, NULL, 0, T0 + 3, "client_quota");
+    submit_retry(db, &r, "web"); /* refusals stay in the log */
+    struct nat_event f = block_ev(NAT_EV_BLOCK_FREE, "10.1.0.1", "192.0.2.1", 20000, T0 + 600);
+    submit_retry(db, &f, "");
+    /* a second block, of another client, still held when the run ends */
+    struct nat_event b = block_ev(NAT_EV_BLOCK_ALLOC, "10.1.0.2", "192.0.2.1", 20064, T0 + 700);
+    submit_retry(db, &b, "");
+    open_close(db, 2, false);
+    cr_assert_eq(db_close(db), 0);
+
+    char buf[1024];
+    tquery_text(td.path,
+                "SELECT group_concat(event||','||proto||','||client_ip||','||client_port||','||"
+                "nat_ip||','||nat_port||','||coalesce(nat_port_last,'-')||','||"
+                "coalesce(backend_ip,'-')||','||coalesce(session_id,'-'), ';')"
+                " FROM (SELECT * FROM nat_events ORDER BY id)",
+                buf, sizeof(buf));
+    cr_assert_str_eq(buf, "block_alloc,any,10.1.0.1,0,192.0.2.1,20000,20063,-,-;"
+                          "block_free,any,10.1.0.1,0,192.0.2.1,20000,20063,-,-;"
+                          "block_alloc,any,10.1.0.2,0,192.0.2.1,20064,20127,-,-");
+    /* (the refusal, with no nat address, is left out of that concatenation) */
+    cr_assert_eq(tquery_int(td.path, "SELECT count(*) FROM nat_events WHERE event = 'refuse'"
+                                     " AND client_ip = '10.1.0.9' AND nat_port_last IS NULL"),
+                 1);
+    cr_assert_eq(tquery_int(td.path, "SELECT count(*) FROM nat_events"), 4);
+    cr_assert_eq(tquery_int(td.path, "SELECT count(*) FROM nat_sessions"), 2);
+    cr_assert_eq(tquery_int(td.path, "SELECT count(*) FROM nat_sessions WHERE id = 1 AND"
+                                     " state = 'closed' AND close_reason = 'client_fin'"),
+                 1);
+
+    /* The restart closes session 2 (no log row in this mode) and frees the
+     * block of 10.1.0.2, not the one already freed. */
+    db = topen(&o);
+    cr_assert_eq(db_restart_closed(db), 1);
+    cr_assert_eq(db_close(db), 0);
+    cr_assert_eq(tquery_int(td.path, "SELECT count(*) FROM nat_events WHERE event = 'close'"), 0);
+    tquery_text(td.path,
+                "SELECT group_concat(client_ip||','||nat_port||','||nat_port_last||','||reason, ';')"
+                " FROM nat_events WHERE event = 'block_free' AND reason IS NOT NULL",
+                buf, sizeof(buf));
+    cr_assert_str_eq(buf, "10.1.0.2,20064,20127,restart");
+    /* A second restart frees nothing more. */
+    db = topen(&o);
+    cr_assert_eq(db_close(db), 0);
+    cr_assert_eq(tquery_int(td.path, "SELECT count(*) FROM nat_events WHERE event = 'block_free'"),
+                 2);
+}

@@ -4,6 +4,8 @@
  * server that speaks first, a connect that succeeds with no byte either way,
  * a client that closes before sending anything, every server refusing, and
  * many short flows (connect, echo, FIN) whose store rows are exact.
+ * Port-block logging: gwd with the block policy and nat.log "blocks" logs
+ * one row per block (not per flow) while every flow keeps its session row.
  * NAT ports 21400-21599 and 21700-21739 (gateway suite range).
  */
 #include <arpa/inet.h>
@@ -178,7 +180,7 @@ Test(gw_tcp, many_short_flows_exact)
     memset(msg, 'x', 63);
     msg[63] = '\n';
     msg[64] = 0;
-    start_pair("21400-21599");
+    start_pair("21400-21567");
     for (int r = 0; r < SHORT_ROUNDS; r++) {
         for (int i = 0; i < SHORT_CONC; i++) {
             char src[32];
@@ -205,5 +207,54 @@ Test(gw_tcp, many_short_flows_exact)
                             total, 10000),
                  total);
     cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions", -1, 0), total);
-    cr_assert_eq(gwt_backend_count_nat(&be, "fin", 21400, 21599), total);
+    cr_assert_eq(gwt_backend_count_nat(&be, "fin", 21400, 21567), total);
+}
+
+/* Two clients with 3 flows open at once each, then closed: per client one
+ * block_alloc (all its flows in its block of 8) and one block_free after its
+ * last close; 6 session rows; no per-flow log row. */
+Test(gw_tcp, block_policy_logs_blocks_not_flows)
+{
+    char json[1024], line[128], c, got[512];
+    int fds[6];
+
+    cr_assert_eq(gwt_backend_start(&be, &dir, "a", 0), 0);
+    snprintf(json, sizeof(json),
+             "{\"nat\":{\"ports\":\"21568-21599\",\"policy\":\"block\",\"block_size\":8,"
+             "\"log\":\"blocks\"},\"backends\":[{\"name\":\"web\",\"proto\":\"tcp\","
+             "\"servers\":[\"127.0.0.1:%u\"]}]}",
+             be.port);
+    start_with_config(json);
+    for (int i = 0; i < 6; i++) {
+        fds[i] = gwt_tcp_connect(i < 3 ? "127.0.2.1" : "127.0.2.2", gwd.port);
+        cr_assert_geq(fds[i], 0);
+        cr_assert_gt(gwt_read_line(fds[i], line, sizeof(line)), 0); /* banner: mapped */
+    }
+    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_events WHERE event='block_alloc'", 2,
+                            5000),
+                 2);
+    for (int i = 0; i < 6; i++) {
+        cr_assert_eq(shutdown(fds[i], SHUT_WR), 0);
+        cr_assert_eq(gwt_read_line(fds[i], line, sizeof(line)), 3);
+        cr_assert_eq(recv(fds[i], &c, 1, 0), 0);
+        close(fds[i]);
+    }
+    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions WHERE closed_at IS NOT NULL",
+                            6, 10000),
+                 6);
+    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_events WHERE event='block_free'", 2,
+                            5000),
+                 2);
+    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_events", -1, 0), 4);
+    /* each client's sessions sit in its own block, as the log says */
+    cr_assert_eq(gwt_db_text(gwd.db,
+                             "SELECT group_concat(client_ip || ':' || n, ' ') FROM (SELECT"
+                             " s.client_ip, count(*) AS n FROM nat_sessions s JOIN nat_events b"
+                             " ON b.event = 'block_alloc' AND b.client_ip = s.client_ip AND"
+                             " s.nat_port BETWEEN b.nat_port AND b.nat_port_last AND"
+                             " b.nat_port_last = b.nat_port + 7 GROUP BY s.client_ip"
+                             " ORDER BY s.client_ip)",
+                             got, sizeof(got), 0),
+                 0);
+    cr_assert_str_eq(got, "127.0.2.1:3 127.0.2.2:3");
 }

@@ -4,7 +4,9 @@
  * expire, repick, flush, reconfigure). After each one the table must still be
  * consistent: every live session (tracked through events) is found by both
  * lookups, no two share an outside key, and the counters agree with the
- * events. Small pools, so exhaustion, cooling and busy ports are common.
+ * events (block events included: a block freed was allocated, and as many
+ * are held as the stats say). Small pools, so exhaustion, cooling and busy
+ * ports are common.
  */
 #include "nat/nat.h"
 
@@ -20,6 +22,8 @@ struct state {
     struct nat_session *live[MAXLIVE];
     size_t n;
     uint64_t opens, ends;
+    uint32_t held[3][16]; /* block events: blocks held, by nat ip and first port */
+    uint64_t blocks;
 };
 
 static void check(int ok)
@@ -32,6 +36,14 @@ static void on_event(void *arg, const struct nat_event *ev)
 {
     struct state *st = arg;
 
+    if (ev->type == NAT_EV_BLOCK_ALLOC || ev->type == NAT_EV_BLOCK_FREE) {
+        uint32_t *h = &st->held[ev->s.ip_index % 3][(ev->s.ext.port - 40000) % 16];
+
+        check(ev->s.id == 0 && ev->port_last >= ev->s.ext.port);
+        check(ev->type == NAT_EV_BLOCK_ALLOC ? (*h)++ == 0 : (*h)-- == 1);
+        st->blocks += ev->type == NAT_EV_BLOCK_ALLOC ? 1 : (uint64_t)-1;
+        return;
+    }
     if (ev->type == NAT_EV_OPEN) {
         check(st->n < MAXLIVE);
         st->opens++;
@@ -81,6 +93,7 @@ static void verify(struct nat_table *t, struct state *st)
     check(s.opened == st->opens);
     check(s.closed + s.expired == st->ends);
     check(s.ports_in_use <= 2 * s.ports_total);
+    check(s.blocks_in_use == st->blocks);
     for (size_t i = 0; i < st->n; i++) {
         struct nat_session *x = st->live[i];
 

@@ -692,6 +692,10 @@ static int collect_cb(void *arg, const struct nat_session *s)
 
 static struct collect col;
 
+/* Block events, counted by diff_cb: what they say is held must be what the
+ * model holds. */
+static uint64_t blocks_taken, blocks_given;
+
 static void compare_all(struct model *m, struct nat_table *t)
 {
     struct nat_stats st;
@@ -802,6 +806,7 @@ static void compare_all(struct model *m, struct nat_table *t)
     cr_assert_eq(st.ports_in_use, ports);
     cr_assert_eq(st.ports_cooling, m->ncool);
     cr_assert_eq(st.blocks_in_use, m->st.blocks_in_use);
+    cr_assert_eq(blocks_taken - blocks_given, m->st.blocks_in_use, "block events vs blocks held");
     cr_assert_eq(st.bytes_in, m->st.bytes_in);
     cr_assert_eq(st.bytes_out, m->st.bytes_out);
     cr_assert_eq(st.ports_total, (uint64_t)m->cfg.n_ips * m->nports);
@@ -812,6 +817,17 @@ static void compare_all(struct model *m, struct nat_table *t)
         cr_assert_eq(nat_client_sessions(t, &a), c != NULL ? c->sessions : 0);
     }
     compact(m); /* keeps the model's scans short */
+}
+
+/* The block events recorded by diff_cb, the others going to the op_* checks. */
+static void diff_cb(void *arg, const struct nat_event *ev)
+{
+    if (ev->type == NAT_EV_BLOCK_ALLOC || ev->type == NAT_EV_BLOCK_FREE) {
+        cr_assert_eq(ev->s.id, 0);
+        *(ev->type == NAT_EV_BLOCK_ALLOC ? &blocks_taken : &blocks_given) += 1;
+        return;
+    }
+    rec_cb(arg, ev);
 }
 
 static void run(enum nat_policy policy, enum nat_mapping mapping, bool v6, uint64_t seed, int ops)
@@ -850,6 +866,8 @@ static void run(enum nat_policy policy, enum nat_mapping mapping, bool v6, uint6
     m.st.ports_total = (uint64_t)c.n_ips * m.nports;
     rs = seed * 2654435761u + 1;
     t = mk(&c, &r);
+    blocks_taken = blocks_given = 0;
+    nat_table_set_event_cb(t, diff_cb, &r);
     for (int i = 0; i < ops; i++) {
         uint32_t op = rr(100);
 

@@ -149,6 +149,65 @@ Test(nat_policy, block_contiguous_blocks_per_client)
     nat_table_free(t);
 }
 
+/* RFC 7422 / port-block allocation logging: one event when a client takes a
+ * block, one when it gives it back, with the block's range; none per flow. */
+Test(nat_policy, block_events_per_block_not_per_flow)
+{
+    struct nat_config c = small_cfg(NAT_POLICY_BLOCK, NAT_MAPPING_EIM, 1000, 1015);
+    struct rec r;
+    struct nat_table *t;
+    struct nat_session *s[6];
+    char ip[NAT_ADDR_STRLEN];
+
+    c.block_size = 4;
+    t = mk(&c, &r);
+    struct nat_key k = kn(NAT_PROTO_TCP, "10.0.0.1", 1, "192.0.2.1", 80);
+    for (uint16_t i = 0; i < 6; i++) { /* 6 flows: two blocks */
+        k.client.port = (uint16_t)(100 + i);
+        s[i] = open_ok(t, &k, 10 + i);
+    }
+    cr_assert_eq(r.by_type[NAT_EV_OPEN], 6);
+    cr_assert_eq(r.by_type[NAT_EV_BLOCK_ALLOC], 2);
+    /* the first event is the first block, before the first open */
+    cr_assert_eq(r.ev[0].type, NAT_EV_BLOCK_ALLOC);
+    cr_assert_eq(r.ev[1].type, NAT_EV_OPEN);
+    cr_assert_eq(r.ev[0].time, 10);
+    cr_assert_eq(r.ev[0].s.id, 0);
+    cr_assert_eq(r.ev[0].s.key.proto, 0, "a block serves both protocols");
+    cr_assert_str_eq(nat_addr_format(&r.ev[0].s.key.client.addr, ip), "10.0.0.1");
+    cr_assert_eq(r.ev[0].s.ext.port, s[0]->ext.port);
+    cr_assert_eq(r.ev[0].port_last, s[0]->ext.port + 3);
+    cr_assert_eq(r.ev[1].port_last, 0, "flow events carry no range");
+    /* the 5th open took the second block */
+    cr_assert_eq(r.ev[5].type, NAT_EV_BLOCK_ALLOC);
+    cr_assert_eq(r.ev[5].s.ext.port, s[4]->ext.port);
+    uint16_t b0 = r.ev[0].s.ext.port, b1 = r.ev[5].s.ext.port;
+    /* closing all but the last flow frees nothing */
+    for (int i = 0; i < 5; i++)
+        nat_session_close(t, s[i], 20, "client_fin");
+    cr_assert_eq(r.by_type[NAT_EV_BLOCK_FREE], 0);
+    /* the last close comes first, then both blocks go */
+    nat_session_close(t, s[5], 30, "client_fin");
+    cr_assert_eq(r.by_type[NAT_EV_BLOCK_FREE], 2);
+    cr_assert_eq(r.ev[r.n - 3].type, NAT_EV_CLOSE);
+    struct nat_event *f1 = &r.ev[r.n - 2], *f2 = &r.ev[r.n - 1];
+    cr_assert_eq(f1->type, NAT_EV_BLOCK_FREE);
+    cr_assert_eq(f1->time, 30);
+    cr_assert(f1->s.ext.port == b0 || f1->s.ext.port == b1);
+    cr_assert(f2->s.ext.port == b0 || f2->s.ext.port == b1);
+    cr_assert_neq(f1->s.ext.port, f2->s.ext.port);
+    cr_assert_eq(f2->port_last, f2->s.ext.port + 3);
+    cr_assert_str_eq(nat_event_name(NAT_EV_BLOCK_ALLOC), "block_alloc");
+    cr_assert_str_eq(nat_event_name(NAT_EV_BLOCK_FREE), "block_free");
+    /* another policy makes no block events */
+    nat_table_free(t);
+    c.policy = NAT_POLICY_RANDOM;
+    t = mk(&c, &r);
+    open_ok(t, &k, 1);
+    cr_assert_eq(r.by_type[NAT_EV_BLOCK_ALLOC], 0);
+    nat_table_free(t);
+}
+
 Test(nat_policy, block_blocks_serve_both_protocols)
 {
     struct nat_config c = small_cfg(NAT_POLICY_BLOCK, NAT_MAPPING_EIM, 1000, 1007);
