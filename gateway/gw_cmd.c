@@ -185,6 +185,7 @@ static json_t *stats_pool(const struct gw_ctx *ctx, const struct nat_stats *ns)
     json_object_set_new(o, "ports_in_use", jint(ns->ports_in_use));
     json_object_set_new(o, "ports_cooling", jint(ns->ports_cooling));
     json_object_set_new(o, "blocks_in_use", jint(ns->blocks_in_use));
+    json_object_set_new(o, "blocks_held", jint(ns->blocks_held));
     for (unsigned i = 0; i < nc->n_ips; i++) {
         json_t *e = json_object();
         json_object_set_new(e, "ip", json_string(nat_addr_format(&nc->ips[i], ip)));

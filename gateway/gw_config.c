@@ -524,7 +524,7 @@ static int parse_nat(struct pctx *p, struct gw_config *cfg, json_t *o)
         "policy",      "mapping",          "ips",        "ports",
         "timeouts",    "per_client_limit", "block_size", "max_blocks_per_client",
         "reuse_delay", "max_sessions",     "seed",       "log",
-        NULL};
+        "block_hold", NULL};
     static const char *const tkeys[] = {"udp", "tcp_established", "tcp_transitory", NULL};
     struct nat_config *n = &cfg->nat;
     const char *s = NULL;
@@ -598,7 +598,8 @@ static int parse_nat(struct pctx *p, struct gw_config *cfg, json_t *o)
     if (get_int(p, o, "nat", "seed", 0, INT64_MAX, &x))
         return -EINVAL;
     n->seed = (uint64_t)x;
-    if (get_seconds(p, o, "nat", "reuse_delay", 86400, &n->reuse_delay_ms))
+    if (get_seconds(p, o, "nat", "reuse_delay", 86400, &n->reuse_delay_ms) ||
+        get_seconds(p, o, "nat", "block_hold", NAT_MAX_BLOCK_HOLD_MS / 1000, &n->block_hold_ms))
         return -EINVAL;
     return 0;
 }
@@ -1476,7 +1477,7 @@ json_t *gw_config_to_json(const struct gw_config *cfg)
     const uint32_t *t = cfg->nat.timeout_ms;
     root = json_pack(
         "{s:{s:i, s:o, s:i},"
-        " s:{s:s, s:s, s:o, s:s, s:{s:o, s:o, s:o}, s:I, s:I, s:I, s:o, s:I, s:I, s:s},"
+        " s:{s:s, s:s, s:o, s:s, s:{s:o, s:o, s:o}, s:I, s:I, s:I, s:o, s:I, s:I, s:s, s:o},"
         " s:o, s:o, s:{s:o, s:o}, s:{s:I, s:I, s:I}, s:s}",
         "listen", "port", (int)cfg->port, "bind", binds, "backlog", cfg->backlog, "nat", "policy",
         nat_policy_name(cfg->nat.policy), "mapping", nat_mapping_name(cfg->nat.mapping), "ips", ips,
@@ -1487,6 +1488,7 @@ json_t *gw_config_to_json(const struct gw_config *cfg)
         "max_blocks_per_client", (json_int_t)cfg->nat.max_blocks_per_client, "reuse_delay",
         seconds_json(cfg->nat.reuse_delay_ms), "max_sessions", (json_int_t)cfg->nat.max_sessions,
         "seed", (json_int_t)cfg->nat.seed, "log", cfg->nat_log_blocks ? "blocks" : "flows",
+        "block_hold", seconds_json(cfg->nat.block_hold_ms),
         "backends", backends, "routes", routes, "timeouts",
         "connect", seconds_json(cfg->connect_timeout_ms), "drain",
         seconds_json(cfg->drain_timeout_ms), "limits", "max_flows", (json_int_t)cfg->max_flows,

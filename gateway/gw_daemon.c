@@ -64,6 +64,7 @@ static void keep_fixed(struct gw_ctx *ctx, struct gw_config *next)
     memcpy(n.timeout_ms, next->nat.timeout_ms, sizeof(n.timeout_ms));
     n.per_client_limit = next->nat.per_client_limit;
     n.reuse_delay_ms = next->nat.reuse_delay_ms;
+    n.block_hold_ms = next->nat.block_hold_ms;
     n.max_sessions = next->nat.max_sessions;
     next->nat = n;
     keep_str(&next->db_path, &cur->db_path, "db");

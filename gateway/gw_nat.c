@@ -271,6 +271,7 @@ void gw_nat_stop(struct gw_ctx *ctx)
         struct nat_filter all;
         nat_filter_init(&all);
         nat_flush(ctx->nat, &all, gw_now_ms(), "shutdown");
+        nat_end_holds(ctx->nat, gw_now_ms()); /* block_hold: the log frees every block */
     }
 #ifdef GW_HAVE_DB
     if (ctx->db) {

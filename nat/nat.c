@@ -67,6 +67,10 @@ struct nat_client {
     uint32_t cap_blocks;
     uint32_t *blocks; /* owned: (ip << 16) | block number */
     uint32_t next_free;
+    /* block_hold_ms: a client with no session and blocks waits in the hold
+     * list (oldest first) until hold_until, then its blocks go */
+    uint32_t hold_prev, hold_next; /* NIL when not held */
+    uint64_t hold_until;
 };
 
 struct nat_portset {
@@ -113,6 +117,7 @@ struct nat_table {
 
     struct nat_client *clients; /* owned */
     uint32_t n_clients, cap_clients, client_free;
+    uint32_t hold_head, hold_tail; /* clients keeping blocks with no session, FIFO */
 
     struct nat_portset **sets; /* owned, each owned; NULL = free */
     uint32_t *set_free;        /* owned: stack of free set numbers */
@@ -496,7 +501,8 @@ static uint32_t client_add(struct nat_table *t, const struct nat_addr *a, uint64
         ci = t->n_clients++;
     }
     c = &t->clients[ci];
-    *c = (struct nat_client){.addr = *a, .ip = {NO_IP, NO_IP}, .next_free = NIL};
+    *c = (struct nat_client){
+        .addr = *a, .ip = {NO_IP, NO_IP}, .next_free = NIL, .hold_prev = NIL, .hold_next = NIL};
     nh_insert(&t->by_client, hc, ci);
     return ci;
 }
@@ -519,6 +525,62 @@ static void client_drop(struct nat_table *t, uint32_t ci, uint64_t hc, uint64_t 
     nh_delete(&t->by_client, hc, ci);
     *c = (struct nat_client){.next_free = t->client_free};
     t->client_free = ci;
+}
+
+/* Whether client ci is in the hold list. */
+static bool client_held(const struct nat_table *t, uint32_t ci)
+{
+    return t->clients[ci].hold_prev != NIL || t->hold_head == ci;
+}
+
+/* Takes client ci out of the hold list (a new session came, or its hold ended). */
+static void hold_unlink(struct nat_table *t, uint32_t ci)
+{
+    struct nat_client *c = &t->clients[ci];
+
+    if (c->hold_prev != NIL)
+        t->clients[c->hold_prev].hold_next = c->hold_next;
+    else
+        t->hold_head = c->hold_next;
+    if (c->hold_next != NIL)
+        t->clients[c->hold_next].hold_prev = c->hold_prev;
+    else
+        t->hold_tail = c->hold_prev;
+    c->hold_prev = c->hold_next = NIL;
+    t->st.blocks_held -= c->nblocks;
+}
+
+/* Client ci's last session went: keep its blocks until now + block_hold_ms
+ * (at the tail: the list stays in deadline order while the hold is the same). */
+static void hold_push(struct nat_table *t, uint32_t ci, uint64_t now)
+{
+    struct nat_client *c = &t->clients[ci];
+
+    c->hold_until = now + t->cfg.block_hold_ms;
+    c->hold_prev = t->hold_tail;
+    c->hold_next = NIL;
+    if (t->hold_tail != NIL)
+        t->clients[t->hold_tail].hold_next = ci;
+    else
+        t->hold_head = ci;
+    t->hold_tail = ci;
+    t->st.blocks_held += c->nblocks;
+}
+
+/* Ends the hold of client ci: its blocks go (BLOCK_FREE). */
+static void hold_release(struct nat_table *t, uint32_t ci, uint64_t now)
+{
+    hold_unlink(t, ci);
+    client_drop(t, ci, hash_client(t, &t->clients[ci].addr), now);
+}
+
+/* A client with no session left: held with its blocks, or dropped. */
+static void client_idle(struct nat_table *t, uint32_t ci, uint64_t hc, uint64_t now)
+{
+    if (t->cfg.block_hold_ms != 0 && t->clients[ci].nblocks != 0)
+        hold_push(t, ci, now);
+    else
+        client_drop(t, ci, hc, now);
 }
 
 /* ---- port sets ---------------------------------------------------------- */
@@ -862,22 +924,34 @@ static int block_pick(struct nat_table *t, uint32_t ci, uint32_t si, unsigned ip
         c->blocks = nb;
         c->cap_blocks = cap;
     }
-    start = rnd(t, t->nblocks);
-    for (int pass = 0; pass < 2; pass++) {
-        uint32_t from = pass == 0 ? start : 0, to = pass == 0 ? t->nblocks : start;
-        int bn;
+    for (;;) {
+        start = rnd(t, t->nblocks);
+        for (int pass = 0; pass < 2; pass++) {
+            uint32_t from = pass == 0 ? start : 0, to = pass == 0 ? t->nblocks : start;
+            int bn;
 
-        while ((bn = find_free(blk, blk, from, to)) >= 0) {
-            off = find_free(a, b, (uint32_t)bn * bs, (uint32_t)bn * bs + bs);
-            if (off >= 0) {
-                blk[bn / 64] |= 1ULL << (bn % 64);
-                c->blocks[c->nblocks++] = (uint32_t)ip << 16 | (uint32_t)bn;
-                t->st.blocks_in_use++;
-                emit_block(t, NAT_EV_BLOCK_ALLOC, now, c, ip, (uint32_t)bn);
-                return off;
+            while ((bn = find_free(blk, blk, from, to)) >= 0) {
+                off = find_free(a, b, (uint32_t)bn * bs, (uint32_t)bn * bs + bs);
+                if (off >= 0) {
+                    blk[bn / 64] |= 1ULL << (bn % 64);
+                    c->blocks[c->nblocks++] = (uint32_t)ip << 16 | (uint32_t)bn;
+                    t->st.blocks_in_use++;
+                    if (client_held(t, ci))
+                        t->st.blocks_held++;
+                    emit_block(t, NAT_EV_BLOCK_ALLOC, now, c, ip, (uint32_t)bn);
+                    return off;
+                }
+                from = (uint32_t)bn + 1;
             }
-            from = (uint32_t)bn + 1;
         }
+        /* No free block: one held by a client with no session goes first
+         * (oldest first; never the asking client's own). */
+        uint32_t h = t->hold_head;
+        if (h == ci)
+            h = t->clients[h].hold_next;
+        if (h == NIL)
+            break;
+        hold_release(t, h, now);
     }
     *err = NAT_ERR_POOL_EXHAUSTED;
     return -1;
@@ -995,6 +1069,8 @@ static bool config_valid(const struct nat_config *c)
     nports = (uint32_t)c->port_hi - c->port_lo + 1;
     if (c->policy == NAT_POLICY_BLOCK && (c->block_size == 0 || c->block_size > nports))
         return false;
+    if (c->block_hold_ms > NAT_MAX_BLOCK_HOLD_MS)
+        return false;
     for (unsigned i = 0; i < c->n_ips; i++)
         for (unsigned j = i + 1; j < c->n_ips; j++)
             if (addr_eq(&c->ips[i], &c->ips[j]))
@@ -1056,6 +1132,7 @@ enum nat_err nat_table_new(struct nat_table **out, const struct nat_config *cfg)
     t->free_head = NIL;
     t->dying = NIL;
     t->client_free = NIL;
+    t->hold_head = t->hold_tail = NIL;
     for (int c = 0; c < NAT_TIMEOUT_COUNT; c++)
         t->lru_head[c] = t->lru_tail[c] = NIL;
     t->st.ports_total = (uint64_t)cfg->n_ips * t->nports;
@@ -1111,7 +1188,8 @@ enum nat_err nat_table_reconfigure(struct nat_table *t, const struct nat_config 
 
     if (cfg == NULL || cfg->policy != c->policy || cfg->mapping != c->mapping ||
         cfg->n_ips != c->n_ips || cfg->port_lo != c->port_lo || cfg->port_hi != c->port_hi ||
-        cfg->block_size != c->block_size || cfg->max_blocks_per_client != c->max_blocks_per_client)
+        cfg->block_size != c->block_size || cfg->max_blocks_per_client != c->max_blocks_per_client ||
+        cfg->block_hold_ms > NAT_MAX_BLOCK_HOLD_MS)
         return NAT_ERR_INVAL;
     for (unsigned i = 0; i < c->n_ips; i++)
         if (!addr_eq(&cfg->ips[i], &c->ips[i]))
@@ -1120,6 +1198,12 @@ enum nat_err nat_table_reconfigure(struct nat_table *t, const struct nat_config 
     t->cfg.per_client_limit = cfg->per_client_limit;
     t->cfg.reuse_delay_ms = cfg->reuse_delay_ms;
     t->cfg.max_sessions = cfg->max_sessions;
+    /* A shorter hold applies to the clients held now too (the list stays in
+     * deadline order: each is clamped to the same bound). */
+    t->cfg.block_hold_ms = cfg->block_hold_ms;
+    for (uint32_t ci = t->hold_head; ci != NIL; ci = t->clients[ci].hold_next)
+        if (t->clients[ci].hold_until > t->clock + cfg->block_hold_ms)
+            t->clients[ci].hold_until = t->clock + cfg->block_hold_ms;
     return NAT_OK;
 }
 
@@ -1244,7 +1328,8 @@ enum nat_err nat_session_open(struct nat_table *t, const struct nat_key *key, ui
         nh_insert(&t->by_mapping, hm, slot);
     }
     lru_push(t, s);
-    t->clients[ci].sessions++;
+    if (t->clients[ci].sessions++ == 0 && client_held(t, ci))
+        hold_unlink(t, ci); /* back before its hold ended: its blocks serve again */
     t->clients[ci].ip[family(&key->dst.addr)] = (uint8_t)pk.ip;
     t->st.opened++;
     t->st.live++;
@@ -1440,7 +1525,7 @@ static void session_end(struct nat_table *t, struct nat_sess *is, uint64_t now,
     uint64_t hc = hash_client(t, &copy.key.client.addr), hin = hash_inside(t, &copy.key);
     uint64_t hout = hash_outside(t, copy.key.proto, &copy.ext, &copy.key.dst), hm = 0;
     uint32_t ci;
-    bool drop;
+    bool idle;
 
     /* start every cache miss this takes at once */
     nh_prefetch(&t->by_inside, hin);
@@ -1458,7 +1543,7 @@ static void session_end(struct nat_table *t, struct nat_sess *is, uint64_t now,
         port_release(t, set_find(t, &copy.key), copy.ip_index, copy.ext.port - t->cfg.port_lo, now);
     lru_unlink(t, is);
     ci = client_find_h(t, &copy.key.client.addr, hc);
-    drop = ci != NIL && --t->clients[ci].sessions == 0;
+    idle = ci != NIL && --t->clients[ci].sessions == 0;
     t->st.live--;
     t->st.live_by[pi][copy.state]--;
     /* the caller's pointer stays valid through its event; listings skip it */
@@ -1467,8 +1552,8 @@ static void session_end(struct nat_table *t, struct nat_sess *is, uint64_t now,
     t->dying = NIL;
     slab_put(t, is->self);
     /* after the CLOSE/EXPIRE: the log then reads close, block_free */
-    if (drop)
-        client_drop(t, ci, hc, now);
+    if (idle)
+        client_idle(t, ci, hc, now);
 }
 
 void nat_session_close(struct nat_table *t, struct nat_session *s, uint64_t now, const char *reason)
@@ -1511,6 +1596,22 @@ size_t nat_expire(struct nat_table *t, uint64_t now, size_t budget)
         session_end(t, sess(t, t->lru_head[best]), now, NAT_EV_EXPIRE, "timeout");
         n++;
     }
+    /* then the holds that ended (each costs as much as an expiry) */
+    while ((budget == 0 || n < budget) && t->hold_head != NIL &&
+           t->clients[t->hold_head].hold_until <= now) {
+        hold_release(t, t->hold_head, now);
+        n++;
+    }
+    return n;
+}
+
+size_t nat_end_holds(struct nat_table *t, uint64_t now)
+{
+    size_t n = 0;
+
+    now = advance(t, now);
+    for (; t->hold_head != NIL; n++)
+        hold_release(t, t->hold_head, now);
     return n;
 }
 
@@ -1524,6 +1625,8 @@ uint64_t nat_next_expiry(const struct nat_table *t)
         if (d < best)
             best = d;
     }
+    if (t->hold_head != NIL && t->clients[t->hold_head].hold_until < best)
+        best = t->clients[t->hold_head].hold_until;
     return best;
 }
 

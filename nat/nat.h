@@ -151,6 +151,7 @@ enum nat_timeout {
 };
 
 #define NAT_MAX_IPS 64
+#define NAT_MAX_BLOCK_HOLD_MS 86400000u /* a day */
 
 struct nat_config {
     enum nat_policy policy;
@@ -162,6 +163,9 @@ struct nat_config {
     uint32_t per_client_limit;        /* live sessions per client IP; 0 = none */
     uint32_t block_size;              /* ports per block for NAT_POLICY_BLOCK */
     uint32_t max_blocks_per_client;   /* 0 = as many as the pool has */
+    uint32_t block_hold_ms;           /* a client with no session left keeps its blocks
+                                         this long (0: given back at once); taken back
+                                         earlier when another client needs a block */
     uint32_t reuse_delay_ms;          /* a released port waits this long (RFC 6888 REQ-8) */
     uint32_t max_sessions;            /* live sessions in the table; 0 = no limit */
     uint64_t first_id;                /* id of the first session (gwd: one past the store's) */
@@ -353,6 +357,11 @@ void nat_session_close(struct nat_table *t, struct nat_session *s, uint64_t now,
  */
 size_t nat_expire(struct nat_table *t, uint64_t now, size_t budget);
 
+/* Ends every block hold at once (a BLOCK_FREE per block), e.g. at shutdown
+ * after the last flush, so that the log shows no block held by nobody.
+ * Returns how many clients were released. */
+size_t nat_end_holds(struct nat_table *t, uint64_t now);
+
 /* When the next session may expire (ms), or UINT64_MAX when the table is empty. */
 uint64_t nat_next_expiry(const struct nat_table *t);
 
@@ -423,6 +432,8 @@ struct nat_stats {
     uint64_t ports_cooling;           /* released, waiting out reuse_delay_ms (adm/apdm:
                                          per destination; counted out lazily) */
     uint64_t blocks_in_use;           /* NAT_POLICY_BLOCK only */
+    uint64_t blocks_held;             /* of those, held by clients with no session
+                                         (block_hold_ms) */
     uint64_t bytes_in, bytes_out;     /* of closed and live sessions */
     size_t memory_bytes;              /* what the table holds from the heap */
 };

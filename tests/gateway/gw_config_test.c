@@ -63,7 +63,8 @@ Test(gw_config, full_file)
 {
     struct gw_config *cfg = parse_ok(
         "{\"listen\":{\"port\":8080,\"bind\":[\"127.0.0.1\",\"::1\"],\"backlog\":64},"
-        "\"nat\":{\"policy\":\"block\",\"log\":\"blocks\",\"mapping\":\"apdm\",\"ips\":[\"127.0.0.1\",\"127.0.0.2\"],"
+        "\"nat\":{\"policy\":\"block\",\"log\":\"blocks\",\"block_hold\":2.5,"
+        "\"mapping\":\"apdm\",\"ips\":[\"127.0.0.1\",\"127.0.0.2\"],"
         "\"ports\":\"20000-20999\",\"timeouts\":{\"udp\":30,\"tcp_established\":600,"
         "\"tcp_transitory\":0.5},\"per_client_limit\":10,\"block_size\":32,"
         "\"max_blocks_per_client\":2,\"reuse_delay\":0,\"max_sessions\":1000,\"seed\":7},"
@@ -84,6 +85,7 @@ Test(gw_config, full_file)
     cr_assert_eq(cfg->backlog, 64);
     cr_assert_eq(cfg->nat.policy, NAT_POLICY_BLOCK);
     cr_assert(cfg->nat_log_blocks);
+    cr_assert_eq(cfg->nat.block_hold_ms, 2500);
     cr_assert_eq(cfg->nat.mapping, NAT_MAPPING_APDM);
     cr_assert_eq(cfg->nat.n_ips, 2);
     cr_assert_eq(cfg->nat.timeout_ms[NAT_TIMEOUT_TCP_TRANSITORY], 500);

@@ -220,7 +220,7 @@ Test(gw_tcp, block_policy_logs_blocks_not_flows)
 
     cr_assert_eq(gwt_backend_start(&be, &dir, "a", 0), 0);
     snprintf(json, sizeof(json),
-             "{\"nat\":{\"ports\":\"21568-21599\",\"policy\":\"block\",\"block_size\":8,"
+             "{\"nat\":{\"ports\":\"21568-21583\",\"policy\":\"block\",\"block_size\":8,"
              "\"log\":\"blocks\"},\"backends\":[{\"name\":\"web\",\"proto\":\"tcp\","
              "\"servers\":[\"127.0.0.1:%u\"]}]}",
              be.port);
@@ -257,4 +257,43 @@ Test(gw_tcp, block_policy_logs_blocks_not_flows)
                              got, sizeof(got), 0),
                  0);
     cr_assert_str_eq(got, "127.0.2.1:3 127.0.2.2:3");
+}
+
+/* nat.block_hold: one client's sequential flows share one block (one
+ * block_alloc), held between them; the block_free comes at shutdown. */
+Test(gw_tcp, block_hold_keeps_one_block_for_sequential_flows)
+{
+    char json[1024], line[128], c;
+
+    cr_assert_eq(gwt_backend_start(&be, &dir, "a", 0), 0);
+    snprintf(json, sizeof(json),
+             "{\"nat\":{\"ports\":\"21584-21599\",\"policy\":\"block\",\"block_size\":8,"
+             "\"block_hold\":30,\"log\":\"blocks\"},\"backends\":[{\"name\":\"web\","
+             "\"proto\":\"tcp\",\"servers\":[\"127.0.0.1:%u\"]}]}",
+             be.port);
+    start_with_config(json);
+    for (int i = 0; i < 5; i++) {
+        int fd = gwt_tcp_connect("127.0.2.3", gwd.port);
+        cr_assert_geq(fd, 0);
+        cr_assert_gt(gwt_read_line(fd, line, sizeof(line)), 0);
+        cr_assert_eq(shutdown(fd, SHUT_WR), 0);
+        cr_assert_eq(gwt_read_line(fd, line, sizeof(line)), 3);
+        cr_assert_eq(recv(fd, &c, 1, 0), 0);
+        close(fd);
+        cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions WHERE closed_at IS"
+                                        " NOT NULL",
+                                i + 1, 5000),
+                     i + 1);
+    }
+    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_events", -1, 0), 1);
+    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_events WHERE event='block_alloc'"
+                                    " AND client_ip='127.0.2.3'",
+                            -1, 0),
+                 1);
+    cr_assert_eq(gwd_stop(&gwd), 0);
+    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_events WHERE event='block_free'"
+                                    " AND client_ip='127.0.2.3' AND reason IS NULL",
+                            -1, 0),
+                 1);
+    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions", -1, 0), 5);
 }

@@ -94,6 +94,7 @@ static void verify(struct nat_table *t, struct state *st)
     check(s.closed + s.expired == st->ends);
     check(s.ports_in_use <= 2 * s.ports_total);
     check(s.blocks_in_use == st->blocks);
+    check(s.blocks_held <= s.blocks_in_use);
     for (size_t i = 0; i < st->n; i++) {
         struct nat_session *x = st->live[i];
 
@@ -135,6 +136,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     c.timeout_ms[NAT_TIMEOUT_TCP_ESTABLISHED] = 100 + byte(&in) * 20u;
     c.timeout_ms[NAT_TIMEOUT_TCP_TRANSITORY] = 50 + byte(&in) * 5u;
     c.seed = byte(&in);
+    c.block_hold_ms = (uint32_t)(byte(&in) % 4) * 200;
     if (nat_table_new(&t, &c) != NAT_OK)
         return 0;
     nat_table_set_event_cb(t, on_event, &st);
@@ -196,6 +198,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             c.reuse_delay_ms = arg * 10u;
             c.per_client_limit = arg % 5;
             c.max_sessions = arg % 30;
+            c.block_hold_ms = (arg % 3) * 100u;
             check(nat_table_reconfigure(t, &c) == NAT_OK);
             break;
         }

@@ -208,6 +208,90 @@ Test(nat_policy, block_events_per_block_not_per_flow)
     nat_table_free(t);
 }
 
+/* block_hold_ms: a client whose last session went keeps its blocks for a
+ * while (a client with one short flow at a time then logs one block, not a
+ * block per flow); the hold ends at its deadline (nat_expire) or earlier when
+ * another client needs a block. */
+Test(nat_policy, block_hold_keeps_blocks_then_gives_them_back)
+{
+    struct nat_config c = small_cfg(NAT_POLICY_BLOCK, NAT_MAPPING_EIM, 1000, 1015);
+    struct rec r;
+    struct nat_table *t;
+    struct nat_stats st;
+    struct nat_session *s;
+    char ip[NAT_ADDR_STRLEN];
+
+    c.block_size = 4;
+    c.block_hold_ms = 1000;
+    t = mk(&c, &r);
+    struct nat_key k = kn(NAT_PROTO_TCP, "10.0.0.1", 1, "192.0.2.1", 80);
+    s = open_ok(t, &k, 0);
+    uint16_t base = s->ext.port;
+    nat_session_close(t, s, 10, "client_fin");
+    nat_get_stats(t, &st);
+    cr_assert_eq(st.blocks_in_use, 1);
+    cr_assert_eq(st.blocks_held, 1);
+    cr_assert_eq(r.by_type[NAT_EV_BLOCK_FREE], 0, "held, not given back");
+    cr_assert_eq(nat_next_expiry(t), 1010);
+    /* the client comes back within the hold: its block serves, nothing logged */
+    k.client.port = 2;
+    s = open_ok(t, &k, 20);
+    cr_assert(s->ext.port >= base && s->ext.port < base + 4);
+    cr_assert_eq(r.by_type[NAT_EV_BLOCK_ALLOC], 1);
+    nat_get_stats(t, &st);
+    cr_assert_eq(st.blocks_held, 0);
+    nat_session_close(t, s, 30, "client_fin");
+    cr_assert_eq(nat_expire(t, 1029, 0), 0);
+    cr_assert_eq(r.by_type[NAT_EV_BLOCK_FREE], 0);
+    cr_assert_eq(nat_expire(t, 1030, 0), 1);
+    cr_assert_eq(r.by_type[NAT_EV_BLOCK_FREE], 1);
+    cr_assert_eq(r.ev[(r.n - 1) % REC_MAX].time, 1030);
+    nat_get_stats(t, &st);
+    cr_assert_eq(st.blocks_in_use, 0);
+    cr_assert_eq(st.blocks_held, 0);
+    cr_assert_eq(nat_client_sessions(t, &k.client.addr), 0);
+
+    /* four clients hold the four blocks; a fifth takes the oldest hold's */
+    const char *who[4] = {"10.0.1.1", "10.0.1.2", "10.0.1.3", "10.0.1.4"};
+    for (int i = 0; i < 4; i++) {
+        struct nat_key ki = kn(NAT_PROTO_UDP, who[i], 5, "192.0.2.1", 53);
+        nat_session_close(t, open_ok(t, &ki, 2000 + (uint64_t)i), 2100 + (uint64_t)i, "x");
+    }
+    nat_get_stats(t, &st);
+    cr_assert_eq(st.blocks_held, 4);
+    size_t n0 = r.n;
+    struct nat_key kf = kn(NAT_PROTO_UDP, "10.0.1.9", 5, "192.0.2.1", 53);
+    open_ok(t, &kf, 2200);
+    cr_assert_eq(r.n, n0 + 3); /* block_free (10.0.1.1), block_alloc, open */
+    cr_assert_eq(r.ev[n0 % REC_MAX].type, NAT_EV_BLOCK_FREE);
+    cr_assert_str_eq(nat_addr_format(&r.ev[n0 % REC_MAX].s.key.client.addr, ip), "10.0.1.1");
+    cr_assert_eq(r.ev[(n0 + 1) % REC_MAX].type, NAT_EV_BLOCK_ALLOC);
+    cr_assert_eq(r.ev[(n0 + 2) % REC_MAX].type, NAT_EV_OPEN);
+    nat_get_stats(t, &st);
+    cr_assert_eq(st.blocks_in_use, 4);
+    cr_assert_eq(st.blocks_held, 3);
+    /* a shorter hold (reload) applies to the clients held now */
+    c.block_hold_ms = 50;
+    cr_assert_eq(nat_table_reconfigure(t, &c), NAT_OK);
+    cr_assert_eq(nat_expire(t, 2250, 0), 3);
+    nat_get_stats(t, &st);
+    cr_assert_eq(st.blocks_in_use, 1);
+    cr_assert_eq(st.blocks_held, 0);
+    c.block_hold_ms = NAT_MAX_BLOCK_HOLD_MS + 1;
+    cr_assert_eq(nat_table_reconfigure(t, &c), NAT_ERR_INVAL);
+    /* the end of every hold at once (gwd's shutdown, after its flush) */
+    struct nat_filter all;
+    nat_filter_init(&all);
+    cr_assert_eq(nat_flush(t, &all, 2300, "shutdown"), 1);
+    nat_get_stats(t, &st);
+    cr_assert_eq(st.blocks_held, 1);
+    cr_assert_eq(nat_end_holds(t, 2300), 1);
+    nat_get_stats(t, &st);
+    cr_assert_eq(st.blocks_in_use, 0);
+    cr_assert_eq(r.ev[(r.n - 1) % REC_MAX].type, NAT_EV_BLOCK_FREE);
+    nat_table_free(t);
+}
+
 Test(nat_policy, block_blocks_serve_both_protocols)
 {
     struct nat_config c = small_cfg(NAT_POLICY_BLOCK, NAT_MAPPING_EIM, 1000, 1007);
