@@ -10,7 +10,7 @@
 # Prints a table with CPU per unit of work and the ratio to the best peer.
 #
 # usage: bench/gateway/run.sh [--build DIR] [--seconds S] [--flows N]
-#                             [--proxies "none haproxy nginx gwd [gwd-nodb]"]
+#                             [--proxies "none haproxy nginx gwd [gwd-nodb] [gwd-pba]"]
 #                             [--tests "connrate keepalive bulk udp idle"]
 #                             [--rounds R] [--perf] [--keep]
 #                             [--quiet-wait S] [--quiet-pct P] [--nice N]
@@ -37,6 +37,10 @@
 #                what every proxy takes: its CPU per connection then does not
 #                depend on how fast it went, and rounds vary much less)
 #   gwd-nodb     gwd with --db none: what the SQLite store costs (diagnostic)
+#   gwd-pba      gwd as a carrier with port-block allocation runs it: policy
+#                block (128 ports a block), blocks held 10 s after a client's
+#                last flow, the log per block (nat.log "blocks"); every flow
+#                still a nat_sessions row (diagnostic)
 #   haproxy-log, nginx-log: the peers with a log line per connection
 #                (HAProxy: option tcplog to stdout, a file; nginx: access_log
 #                with a 64 KiB buffer): what logging costs them (diagnostic)
@@ -284,13 +288,18 @@ stream {
 EOF
         $PROXY_CPU nginx -p "$tmp" -e "$tmp/nginx-error.log" -c "$cfg" >"$tmp/nginx.log" 2>&1 &
         ;;
-    gwd | gwd-nodb | gwd-base | gwd-base-nodb)
-        local db=${GWD_DB:-$tmp/gwd.db} bin=$gwd_bin
+    gwd | gwd-nodb | gwd-base | gwd-base-nodb | gwd-pba)
+        local db=${GWD_DB:-$tmp/gwd.db} bin=$gwd_bin conf=""
+        if [ "$name" = gwd-pba ]; then
+            echo '{"nat":{"policy":"block","block_size":128,"block_hold":10,"log":"blocks"}}' \
+                >"$tmp/gwd-pba.json"
+            conf="-c $tmp/gwd-pba.json"
+        fi
         case $name in gwd-base*) bin=$GWD_BASE; db=${GWD_BASE_DB:-$db} ;; esac
         case $name in *-nodb) db=none ;; esac
         rm -f "$tmp"/gwd.db*
         # shellcheck disable=SC2086
-        $PROXY_CPU "$bin" -p "$port" -b 127.0.0.1 --tcp-backend be=127.0.0.1:$tport \
+        $PROXY_CPU "$bin" $conf -p "$port" -b 127.0.0.1 --tcp-backend be=127.0.0.1:$tport \
             --udp-backend ube=127.0.0.1:$UBE $nat_ips --nat-ports 20000-32767 \
             --db "$db" --control "$tmp/gwd.sock" --log-level warn \
             ${GWD_EXTRA:-} >>"$tmp/$name.log" 2>&1 &
@@ -498,7 +507,7 @@ $1 == "idle" {
 function val(t, f) { return t == "idle" ? f[9] : (t == "bulk" ? maxg[t "/" f[2]] : f[10]) }
 END {
     split("connrate keepalive bulk udp idle", T, " ")
-    np = split("none haproxy nginx gwd gwd-nodb gwd-base gwd-base-nodb haproxy-log nginx-log", P, " ")
+    np = split("none haproxy nginx gwd gwd-nodb gwd-pba gwd-base gwd-base-nodb haproxy-log nginx-log", P, " ")
     unit["connrate"] = "conn"; unit["keepalive"] = "req"; unit["udp"] = "dgram"
     for (ti = 1; ti <= 5; ti++) {
         t = T[ti]; ref = ""; refp = ""; refrate = ""; refp99 = ""; refcap = ""; refratep = ""; refp99p = ""
@@ -578,7 +587,7 @@ $4 != "FAILED" && $1 != "idle" && $1 != "bulk" && $10 != "" {
 }
 END {
     split("connrate keepalive udp", T, " ")
-    np = split("haproxy nginx gwd gwd-nodb gwd-base gwd-base-nodb haproxy-log nginx-log", P, " ")
+    np = split("haproxy nginx gwd gwd-nodb gwd-pba gwd-base gwd-base-nodb haproxy-log nginx-log", P, " ")
     for (ti = 1; ti <= 3; ti++) {
         t = T[ti]; ref = ""; hdr = 0
         for (pi = 1; pi <= 2; pi++) {

@@ -362,7 +362,7 @@ Test(ctl_daemon, subscribe_streams_open_close_and_health)
 
     cr_assert_geq(sub, 0);
     r = ctl_call_raw(sub, "{\"id\":\"s\",\"cmd\":\"subscribe\"}");
-    cr_assert_eq(json_array_size(json_object_get(ctl_result(r), "events")), 5);
+    cr_assert_eq(json_array_size(json_object_get(ctl_result(r), "events")), 6); /* every kind */
     json_decref(r);
     udp_flows(&fd, 1, "127.0.0.5");
     ev = read_event(sub, 5000, "open");
