@@ -918,3 +918,40 @@ Test(ctl_limits, refuse_and_expire_events, .init = no_setup, .fini = no_teardown
     close(sub);
     close_fds(fds, 3);
 }
+
+/* The block policy's block_alloc and block_free reach a subscriber that asked
+ * for "block", with the block's range. */
+Test(ctl_limits, subscribe_streams_block_events, .init = no_setup, .fini = no_teardown,
+     .timeout = 60)
+{
+    const char *args[] = {"--udp-backend", ubackend,     "--nat-ip",     "127.0.0.1",
+                          "--nat-ports",   "24540-24603", "--nat-policy", "block",
+                          "--log-level",   "warn",        NULL};
+    json_t *r, *ev, *b;
+    int sub, fd;
+
+    cr_assert_eq(ctl_echo_start(&echo), 0);
+    snprintf(ubackend, sizeof(ubackend), "u=127.0.0.1:%u", echo.udp_port);
+    cr_assert_eq(ctl_gwd_start(&gwd, args, NULL), 0, "gwd starts");
+    sub = ctl_connect(gwd.sock);
+    cr_assert_geq(sub, 0);
+    r = ctl_call_raw(sub, "{\"cmd\":\"subscribe\",\"args\":{\"events\":[\"block\"]}}");
+    cr_assert_str_eq(json_string_value(json_array_get(json_object_get(ctl_result(r), "events"), 0)),
+                     "block");
+    json_decref(r);
+    udp_flows(&fd, 1, "127.0.0.7");
+    ev = read_event(sub, 5000, "block_alloc"); /* the open itself is not asked for */
+    b = json_object_get(ev, "block");
+    cr_assert_str_eq(json_string_value(json_object_get(b, "client_ip")), "127.0.0.7");
+    cr_assert_str_eq(json_string_value(json_object_get(b, "nat_ip")), "127.0.0.1");
+    cr_assert_eq(json_integer_value(json_object_get(b, "nat_port")), 24540); /* one block of 64 */
+    cr_assert_eq(json_integer_value(json_object_get(b, "nat_port_last")), 24603);
+    json_decref(ev);
+    json_decref(call("{\"cmd\":\"flush nat\"}"));
+    ev = read_event(sub, 5000, "block_free");
+    cr_assert_eq(json_integer_value(json_object_get(json_object_get(ev, "block"), "nat_port")),
+                 24540);
+    json_decref(ev);
+    close(sub);
+    close(fd);
+}
