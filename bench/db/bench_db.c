@@ -20,6 +20,8 @@
  *   -f sets db_options.flush_ms (how long the writer lets a batch gather).
  *   -x runs SQL on the writer's connection before the workload (ablations,
  *      e.g. -x 'DROP INDEX nat_sessions_opened').
+ *   -L the log of gwd's nat.log "blocks": sessions rows only, no per-flow
+ *      log rows (the events are still submitted, as gwd does).
  *   -m idle memory: FLOWS sessions opened (at -r events/s, default at once),
  *      then held; private memory (smaps_rollup) before, after the writer
  *      committed them, and after 2 s idle, per flow.
@@ -336,6 +338,7 @@ static void run_whois(const char *path, uint64_t n, uint64_t t0)
 }
 
 static int flush_ms = -1;            /* -f: db_options.flush_ms; -1 = the default */
+static bool log_blocks = false;      /* -L: log "blocks" (no per-flow log rows) */
 static const char *setup_sql = NULL; /* -x: SQL run on the writer's connection first */
 
 static struct db *open_store(const char *path, uint32_t queue, uint32_t batch, uint32_t cache)
@@ -351,6 +354,7 @@ static struct db *open_store(const char *path, uint32_t queue, uint32_t batch, u
     o.retention_ms = 0;
     if (flush_ms >= 0)
         o.flush_ms = (uint32_t)flush_ms;
+    o.log_flows = !log_blocks;
     if (db_open(&db, &o, err, sizeof(err)) != 0) {
         fprintf(stderr, "bench_db: %s\n", err);
         exit(1);
@@ -376,7 +380,7 @@ int main(int argc, char **argv)
     unsigned hold = 1;
     int c;
 
-    while ((c = getopt(argc, argv, "n:q:b:c:d:kwr:t:p:H:m:f:x:h")) != -1) {
+    while ((c = getopt(argc, argv, "n:q:b:c:d:kwr:t:p:H:m:f:x:Lh")) != -1) {
         switch (c) {
         case 'n':
             n = strtoull(optarg, NULL, 10);
@@ -420,12 +424,15 @@ int main(int argc, char **argv)
         case 'x':
             setup_sql = optarg;
             break;
+        case 'L':
+            log_blocks = true;
+            break;
         default:
             fprintf(stderr,
                     "usage: bench_db [-n EVENTS] [-q QUEUE] [-b BATCH] [-c CACHE_KIB] [-d DIR] "
                     "[-k] [-w]\n"
                     "                [-r EVENTS_PER_S [-t SECONDS] [-p PREFILL] [-H HOLD_MS]] "
-                    "[-m FLOWS] [-f FLUSH_MS] [-x SQL]\n");
+                    "[-m FLOWS] [-f FLUSH_MS] [-x SQL] [-L]\n");
             return 2;
         }
     }

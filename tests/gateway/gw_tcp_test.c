@@ -210,21 +210,40 @@ Test(gw_tcp, many_short_flows_exact)
     cr_assert_eq(gwt_backend_count_nat(&be, "fin", 21400, 21567), total);
 }
 
+/* The in-test backend and gwd with the nat section's fields `nat` (JSON). */
+static void start_with_nat(const char *nat)
+{
+    char json[1024];
+
+    cr_assert_eq(gwt_backend_start(&be, &dir, "a", 0), 0);
+    snprintf(json, sizeof(json),
+             "{\"nat\":{%s},\"backends\":[{\"name\":\"web\",\"proto\":\"tcp\","
+             "\"servers\":[\"127.0.0.1:%u\"]}]}",
+             nat, be.port);
+    start_with_config(json);
+}
+
+/* The client's FIN on fd: the backend answers "BYE" and closes; fd is closed. */
+static void fin_bye(int fd)
+{
+    char line[128], c;
+
+    cr_assert_eq(shutdown(fd, SHUT_WR), 0);
+    cr_assert_eq(gwt_read_line(fd, line, sizeof(line)), 3);
+    cr_assert_eq(recv(fd, &c, 1, 0), 0);
+    close(fd);
+}
+
 /* Two clients with 3 flows open at once each, then closed: per client one
  * block_alloc (all its flows in its block of 8) and one block_free after its
  * last close; 6 session rows; no per-flow log row. */
 Test(gw_tcp, block_policy_logs_blocks_not_flows)
 {
-    char json[1024], line[128], c, got[512];
+    char line[128], got[512];
     int fds[6];
 
-    cr_assert_eq(gwt_backend_start(&be, &dir, "a", 0), 0);
-    snprintf(json, sizeof(json),
-             "{\"nat\":{\"ports\":\"21568-21583\",\"policy\":\"block\",\"block_size\":8,"
-             "\"log\":\"blocks\"},\"backends\":[{\"name\":\"web\",\"proto\":\"tcp\","
-             "\"servers\":[\"127.0.0.1:%u\"]}]}",
-             be.port);
-    start_with_config(json);
+    start_with_nat("\"ports\":\"21568-21583\",\"policy\":\"block\",\"block_size\":8,"
+                   "\"log\":\"blocks\"");
     for (int i = 0; i < 6; i++) {
         fds[i] = gwt_tcp_connect(i < 3 ? "127.0.2.1" : "127.0.2.2", gwd.port);
         cr_assert_geq(fds[i], 0);
@@ -233,12 +252,8 @@ Test(gw_tcp, block_policy_logs_blocks_not_flows)
     cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_events WHERE event='block_alloc'", 2,
                             5000),
                  2);
-    for (int i = 0; i < 6; i++) {
-        cr_assert_eq(shutdown(fds[i], SHUT_WR), 0);
-        cr_assert_eq(gwt_read_line(fds[i], line, sizeof(line)), 3);
-        cr_assert_eq(recv(fds[i], &c, 1, 0), 0);
-        close(fds[i]);
-    }
+    for (int i = 0; i < 6; i++)
+        fin_bye(fds[i]);
     cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions WHERE closed_at IS NOT NULL",
                             6, 10000),
                  6);
@@ -263,23 +278,15 @@ Test(gw_tcp, block_policy_logs_blocks_not_flows)
  * block_alloc), held between them; the block_free comes at shutdown. */
 Test(gw_tcp, block_hold_keeps_one_block_for_sequential_flows)
 {
-    char json[1024], line[128], c;
+    char line[128];
 
-    cr_assert_eq(gwt_backend_start(&be, &dir, "a", 0), 0);
-    snprintf(json, sizeof(json),
-             "{\"nat\":{\"ports\":\"21584-21599\",\"policy\":\"block\",\"block_size\":8,"
-             "\"block_hold\":30,\"log\":\"blocks\"},\"backends\":[{\"name\":\"web\","
-             "\"proto\":\"tcp\",\"servers\":[\"127.0.0.1:%u\"]}]}",
-             be.port);
-    start_with_config(json);
+    start_with_nat("\"ports\":\"21584-21599\",\"policy\":\"block\",\"block_size\":8,"
+                   "\"block_hold\":30,\"log\":\"blocks\"");
     for (int i = 0; i < 5; i++) {
         int fd = gwt_tcp_connect("127.0.2.3", gwd.port);
         cr_assert_geq(fd, 0);
         cr_assert_gt(gwt_read_line(fd, line, sizeof(line)), 0);
-        cr_assert_eq(shutdown(fd, SHUT_WR), 0);
-        cr_assert_eq(gwt_read_line(fd, line, sizeof(line)), 3);
-        cr_assert_eq(recv(fd, &c, 1, 0), 0);
-        close(fd);
+        fin_bye(fd);
         cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions WHERE closed_at IS"
                                         " NOT NULL",
                                 i + 1, 5000),
