@@ -129,8 +129,16 @@ static const char *const stmt_sql[STMT_COUNT] = {
     [STMT_UPDATE_SESSION] =
         "UPDATE nat_sessions SET state = ?2, last_seen = ?3, bytes_in = ?4, bytes_out = ?5,"
         " nat_ip = ?6, nat_port = ?7 WHERE id = ?1 AND closed_at IS NULL",
-    [STMT_PRUNE_EVENTS] = "DELETE FROM nat_events WHERE id IN (SELECT id FROM nat_events"
-                          " WHERE time < ?1 ORDER BY time LIMIT ?2)",
+    /* A block_alloc row stays while its block was still held at the cutoff
+     * (its next row, the free, is missing or newer): it is the only record of
+     * who held those ports, and "who held port X at T" for any T inside the
+     * retention needs it. The IN term lets the subquery use nat_events_blocks. */
+    [STMT_PRUNE_EVENTS] =
+        "DELETE FROM nat_events WHERE id IN (SELECT e.id FROM nat_events e"
+        " WHERE e.time < ?1 AND CASE WHEN e.event = 'block_alloc' THEN coalesce((SELECT f.time"
+        " FROM nat_events f WHERE f.event IN ('block_alloc', 'block_free')"
+        " AND f.nat_ip = e.nat_ip AND f.nat_port = e.nat_port AND f.id > e.id"
+        " ORDER BY f.id LIMIT 1), ?1) < ?1 ELSE 1 END ORDER BY e.time LIMIT ?2)",
     [STMT_PRUNE_SESSIONS] = "DELETE FROM nat_sessions WHERE id IN (SELECT id FROM nat_sessions"
                             " WHERE closed_at < ?1 ORDER BY closed_at LIMIT ?2)",
 };

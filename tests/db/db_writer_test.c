@@ -1025,3 +1025,61 @@ Test(db_writer, block_rows_log_blocks_mode_and_restart_frees_held_blocks)
     cr_assert_eq(tquery_int(td.path, "SELECT count(*) FROM nat_events WHERE event = 'block_free'"),
                  2);
 }
+
+/* Retention keeps the alloc row of a block that was still held at the
+ * cutoff: without it no one could tell who held those ports inside the
+ * retention window. Blocks given back before the cutoff go entirely. */
+Test(db_writer, prune_keeps_the_alloc_of_a_block_held_past_the_cutoff)
+{
+    struct db_options o = topts(td.path);
+    o.log_flows = false;
+    o.retention_ms = 3600 * 1000;
+    o.prune_interval_ms = 10;
+    o.prune_step = 2; /* several steps, past the rows it must keep */
+    o.clock = fake_clock;
+    fake_now = T0;
+    struct db *db = topen(&o);
+    const uint64_t h = 3600 * 1000;
+    struct nat_event ev[] = {
+        /* 20000: taken and given back before the cutoff (T0 + 1 h): both go */
+        block_ev(NAT_EV_BLOCK_ALLOC, "10.1.0.1", "192.0.2.1", 20000, T0),
+        block_ev(NAT_EV_BLOCK_FREE, "10.1.0.1", "192.0.2.1", 20000, T0 + 10),
+        /* 20064: taken before, given back after the cutoff: both stay */
+        block_ev(NAT_EV_BLOCK_ALLOC, "10.1.0.2", "192.0.2.1", 20064, T0 + 20),
+        /* 20128: taken before, never given back: its alloc stays */
+        block_ev(NAT_EV_BLOCK_ALLOC, "10.1.0.3", "192.0.2.1", 20128, T0 + 30),
+        /* 20000 again, by another client, before the cutoff: still held */
+        block_ev(NAT_EV_BLOCK_ALLOC, "10.1.0.4", "192.0.2.1", 20000, T0 + 40),
+        tev(NAT_EV_REFUSE, 0, NAT_PROTO_UDP, "10.1.0.9", 5353, NULL, 0, T0 + 50, "client_quota"),
+        block_ev(NAT_EV_BLOCK_FREE, "10.1.0.2", "192.0.2.1", 20064, T0 + 2 * h),
+    };
+    for (size_t i = 0; i < sizeof(ev) / sizeof(ev[0]); i++)
+        submit_retry(db, &ev[i], "");
+    cr_assert_eq(db_flush(db), 0);
+
+    __atomic_store_n(&fake_now, T0 + 2 * h + 100, __ATOMIC_SEQ_CST); /* cutoff T0 + 1 h */
+    struct db_stats st;
+    for (int i = 0; i < 1000; i++) {
+        db_get_stats(db, &st);
+        if (st.pruned_events >= 3)
+            break;
+        sleep_ms(5);
+        __atomic_add_fetch(&fake_now, 5, __ATOMIC_SEQ_CST); /* time goes on */
+    }
+    for (int i = 0; i < 10; i++) { /* more passes: they must delete nothing else */
+        sleep_ms(5);
+        __atomic_add_fetch(&fake_now, 5, __ATOMIC_SEQ_CST);
+    }
+    db_get_stats(db, &st);
+    cr_assert_eq(st.pruned_events, 3, "pruned %llu, errors %llu: %s",
+                 (unsigned long long)st.pruned_events, (unsigned long long)st.errors,
+                 st.last_error);
+    cr_assert_eq(db_close(db), 0);
+    char buf[512];
+    tquery_text(td.path,
+                "SELECT group_concat(event||','||client_ip||','||nat_port, ';')"
+                " FROM (SELECT * FROM nat_events ORDER BY id)",
+                buf, sizeof(buf));
+    cr_assert_str_eq(buf, "block_alloc,10.1.0.2,20064;block_alloc,10.1.0.3,20128;"
+                          "block_alloc,10.1.0.4,20000;block_free,10.1.0.2,20064");
+}
