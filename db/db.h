@@ -353,6 +353,24 @@ typedef int (*db_event_fn)(void *arg, const struct db_event_row *r);
 int db_query_events(struct db_reader *r, const struct db_event_query *q, db_event_fn fn, void *arg,
                     uint64_t *total);
 
+/*
+ * Who held nat_ip:nat_port at time at_ms by port block (the block policy,
+ * RFC 7422): the block_alloc row of the block containing the port that was
+ * held at at_ms, from the log's block rows. Blocks belong to a client IP, not
+ * to a protocol. *alloc gets that row; freed_at the time of the block_free
+ * that ended the hold ("" while the log shows it still held) and free_reason
+ * its reason. Returns 1 when a block held the port, 0 when none did (or the
+ * store has no block rows), -EIO. A few index seeks, however long the log.
+ */
+struct db_block_hold {
+    struct db_event_row alloc;
+    char freed_at[DB_TIME_STRLEN];
+    char free_reason[DB_TOKEN_MAX];
+};
+
+int db_whois_block(struct db_reader *r, const struct nat_addr *nat_ip, uint16_t nat_port,
+                   uint64_t at_ms, struct db_block_hold *out);
+
 enum db_format {
     DB_FORMAT_CSV = 0, /* RFC 4180, a header line with the column names */
     DB_FORMAT_JSONL,   /* one JSON object per line, the column names as keys */

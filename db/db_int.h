@@ -83,6 +83,9 @@ int64_t db__whois_key(uint64_t opened_ms, uint64_t closed_ms);
  */
 void db__whois_sql(char *buf, size_t len, bool proto);
 
+/* The statements of db_whois_block (0 .. 3), for the test of their plans. */
+void db__whois_block_sql(int which, char *buf, size_t len);
+
 /* Maps an SQLite result code to a negative errno. */
 int db__errno_of(int rc);
 

@@ -543,6 +543,141 @@ int db_whois(struct db_reader *r, uint8_t proto, const struct nat_addr *nat_ip, 
     return n;
 }
 
+/*
+ * Whois by port block. The log's block rows are in the partial index
+ * nat_events_blocks (nat_ip, nat_port, id); every statement below names the
+ * index's own condition (BLOCK_ROWS) so that the planner may use it. Per
+ * candidate block start, descending from the port: the start's last block row
+ * at T (one seek); when that is an alloc whose range holds the port, the
+ * block was held then, and the start's next row (one seek) is its free. One
+ * layout of blocks holds the port in the first start at or below it; a store
+ * written with several layouts over time (block_size or the port range
+ * changed between runs) needs a few starts more, up to WHOIS_BLOCK_STARTS.
+ */
+#define BLOCK_ROWS "event IN ('block_alloc', 'block_free')"
+#define WHOIS_BLOCK_STARTS 64
+
+enum { WB_LAST_ID, WB_START, WB_AT, WB_NEXT, WB_COUNT };
+
+void db__whois_block_sql(int which, char *buf, size_t len)
+{
+    switch (which) {
+    case WB_LAST_ID: /* the last log row written at or before T */
+        snprintf(buf, len, "SELECT id FROM nat_events WHERE time <= ?1"
+                           " ORDER BY time DESC, id DESC LIMIT 1");
+        break;
+    case WB_START: /* the next block start at or below a port */
+        snprintf(buf, len,
+                 "SELECT nat_port FROM nat_events WHERE " BLOCK_ROWS
+                 " AND nat_ip = ?1 AND nat_port <= ?2 ORDER BY nat_port DESC LIMIT 1");
+        break;
+    case WB_AT: /* a start's last block row at T */
+        snprintf(buf, len,
+                 "SELECT %s FROM nat_events WHERE " BLOCK_ROWS " AND nat_ip = ?1 AND nat_port = ?2"
+                 " AND id <= ?3 AND time <= ?4 ORDER BY id DESC LIMIT 1",
+                 event_cols);
+        break;
+    default: /* the row after it: the free that ended the hold */
+        snprintf(buf, len,
+                 "SELECT time, reason FROM nat_events WHERE " BLOCK_ROWS
+                 " AND nat_ip = ?1 AND nat_port = ?2 AND id > ?3 ORDER BY id LIMIT 1");
+        break;
+    }
+}
+
+/* Steps st once: 1 with a row, 0 without, -EIO (r->err set). */
+static int step_one(struct db_reader *r, sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        return 1;
+    if (rc == SQLITE_DONE)
+        return 0;
+    db__strlcpy(r->err, sqlite3_errmsg(r->conn), sizeof(r->err));
+    return -EIO;
+}
+
+static int whois_block_run(struct db_reader *r, sqlite3_stmt **st, const char *ip,
+                           uint16_t nat_port, const char *t, struct db_block_hold *out)
+{
+    int rc;
+
+    sqlite3_bind_text(st[WB_LAST_ID], 1, t, -1, SQLITE_STATIC);
+    if ((rc = step_one(r, st[WB_LAST_ID])) <= 0)
+        return rc; /* nothing logged by then */
+    sqlite3_int64 last_id = sqlite3_column_int64(st[WB_LAST_ID], 0);
+
+    int below = nat_port;
+    for (int n = 0; n < WHOIS_BLOCK_STARTS && below >= 0; n++) {
+        sqlite3_reset(st[WB_START]);
+        sqlite3_bind_text(st[WB_START], 1, ip, -1, SQLITE_STATIC);
+        sqlite3_bind_int(st[WB_START], 2, below);
+        if ((rc = step_one(r, st[WB_START])) <= 0)
+            return rc; /* no block starts at or below: nobody */
+        int start = sqlite3_column_int(st[WB_START], 0);
+        below = start - 1;
+
+        sqlite3_stmt *at = st[WB_AT];
+        sqlite3_reset(at);
+        sqlite3_bind_text(at, 1, ip, -1, SQLITE_STATIC);
+        sqlite3_bind_int(at, 2, start);
+        sqlite3_bind_int64(at, 3, last_id);
+        sqlite3_bind_text(at, 4, t, -1, SQLITE_STATIC);
+        if ((rc = step_one(r, at)) < 0)
+            return rc;
+        if (rc == 0)
+            continue; /* first taken after T */
+        struct db_event_row row;
+        read_event_row(at, &row);
+        if (strcmp(row.event, "block_alloc") != 0 || row.nat_port_last < nat_port)
+            continue; /* free at T, or a block of another layout */
+
+        memset(out, 0, sizeof(*out));
+        out->alloc = row;
+        sqlite3_stmt *next = st[WB_NEXT];
+        sqlite3_bind_text(next, 1, ip, -1, SQLITE_STATIC);
+        sqlite3_bind_int(next, 2, start);
+        sqlite3_bind_int64(next, 3, (sqlite3_int64)row.id);
+        if ((rc = step_one(r, next)) < 0)
+            return rc;
+        if (rc == 1) {
+            col_text(next, 0, out->freed_at, sizeof(out->freed_at));
+            col_text(next, 1, out->free_reason, sizeof(out->free_reason));
+        }
+        return 1;
+    }
+    return 0;
+}
+
+int db_whois_block(struct db_reader *r, const struct nat_addr *nat_ip, uint16_t nat_port,
+                   uint64_t at_ms, struct db_block_hold *out)
+{
+    sqlite3_stmt *st[WB_COUNT] = {NULL};
+    char sql[600], ip[NAT_ADDR_STRLEN], t[DB_TIME_STRLEN];
+    int rc = 0;
+
+    r->err[0] = '\0';
+    for (int i = 0; i < WB_COUNT && rc == 0; i++) {
+        db__whois_block_sql(i, sql, sizeof(sql));
+        if (sqlite3_prepare_v2(r->conn, sql, -1, &st[i], NULL) != SQLITE_OK) {
+            db__strlcpy(r->err, sqlite3_errmsg(r->conn), sizeof(r->err));
+            rc = -EIO;
+        }
+    }
+    if (rc == 0) {
+        /* One snapshot for the several statements, while gwd writes. */
+        read_begin(r, true);
+        rc = whois_block_run(r, st, db__addr_format(nat_ip->b, ip), nat_port,
+                             db_time_format(at_ms, t), out);
+        for (int i = 0; i < WB_COUNT; i++)
+            sqlite3_reset(st[i]);
+        read_end(r, true, 0);
+    }
+    for (int i = 0; i < WB_COUNT; i++)
+        sqlite3_finalize(st[i]);
+    return rc;
+}
+
 static int event_where(struct where *w, const struct db_event_query *q)
 {
     char t[DB_TIME_STRLEN];

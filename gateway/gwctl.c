@@ -349,8 +349,9 @@ static const struct {
             "seconds since the epoch.\n"},
     {"whois", "usage: gwctl --db FILE whois IP:PORT [--proto tcp|udp] [--at TIME]\n"
               "Who held the NAT endpoint IP:PORT at TIME (default now), from the store's\n"
-              "translation log: the client, its session and when it held it. Exit 1 when\n"
-              "nobody did.\n"},
+              "translation log: the client, its session and when it held it, and under\n"
+              "the block policy the client's port block that held it. Exit 1 when nobody\n"
+              "did.\n"},
 };
 
 static int print_help(const struct opts *o)
@@ -1261,9 +1262,35 @@ static int parse_ip_port(const char *s, struct nat_addr *ip, uint16_t *port)
 static const char *const whois_head[] = {"ID",      "PROTO",  "CLIENT", "NAT",
                                          "BACKEND", "OPENED", "CLOSED", "REASON"};
 
+/* The port block that held a whois port (db_whois_block), for --json. */
+static json_t *block_hold_json(const struct db_block_hold *b)
+{
+    return json_pack("{s:s,s:s,s:i,s:i,s:s,s:o,s:o}", "client_ip", b->alloc.client_ip, "nat_ip",
+                     b->alloc.nat_ip, "nat_port", b->alloc.nat_port, "nat_port_last",
+                     b->alloc.nat_port_last, "allocated_at", b->alloc.time, "freed_at",
+                     b->freed_at[0] ? json_string(b->freed_at) : json_null(), "free_reason",
+                     b->free_reason[0] ? json_string(b->free_reason) : json_null());
+}
+
+/* "block 192.0.2.1:20000-20063 of 10.1.0.1: taken T1, given back T2 (reason)" */
+static void print_block_hold(const struct db_block_hold *b)
+{
+    char nat[80];
+    ctl_fmt_endpoint(b->alloc.nat_ip, b->alloc.nat_port, nat, sizeof(nat));
+    printf("block %s-%u of %s: taken %s, ", nat, (unsigned)b->alloc.nat_port_last,
+           b->alloc.client_ip, b->alloc.time);
+    if (b->freed_at[0] == '\0')
+        printf("still held\n");
+    else if (b->free_reason[0] != '\0')
+        printf("given back %s (%s)\n", b->freed_at, b->free_reason);
+    else
+        printf("given back %s\n", b->freed_at);
+}
+
 static int db_whois_cmd(struct db_reader *r, const struct opts *o, const char *target)
 {
     struct db_session_row rows[32];
+    struct db_block_hold block;
     struct nat_addr ip;
     uint16_t port;
     uint8_t proto;
@@ -1278,7 +1305,8 @@ static int db_whois_cmd(struct db_reader *r, const struct opts *o, const char *t
     if (o->at && parse_time_opt("--at", o->at, &at))
         return EXIT_USAGE;
     n = db_whois(r, proto, &ip, port, at, rows, sizeof(rows) / sizeof(rows[0]));
-    if (n < 0) {
+    int held = n < 0 ? n : db_whois_block(r, &ip, port, at, &block);
+    if (n < 0 || held < 0) {
         fprintf(stderr, "gwctl: query failed: %s\n", db_reader_error(r));
         return EXIT_NO;
     }
@@ -1286,10 +1314,18 @@ static int db_whois_cmd(struct db_reader *r, const struct opts *o, const char *t
         json_t *arr = json_array(), *res;
         for (int i = 0; i < n && i < (int)(sizeof(rows) / sizeof(rows[0])); i++)
             json_array_append_new(arr, session_row_json(&rows[i]));
-        res = json_pack("{s:s,s:s,s:i,s:I,s:o}", "at", ctl_time_format(at, when), "nat_ip", target,
-                        "nat_port", port, "total", (json_int_t)n, "sessions", arr);
+        char ipbuf[NAT_ADDR_STRLEN];
+        res = json_pack("{s:s,s:s,s:i,s:I,s:o,s:o}", "at", ctl_time_format(at, when), "nat_ip",
+                        nat_addr_format(&ip, ipbuf), "nat_port", port, "total", (json_int_t)n,
+                        "sessions", arr, "block", held ? block_hold_json(&block) : json_null());
         print_json(res, false);
         json_decref(res);
+        return n > 0 || held ? EXIT_OK : EXIT_NO;
+    }
+    if (n == 0 && held) {
+        print_block_hold(&block);
+        printf("no session used %s%s%s at %s; its port block was held\n", target,
+               o->proto ? "/" : "", o->proto ? o->proto : "", ctl_time_format(at, when));
     } else if (n == 0) {
         printf("nobody held %s%s%s at %s\n", target, o->proto ? "/" : "", o->proto ? o->proto : "",
                ctl_time_format(at, when));
@@ -1316,10 +1352,12 @@ static int db_whois_cmd(struct db_reader *r, const struct opts *o, const char *t
         }
         ctl_table_print(&t, stdout);
         ctl_table_free(&t);
+        if (held)
+            print_block_hold(&block);
         printf("%d session%s held %s at %s\n", n, n == 1 ? "" : "s", target,
                ctl_time_format(at, when));
     }
-    return n > 0 ? EXIT_OK : EXIT_NO;
+    return n > 0 || held ? EXIT_OK : EXIT_NO;
 }
 
 static int run_db(const struct opts *o)

@@ -498,3 +498,98 @@ Test(ctl_gwctl_db, a_file_that_is_not_a_store)
     free(out);
     free(err);
 }
+
+/* A store with port blocks: 10.0.0.5 holds 127.0.0.1:24000-24063 from T0 to
+ * T0+20 s, and uses 24001 for one tcp session from T0 to T0+10 s. */
+static void block(struct db *db, enum nat_event_type type, uint64_t t)
+{
+    struct nat_event e;
+
+    memset(&e, 0, sizeof(e));
+    e.type = type;
+    e.time = t;
+    nat_addr_parse(&e.s.key.client.addr, "10.0.0.5");
+    nat_addr_parse(&e.s.ext.addr, "127.0.0.1");
+    e.s.ext.port = 24000;
+    e.port_last = 24063;
+    cr_assert_eq(db_submit(db, &e, ""), 0);
+}
+
+static void make_block_store(void)
+{
+    struct db_options o;
+    struct db *db;
+    char err[256];
+    int fd;
+
+    snprintf(dbpath, sizeof(dbpath), "/tmp/ctl-store-XXXXXX");
+    fd = mkstemp(dbpath);
+    close(fd);
+    unlink(dbpath);
+    db_options_default(&o);
+    o.path = dbpath;
+    o.retention_ms = 0;
+    cr_assert_eq(db_open(&db, &o, err, sizeof(err)), 0, "%s", err);
+    block(db, NAT_EV_BLOCK_ALLOC, T0);
+    ev(db, NAT_EV_OPEN, T0, NULL, 1, NAT_PROTO_TCP, "10.0.0.5", 5000, T0);
+    ev(db, NAT_EV_CLOSE, T0 + 10000, "client_fin", 1, NAT_PROTO_TCP, "10.0.0.5", 5000, T0);
+    block(db, NAT_EV_BLOCK_FREE, T0 + 20000);
+    cr_assert_eq(db_close(db), 0);
+}
+
+TestSuite(ctl_gwctl_blocks, .init = make_block_store, .fini = drop_store, .timeout = 60);
+
+/* whois names the port block that held the port, with or without a session. */
+Test(ctl_gwctl_blocks, whois_names_the_port_block)
+{
+    char *out;
+    static const char line[] = "block 127.0.0.1:24000-24063 of 10.0.0.5: taken "
+                               "2026-11-27T16:20:00.000Z, given back 2026-11-27T16:20:20.000Z\n";
+
+    cr_assert_eq(gwctl_db(&out, "whois", "127.0.0.1:24001", "--at", "2026-11-27T16:20:05Z", NULL,
+                          NULL),
+                 0);
+    cr_assert_not_null(strstr(out, "10.0.0.5:5000"), "%s", out);
+    cr_assert_not_null(strstr(out, line), "%s", out);
+    cr_assert_not_null(strstr(out, "\n1 session held 127.0.0.1:24001 at"), "%s", out);
+    free(out);
+    /* a port of the block no session used, while the block was held */
+    cr_assert_eq(gwctl_db(&out, "whois", "127.0.0.1:24030", "--at", "2026-11-27T16:20:15Z", NULL,
+                          NULL),
+                 0);
+    cr_assert_not_null(strstr(out, line), "%s", out);
+    cr_assert_not_null(strstr(out, "no session used 127.0.0.1:24030 at 2026-11-27T16:20:15.000Z;"
+                                   " its port block was held\n"),
+                       "%s", out);
+    free(out);
+    cr_assert_eq(gwctl_db(&out, "--json", "whois", "127.0.0.1:24030", "--at",
+                          "2026-11-27T16:20:15Z", NULL),
+                 0);
+    json_t *j = json_loads(out, 0, NULL), *b;
+    cr_assert_not_null(j, "%s", out);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "nat_ip")), "127.0.0.1");
+    cr_assert_eq(ctl_jint(j, "total"), 0);
+    b = json_object_get(j, "block");
+    cr_assert_str_eq(json_string_value(json_object_get(b, "client_ip")), "10.0.0.5");
+    cr_assert_eq(ctl_jint(b, "nat_port"), 24000);
+    cr_assert_eq(ctl_jint(b, "nat_port_last"), 24063);
+    cr_assert_str_eq(json_string_value(json_object_get(b, "allocated_at")),
+                     "2026-11-27T16:20:00.000Z");
+    cr_assert_str_eq(json_string_value(json_object_get(b, "freed_at")),
+                     "2026-11-27T16:20:20.000Z");
+    json_decref(j);
+    free(out);
+    /* once given back: nobody, and the JSON block is null */
+    cr_assert_eq(gwctl_db(&out, "whois", "127.0.0.1:24030", "--at", "2026-11-27T16:20:20Z", NULL,
+                          NULL),
+                 1);
+    cr_assert_not_null(strstr(out, "nobody held 127.0.0.1:24030"), "%s", out);
+    free(out);
+    cr_assert_eq(gwctl_db(&out, "--json", "whois", "127.0.0.1:24030", "--at",
+                          "2026-11-27T16:20:20Z", NULL),
+                 1);
+    j = json_loads(out, 0, NULL);
+    cr_assert(json_is_null(json_object_get(j, "block")), "%s", out);
+    json_decref(j);
+    free(out);
+}

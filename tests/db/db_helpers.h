@@ -87,6 +87,22 @@ static inline struct nat_event tev(enum nat_event_type type, uint64_t id, uint8_
     return ev;
 }
 
+/* A block event: client cip took (or gave back) nip:lo .. lo + 63. */
+static inline struct nat_event block_ev(enum nat_event_type type, const char *cip, const char *nip,
+                                        uint16_t lo, uint64_t time)
+{
+    struct nat_event ev;
+    memset(&ev, 0, sizeof(ev));
+    ev.type = type;
+    ev.time = time;
+    ev.s.key.client.addr = taddr(cip);
+    ev.s.ext.addr = taddr(nip);
+    ev.s.ext.port = lo;
+    ev.s.opened_at = ev.s.last_seen = time;
+    ev.port_last = (uint16_t)(lo + 63);
+    return ev;
+}
+
 /* Default options for tests: the path, a short flush. */
 static inline struct db_options topts(const char *path)
 {

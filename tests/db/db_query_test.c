@@ -572,3 +572,102 @@ Test(db_query, whois_matches_a_plain_scan_for_every_session_length)
     cr_assert_gt(found, asked / 3, "too few questions had an answer (%u of %u)", found, asked);
     tdir_remove(&t2);
 }
+
+/*
+ * Whois by port block. The store (times in ms after T0, nat ip 192.0.2.7
+ * unless said):
+ *   20000-20063 10.1.0.1 [1000, 5000)      then 10.1.0.2 [5000, 9000)
+ *   20064-20127 10.1.0.3 [2000, 9500)      freed by a restart ("restart")
+ *   20000-20127 10.1.0.4 [10000, held)     the next run: 128-port blocks
+ *   192.0.2.8: 20000-20063 10.2.0.1 [1000, held)
+ *   a flow's open row at 500, before any block
+ */
+static void block_store(struct tdir *t)
+{
+    tdir_make(t);
+    struct db_options o = topts(t->path);
+    struct db *db = topen(&o);
+    put(db, NAT_EV_OPEN, 1, NAT_PROTO_TCP, "10.0.0.1", 1000, "192.0.2.7", 25000, 500, 500, NULL,
+        "web");
+    struct nat_event ev[] = {
+        block_ev(NAT_EV_BLOCK_ALLOC, "10.1.0.1", "192.0.2.7", 20000, T0 + 1000),
+        block_ev(NAT_EV_BLOCK_ALLOC, "10.2.0.1", "192.0.2.8", 20000, T0 + 1000),
+        block_ev(NAT_EV_BLOCK_ALLOC, "10.1.0.3", "192.0.2.7", 20064, T0 + 2000),
+        block_ev(NAT_EV_BLOCK_FREE, "10.1.0.1", "192.0.2.7", 20000, T0 + 5000),
+        block_ev(NAT_EV_BLOCK_ALLOC, "10.1.0.2", "192.0.2.7", 20000, T0 + 5000),
+        block_ev(NAT_EV_BLOCK_FREE, "10.1.0.2", "192.0.2.7", 20000, T0 + 9000),
+        block_ev(NAT_EV_BLOCK_FREE, "10.1.0.3", "192.0.2.7", 20064, T0 + 9500),
+        block_ev(NAT_EV_BLOCK_ALLOC, "10.1.0.4", "192.0.2.7", 20000, T0 + 10000),
+    };
+    ev[6].reason = "restart";
+    ev[7].port_last = 20127;
+    for (size_t i = 0; i < sizeof(ev) / sizeof(ev[0]); i++)
+        cr_assert_eq(db_submit(db, &ev[i], ""), 0);
+    cr_assert_eq(db_close(db), 0);
+}
+
+/* "client,lo-last,freed_at,reason" of the block holding ip:port at T0 + t, or "-". */
+static const char *twhois_block(struct db_reader *r, const char *ip, uint16_t port, uint64_t t,
+                                char *buf, size_t len)
+{
+    struct db_block_hold b;
+    struct nat_addr a = taddr(ip);
+    int rc = db_whois_block(r, &a, port, T0 + t, &b);
+    cr_assert_geq(rc, 0, "%s", db_reader_error(r));
+    if (rc == 0)
+        snprintf(buf, len, "-");
+    else
+        snprintf(buf, len, "%s,%u-%u,%s,%s", b.alloc.client_ip, (unsigned)b.alloc.nat_port,
+                 (unsigned)b.alloc.nat_port_last, b.freed_at[0] ? b.freed_at : "held",
+                 b.free_reason[0] ? b.free_reason : "-");
+    return buf;
+}
+
+Test(db_query, whois_block_finds_the_block_held_at_a_time)
+{
+    struct tdir t;
+    struct db_reader *r;
+    char err[256], b[256];
+    block_store(&t);
+    cr_assert_eq(db_reader_open(&r, t.path, err, sizeof(err)), 0, "%s", err);
+    static const struct {
+        const char *ip;
+        uint16_t port;
+        uint64_t t;
+        const char *want;
+    } cases[] = {
+        {"192.0.2.7", 20010, 500, "-"}, /* logged, but no block yet */
+        {"192.0.2.7", 20010, 999, "-"},
+        {"192.0.2.7", 20010, 1000, "10.1.0.1,20000-20063,2026-11-27T16:00:05.000Z,-"},
+        {"192.0.2.7", 20063, 4999, "10.1.0.1,20000-20063,2026-11-27T16:00:05.000Z,-"},
+        /* given back and taken by another at the same ms: the new holder */
+        {"192.0.2.7", 20000, 5000, "10.1.0.2,20000-20063,2026-11-27T16:00:09.000Z,-"},
+        {"192.0.2.7", 20010, 9000, "-"}, /* the hold is [alloc, free) */
+        {"192.0.2.7", 20100, 3000, "10.1.0.3,20064-20127,2026-11-27T16:00:09.500Z,restart"},
+        {"192.0.2.7", 20100, 9500, "-"},
+        /* the next run's bigger block, found past the old layout's start 20064 */
+        {"192.0.2.7", 20100, 10000, "10.1.0.4,20000-20127,held,-"},
+        {"192.0.2.7", 20010, 99999, "10.1.0.4,20000-20127,held,-"},
+        {"192.0.2.7", 20200, 10000, "-"}, /* in no block */
+        {"192.0.2.7", 19999, 10000, "-"}, /* below every block */
+        {"192.0.2.8", 20010, 2000, "10.2.0.1,20000-20063,held,-"},
+        {"192.0.2.9", 20010, 2000, "-"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        cr_assert_str_eq(twhois_block(r, cases[i].ip, cases[i].port, cases[i].t, b, sizeof(b)),
+                         cases[i].want, "%s:%u at T0+%llu", cases[i].ip, (unsigned)cases[i].port,
+                         (unsigned long long)cases[i].t);
+    db_reader_close(r);
+    tdir_remove(&t);
+}
+
+Test(db_query, whois_block_queries_are_indexed)
+{
+    char sql[600];
+    db__whois_block_sql(0, sql, sizeof(sql));
+    assert_plan_uses(sql, "nat_events_time");
+    for (int i = 1; i < 4; i++) {
+        db__whois_block_sql(i, sql, sizeof(sql));
+        assert_plan_uses(sql, "nat_events_blocks (nat_ip=? AND nat_port");
+    }
+}

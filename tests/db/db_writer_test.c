@@ -950,22 +950,6 @@ Test(db_writer, store_threads_run_nicer_than_the_opener)
     cr_assert_eq(db_close(db), 0);
 }
 
-/* A block event: client cip took (or gave back) nip:lo .. lo + 63. */
-static struct nat_event block_ev(enum nat_event_type type, const char *cip, const char *nip,
-                                 uint16_t lo, uint64_t time)
-{
-    struct nat_event ev;
-    memset(&ev, 0, sizeof(ev));
-    ev.type = type;
-    ev.time = time;
-    ev.s.key.client.addr = taddr(cip);
-    ev.s.ext.addr = taddr(nip);
-    ev.s.ext.port = lo;
-    ev.s.opened_at = ev.s.last_seen = time;
-    ev.port_last = (uint16_t)(lo + 63);
-    return ev;
-}
-
 /* Port-block logging: block rows carry the range, log "blocks" keeps the
  * flows out of the log (but in nat_sessions), and a restart frees the blocks
  * a previous run left held. */
