@@ -332,7 +332,11 @@ void ctl_print_stats(FILE *out, const json_t *st)
             jstr(pool, "ports") ? jstr(pool, "ports") : "?", jget(pool, "ports_in_use"),
             jget(pool, "ports_total"));
     print_percent(out, jget(pool, "ports_in_use"), jget(pool, "ports_total"));
-    fprintf(out, ", %" PRIu64 " cooling\n", jget(pool, "ports_cooling"));
+    fprintf(out, ", %" PRIu64 " cooling", jget(pool, "ports_cooling"));
+    if (jstr(pool, "policy") && strcmp(jstr(pool, "policy"), "block") == 0)
+        fprintf(out, "; %" PRIu64 " blocks taken, %" PRIu64 " of them held empty",
+                jget(pool, "blocks_in_use"), jget(pool, "blocks_held"));
+    fputc('\n', out);
     json_array_foreach(json_object_get(pool, "by_ip"), i, e)
     {
         fprintf(out, "%-10s %s: %" PRIu64 " of %" PRIu64, "", jstr(e, "ip") ? jstr(e, "ip") : "?",

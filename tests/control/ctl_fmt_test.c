@@ -241,6 +241,27 @@ Test(ctl_fmt, stats_golden)
     json_decref(st);
 }
 
+/* Under the block policy the pool line counts the blocks too. */
+Test(ctl_fmt, stats_pool_line_counts_blocks)
+{
+    struct capture c;
+    json_t *st = json_loads(
+        "{\"pool\":{\"policy\":\"block\",\"mapping\":\"eim\",\"ports\":\"20000-32767\","
+        "\"ports_total\":12768,\"ports_in_use\":5,\"ports_cooling\":0,\"blocks_in_use\":3,"
+        "\"blocks_held\":1,\"by_ip\":[]}}",
+        0, NULL);
+
+    cr_assert_not_null(st);
+    cap_open(&c);
+    ctl_print_stats(c.f, st);
+    fclose(c.f);
+    cr_assert_not_null(strstr(c.buf, "pool       block/eim ports 20000-32767: 5 of 12768 in use "
+                                     "(0.0%), 0 cooling; 3 blocks taken, 1 of them held empty\n"),
+                       "%s", c.buf);
+    free(c.buf);
+    json_decref(st);
+}
+
 Test(ctl_fmt, backends_golden)
 {
     struct capture c;
