@@ -360,7 +360,8 @@ static void ev(struct db *db, enum nat_event_type type, uint64_t t, const char *
 
 static char dbpath[64];
 
-static void make_store(void)
+/* Opens a new store at a fresh dbpath. */
+static struct db *open_store(void)
 {
     struct db_options o;
     struct db *db;
@@ -375,6 +376,12 @@ static void make_store(void)
     o.path = dbpath;
     o.retention_ms = 0;
     cr_assert_eq(db_open(&db, &o, err, sizeof(err)), 0, "%s", err);
+    return db;
+}
+
+static void make_store(void)
+{
+    struct db *db = open_store();
     /* udp 10.0.0.1:1000 holds 127.0.0.1:24001 from T0 to T0+60 s (expired) */
     ev(db, NAT_EV_OPEN, T0, NULL, 1, NAT_PROTO_UDP, "10.0.0.1", 1000, T0);
     /* tcp 10.0.0.3:3000 holds tcp 127.0.0.1:24001 from T0+30 s to T0+90 s */
@@ -517,19 +524,7 @@ static void block(struct db *db, enum nat_event_type type, uint64_t t)
 
 static void make_block_store(void)
 {
-    struct db_options o;
-    struct db *db;
-    char err[256];
-    int fd;
-
-    snprintf(dbpath, sizeof(dbpath), "/tmp/ctl-store-XXXXXX");
-    fd = mkstemp(dbpath);
-    close(fd);
-    unlink(dbpath);
-    db_options_default(&o);
-    o.path = dbpath;
-    o.retention_ms = 0;
-    cr_assert_eq(db_open(&db, &o, err, sizeof(err)), 0, "%s", err);
+    struct db *db = open_store();
     block(db, NAT_EV_BLOCK_ALLOC, T0);
     ev(db, NAT_EV_OPEN, T0, NULL, 1, NAT_PROTO_TCP, "10.0.0.5", 5000, T0);
     ev(db, NAT_EV_CLOSE, T0 + 10000, "client_fin", 1, NAT_PROTO_TCP, "10.0.0.5", 5000, T0);
