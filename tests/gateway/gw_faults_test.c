@@ -5,8 +5,10 @@
  * exhausted (refused, counted, served again); pool ports busy on the host
  * skipped; UDP expiry; SIGHUP under load without dropping a flow; SIGTERM
  * draining live flows and closing every session in the store; a locked store
- * (forwarding goes on); bad configurations refused with their JSON path; and
- * EMFILE pausing accept. NAT ports 22000-23999 (gateway suite range).
+ * (forwarding goes on); bad configurations refused with their JSON path;
+ * EMFILE pausing accept; and sockets the flows' epoll set refuses (injected
+ * by fault_epoll.c) closing only their flows. NAT ports 22000-23999 (gateway
+ * suite range).
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -633,5 +635,94 @@ Test(gw_faults, user_drops_privileges_after_binding)
     cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions WHERE closed_at IS NOT NULL",
                             3, 5000),
                  3);
+    cr_assert_eq(gwd_stop(&gwd), 0);
+}
+
+/* Runs `json` in a gwd whose epoll_ctl refuses to add sockets bound to the
+ * NAT ports `ports` (fault_epoll.c, LD_PRELOAD). */
+static void start_with_epoll_fault(const char *json, const char *ports)
+{
+    const char *asan = getenv("ASAN_OPTIONS");
+    char *old = asan ? strdup(asan) : NULL, opts[512];
+    snprintf(opts, sizeof(opts), "%s%sverify_asan_link_order=0", old ? old : "", old ? ":" : "");
+    setenv("ASAN_OPTIONS", opts, 1);
+    setenv("LD_PRELOAD", FAULT_EPOLL_PATH, 1);
+    setenv("GW_FAULT_EPOLL_PORTS", ports, 1);
+    int rc = gwd_start_config(&gwd, &dir, json);
+    unsetenv("LD_PRELOAD");
+    unsetenv("GW_FAULT_EPOLL_PORTS");
+    if (old)
+        setenv("ASAN_OPTIONS", old, 1);
+    else
+        unsetenv("ASAN_OPTIONS");
+    free(old);
+    cr_assert_eq(rc, 0);
+}
+
+/* A socket the flows' epoll set refuses (ENOSPC, as past
+ * fs.epoll.max_user_watches): its flow, TCP or UDP, is closed at once with
+ * reason "error", logged; gwd and the other flows go on. Under the
+ * sequential policy the first two flows of each protocol get the refused
+ * ports 23800 and 23801, the third 23802. */
+Test(gw_faults, unwatchable_socket_closes_its_flow_only)
+{
+    char json[1024], seen[64], buf[64];
+
+    cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
+    snprintf(json, sizeof(json),
+             "{\"nat\":{\"ports\":\"23800-23809\",\"policy\":\"sequential\"},\"backends\":["
+             "{\"name\":\"web\",\"proto\":\"tcp\",\"servers\":[\"127.0.0.1:%u\"]},"
+             "{\"name\":\"dns\",\"proto\":\"udp\",\"servers\":[\"127.0.0.1:%u\"]}]}",
+             be[0].port, be[0].port);
+    start_with_epoll_fault(json, "23800-23801");
+
+    for (int i = 0; i < 2; i++) {
+        char src[32];
+        snprintf(src, sizeof(src), "127.0.0.%d", 16 + i);
+        int fd = gwt_tcp_connect(src, gwd.port);
+        cr_assert_geq(fd, 0);
+        struct timeval tv = {3, 0};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        ssize_t n = recv(fd, buf, sizeof(buf), 0);
+        int e = errno;
+        cr_assert(n == 0 || (n < 0 && e == ECONNRESET), "flow %d not closed: %zd, %s", i, n,
+                  n < 0 ? strerror(e) : "data");
+        close(fd);
+    }
+    int tcp_ok = hello("127.0.0.18", seen, sizeof(seen));
+    cr_assert_str_eq(seen, "127.0.0.1:23802");
+
+    for (int i = 0; i < 3; i++) {
+        char src[32];
+        snprintf(src, sizeof(src), "127.0.0.%d", 19 + i);
+        int fd = gwt_udp_socket(src, gwd.port);
+        cr_assert_geq(fd, 0);
+        struct timeval tv = {0, i < 2 ? 300000 : 3000000};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        cr_assert_eq(send(fd, "q", 1, 0), 1);
+        ssize_t n = recv(fd, buf, sizeof(buf), 0);
+        if (i < 2)
+            cr_assert_lt(n, 0, "a reply through a flow that could not be watched");
+        else
+            cr_assert_gt(n, 0, "no reply once the ports are good");
+        close(fd);
+    }
+
+    cr_assert_eq(gwt_db_int(gwd.db,
+                            "SELECT count(*) FROM nat_sessions WHERE close_reason = 'error'"
+                            " AND nat_port IN (23800, 23801)",
+                            4, 5000),
+                 4);
+    cr_assert_eq(gwt_db_int(gwd.db,
+                            "SELECT count(*) FROM nat_sessions WHERE closed_at IS NULL"
+                            " AND nat_port = 23802",
+                            2, 5000),
+                 2);
+    cr_assert(gwd_log_wait(&gwd, "epoll_ctl on fd", 1, 3000));
+    /* The working TCP flow still relays. */
+    cr_assert_eq(gwt_write_full(tcp_ok, "ping\n", 5), 0);
+    cr_assert_gt(gwt_read_line(tcp_ok, buf, sizeof(buf)), 0);
+    close(tcp_ok);
+    cr_assert(gwd_alive(&gwd));
     cr_assert_eq(gwd_stop(&gwd), 0);
 }
