@@ -886,6 +886,23 @@ static int port_pick(struct nat_table *t, uint32_t si, unsigned ip, uint16_t cli
     }
 }
 
+/* The oldest held client other than `except` with a block on nat address
+ * `ip`, or NIL: releasing a hold elsewhere (another address, the other
+ * family) would not give this address a block. */
+static uint32_t hold_oldest_on(const struct nat_table *t, unsigned ip, uint32_t except)
+{
+    for (uint32_t h = t->hold_head; h != NIL; h = t->clients[h].hold_next) {
+        const struct nat_client *c = &t->clients[h];
+
+        if (h == except)
+            continue;
+        for (uint32_t i = 0; i < c->nblocks; i++)
+            if (c->blocks[i] >> 16 == ip)
+                return h;
+    }
+    return NIL;
+}
+
 /* NAT_POLICY_BLOCK: a free port in one of the client's blocks on `ip`, taking
  * a new block (a BLOCK_ALLOC event) when they are full. -1 with *err set when
  * none. */
@@ -945,10 +962,8 @@ static int block_pick(struct nat_table *t, uint32_t ci, uint32_t si, unsigned ip
             }
         }
         /* No free block: one held by a client with no session goes first
-         * (oldest first; never the asking client's own). */
-        uint32_t h = t->hold_head;
-        if (h == ci)
-            h = t->clients[h].hold_next;
+         * (oldest first; never the asking client's own), if it has one here. */
+        uint32_t h = hold_oldest_on(t, ip, ci);
         if (h == NIL)
             break;
         hold_release(t, h, now);

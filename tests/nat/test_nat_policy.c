@@ -292,6 +292,53 @@ Test(nat_policy, block_hold_keeps_blocks_then_gives_them_back)
     nat_table_free(t);
 }
 
+/* A client that needs a block takes a hold's only where that frees a block
+ * it can use: a hold on the other address (here the IPv6 one, and the
+ * oldest) stays. */
+Test(nat_policy, block_hold_yields_only_on_the_address_that_needs_a_block)
+{
+    struct nat_config c = small_cfg(NAT_POLICY_BLOCK, NAT_MAPPING_EIM, 1000, 1007);
+    struct rec r;
+    struct nat_table *t;
+    struct nat_stats st;
+    char ip[NAT_ADDR_STRLEN];
+
+    c.n_ips = 2;
+    c.ips[0] = A("198.51.100.1");
+    c.ips[1] = A("2001:db8:1::1");
+    c.block_size = 4; /* two blocks per address */
+    c.block_hold_ms = 10000;
+    t = mk(&c, &r);
+    /* the oldest hold: an IPv6 client's block on 2001:db8:1::1 */
+    struct nat_key k6 = kn(NAT_PROTO_TCP, "2001:db8::10", 1, "2001:db8:2::80", 80);
+    nat_session_close(t, open_ok(t, &k6, 0), 1, "x");
+    /* both IPv4 blocks: one held by 10.0.0.1, one in use by 10.0.0.2 */
+    struct nat_key k1 = kn(NAT_PROTO_TCP, "10.0.0.1", 1, "192.0.2.1", 80);
+    nat_session_close(t, open_ok(t, &k1, 2), 3, "x");
+    struct nat_key k2 = kn(NAT_PROTO_TCP, "10.0.0.2", 1, "192.0.2.1", 80);
+    open_ok(t, &k2, 4);
+    nat_get_stats(t, &st);
+    cr_assert_eq(st.blocks_in_use, 3);
+    cr_assert_eq(st.blocks_held, 2);
+    /* 10.0.0.3 needs an IPv4 block: 10.0.0.1's goes, the IPv6 hold stays */
+    size_t n0 = r.n;
+    struct nat_key k3 = kn(NAT_PROTO_TCP, "10.0.0.3", 1, "192.0.2.1", 80);
+    open_ok(t, &k3, 5);
+    cr_assert_eq(r.n, n0 + 3); /* block_free (10.0.0.1), block_alloc, open */
+    cr_assert_eq(r.ev[n0 % REC_MAX].type, NAT_EV_BLOCK_FREE);
+    cr_assert_str_eq(nat_addr_format(&r.ev[n0 % REC_MAX].s.key.client.addr, ip), "10.0.0.1");
+    nat_get_stats(t, &st);
+    cr_assert_eq(st.blocks_in_use, 3);
+    cr_assert_eq(st.blocks_held, 1, "the IPv6 client's hold was given up for nothing");
+    /* no IPv4 hold left to give: refused, and the IPv6 hold still stays */
+    struct nat_key k4 = kn(NAT_PROTO_TCP, "10.0.0.4", 1, "192.0.2.1", 80);
+    struct nat_session *x = NULL;
+    cr_assert_eq(nat_session_open(t, &k4, 0, 6, &x), NAT_ERR_POOL_EXHAUSTED);
+    nat_get_stats(t, &st);
+    cr_assert_eq(st.blocks_held, 1);
+    nat_table_free(t);
+}
+
 Test(nat_policy, block_blocks_serve_both_protocols)
 {
     struct nat_config c = small_cfg(NAT_POLICY_BLOCK, NAT_MAPPING_EIM, 1000, 1007);
