@@ -907,7 +907,7 @@ static uint32_t hold_oldest_on(const struct nat_table *t, unsigned ip, uint32_t 
  * a new block (a BLOCK_ALLOC event) when they are full. -1 with *err set when
  * none. */
 static int block_pick(struct nat_table *t, uint32_t ci, uint32_t si, unsigned ip, uint64_t now,
-                      enum nat_err *err)
+                      bool may_end_holds, enum nat_err *err)
 {
     struct nat_client *c = &t->clients[ci];
     struct nat_portset *ps = t->sets[si];
@@ -963,7 +963,7 @@ static int block_pick(struct nat_table *t, uint32_t ci, uint32_t si, unsigned ip
         }
         /* No free block: one held by a client with no session goes first
          * (oldest first; never the asking client's own), if it has one here. */
-        uint32_t h = hold_oldest_on(t, ip, ci);
+        uint32_t h = may_end_holds ? hold_oldest_on(t, ip, ci) : NIL;
         if (h == NIL)
             break;
         hold_release(t, h, now);
@@ -997,25 +997,31 @@ static enum nat_err pool_pick(struct nat_table *t, uint32_t ci, const struct nat
         start = t->ip_cursor++ % n;
     else
         start = rnd(t, n);
-    for (unsigned i = 0; i < n; i++) {
-        unsigned ip = (start + i) % t->cfg.n_ips;
-        int off;
+    /* Under the block policy a free block anywhere comes before ending a
+     * hold: a second round may end holds, only when the first found none. */
+    for (int round = 0; round < 2; round++) {
+        if (round == 1 && (t->cfg.policy != NAT_POLICY_BLOCK || t->hold_head == NIL))
+            break;
+        for (unsigned i = 0; i < n; i++) {
+            unsigned ip = (start + i) % t->cfg.n_ips;
+            int off;
 
-        if (family(&t->cfg.ips[ip]) != fam)
-            continue;
-        e = NAT_ERR_POOL_EXHAUSTED;
-        if (t->cfg.policy == NAT_POLICY_BLOCK)
-            off = block_pick(t, ci, si, ip, now, &e);
-        else
-            off = port_pick(t, si, ip, k->client.port);
-        if (off >= 0) {
-            pk->set = si;
-            pk->ip = ip;
-            pk->off = (uint32_t)off;
-            return NAT_OK;
+            if (family(&t->cfg.ips[ip]) != fam)
+                continue;
+            e = NAT_ERR_POOL_EXHAUSTED;
+            if (t->cfg.policy == NAT_POLICY_BLOCK)
+                off = block_pick(t, ci, si, ip, now, round == 1, &e);
+            else
+                off = port_pick(t, si, ip, k->client.port);
+            if (off >= 0) {
+                pk->set = si;
+                pk->ip = ip;
+                pk->off = (uint32_t)off;
+                return NAT_OK;
+            }
+            if (e != NAT_ERR_POOL_EXHAUSTED)
+                err = e;
         }
-        if (e != NAT_ERR_POOL_EXHAUSTED)
-            err = e;
     }
     set_maybe_free(t, si);
     return err;

@@ -339,6 +339,39 @@ Test(nat_policy, block_hold_yields_only_on_the_address_that_needs_a_block)
     nat_table_free(t);
 }
 
+/* A free block on any address comes before ending a hold: with three of
+ * four blocks held, a new client takes the fourth, whichever address the
+ * policy tries first (so over many seeds). */
+Test(nat_policy, block_free_block_anywhere_comes_before_ending_a_hold)
+{
+    for (uint64_t seed = 1; seed <= 32; seed++) {
+        struct nat_config c = small_cfg(NAT_POLICY_BLOCK, NAT_MAPPING_EIM, 1000, 1007);
+        struct rec r;
+        struct nat_stats st;
+
+        c.n_ips = 2;
+        c.ips[0] = A("198.51.100.1");
+        c.ips[1] = A("198.51.100.2");
+        c.block_size = 4; /* two blocks per address */
+        c.block_hold_ms = 10000;
+        c.seed = seed;
+        struct nat_table *t = mk(&c, &r);
+        const char *who[3] = {"10.0.0.1", "10.0.0.2", "10.0.0.3"};
+        for (int i = 0; i < 3; i++) {
+            struct nat_key k = kn(NAT_PROTO_TCP, who[i], 1, "192.0.2.1", 80);
+            nat_session_close(t, open_ok(t, &k, (uint64_t)i), (uint64_t)i, "x");
+        }
+        struct nat_key k = kn(NAT_PROTO_TCP, "10.0.0.9", 1, "192.0.2.1", 80);
+        open_ok(t, &k, 10);
+        nat_get_stats(t, &st);
+        cr_assert_eq(st.blocks_in_use, 4, "seed %llu", (unsigned long long)seed);
+        cr_assert_eq(st.blocks_held, 3, "seed %llu: a hold ended with a block free",
+                     (unsigned long long)seed);
+        cr_assert_eq(r.by_type[NAT_EV_BLOCK_FREE], 0, "seed %llu", (unsigned long long)seed);
+        nat_table_free(t);
+    }
+}
+
 Test(nat_policy, block_blocks_serve_both_protocols)
 {
     struct nat_config c = small_cfg(NAT_POLICY_BLOCK, NAT_MAPPING_EIM, 1000, 1007);
