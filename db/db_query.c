@@ -214,14 +214,18 @@ static void time_text(uint64_t ms, char *buf)
     db_time_format(ms, buf);
 }
 
-/* The filters both tables share (their columns have the same names). */
+/* The filters both tables share (their columns have the same names). In the
+ * log (`blocks`), a block row (proto 'any', ports nat_port .. nat_port_last)
+ * matches every protocol and a port range it overlaps. */
 static void where_common(struct where *w, uint8_t proto, bool has_client,
                          const struct nat_addr *client, uint8_t plen, bool has_nat_ip,
                          const struct nat_addr *nat_ip, uint16_t lo, uint16_t hi,
-                         const char *backend)
+                         const char *backend, bool blocks)
 {
     char buf[NAT_ADDR_STRLEN];
-    if (proto != 0)
+    if (proto != 0 && blocks)
+        where_add(w, "proto IN (?%d, 'any')", bind_text(w, db__proto_name(proto)));
+    else if (proto != 0)
         where_add(w, "proto = ?%d", bind_text(w, db__proto_name(proto)));
     if (has_client) {
         if (plen >= 128) {
@@ -233,7 +237,11 @@ static void where_common(struct where *w, uint8_t proto, bool has_client,
     }
     if (has_nat_ip)
         where_add(w, "nat_ip = ?%d", bind_text(w, db__addr_format(nat_ip->b, buf)));
-    if (lo != 0 || hi != 0) {
+    if ((lo != 0 || hi != 0) && blocks) {
+        int a = bind_int(w, lo), b = bind_int(w, hi != 0 ? hi : 65535);
+        where_add(w, "(nat_port BETWEEN ?%d AND ?%d OR (nat_port_last IS NOT NULL"
+                     " AND nat_port <= ?%d AND nat_port_last >= ?%d))", a, b, b, a);
+    } else if (lo != 0 || hi != 0) {
         int a = bind_int(w, lo);
         where_add(w, "nat_port BETWEEN ?%d AND ?%d", a, bind_int(w, hi != 0 ? hi : 65535));
     }
@@ -248,7 +256,7 @@ static int session_where(struct where *w, const struct db_session_query *q)
     if (q == NULL)
         return 0;
     where_common(w, q->proto, q->has_client, &q->client, q->client_plen, q->has_nat_ip, &q->nat_ip,
-                 q->nat_port_lo, q->nat_port_hi, q->backend);
+                 q->nat_port_lo, q->nat_port_hi, q->backend, false);
     if (q->state >= 0) {
         const char *name = db__state_name(q->state);
         if (name[0] == '\0')
@@ -685,7 +693,7 @@ static int event_where(struct where *w, const struct db_event_query *q)
     if (q == NULL)
         return 0;
     where_common(w, q->proto, q->has_client, &q->client, q->client_plen, q->has_nat_ip, &q->nat_ip,
-                 q->nat_port_lo, q->nat_port_hi, q->backend);
+                 q->nat_port_lo, q->nat_port_hi, q->backend, true);
     if (q->event != NULL)
         where_add(w, "event = ?%d", bind_text(w, q->event));
     if (q->session_id != 0)

@@ -671,3 +671,56 @@ Test(db_query, whois_block_queries_are_indexed)
         assert_plan_uses(sql, "nat_events_blocks (nat_ip=? AND nat_port");
     }
 }
+
+/* "event:client:lo" of every log row q matches, in order. */
+static int blk_cb(void *arg, const struct db_event_row *r)
+{
+    struct evs *x = arg;
+    size_t n = strlen(x->s);
+    snprintf(x->s + n, sizeof(x->s) - n, "%s%s:%s:%u", n > 0 ? "," : "", r->event, r->client_ip,
+             (unsigned)r->nat_port);
+    return 0;
+}
+
+/* In the log, a block row matches a NAT port filter its range overlaps, and
+ * every protocol (it is 'any'). */
+Test(db_query, log_filters_match_block_rows_by_their_range)
+{
+    struct tdir t;
+    struct db_reader *r;
+    char err[256];
+    struct evs x;
+    block_store(&t);
+    cr_assert_eq(db_reader_open(&r, t.path, err, sizeof(err)), 0, "%s", err);
+    struct db_event_query q;
+    db_event_query_init(&q);
+    q.has_nat_ip = true;
+    q.nat_ip = taddr("192.0.2.7");
+    q.nat_port_lo = q.nat_port_hi = 20100; /* in 20064-20127 and 20000-20127 */
+    q.proto = NAT_PROTO_TCP;
+    x.s[0] = '\0';
+    uint64_t total = 0;
+    cr_assert_geq(db_query_events(r, &q, blk_cb, &x, &total), 0, "%s", db_reader_error(r));
+    cr_assert_str_eq(x.s, "block_alloc:10.1.0.3:20064,block_free:10.1.0.3:20064,"
+                          "block_alloc:10.1.0.4:20000");
+    cr_assert_eq(total, 3);
+    /* a range that reaches into the blocks starting at 20000 only */
+    q.nat_port_lo = 19000;
+    q.nat_port_hi = 20000;
+    x.s[0] = '\0';
+    cr_assert_geq(db_query_events(r, &q, blk_cb, &x, &total), 0, "%s", db_reader_error(r));
+    cr_assert_str_eq(x.s, "block_alloc:10.1.0.1:20000,block_free:10.1.0.1:20000,"
+                          "block_alloc:10.1.0.2:20000,block_free:10.1.0.2:20000,"
+                          "block_alloc:10.1.0.4:20000");
+    q.nat_port_lo = q.nat_port_hi = 25000;
+    q.proto = NAT_PROTO_UDP; /* the flow there is tcp */
+    x.s[0] = '\0';
+    cr_assert_geq(db_query_events(r, &q, blk_cb, &x, &total), 0, "%s", db_reader_error(r));
+    cr_assert_str_eq(x.s, "");
+    q.proto = NAT_PROTO_TCP;
+    x.s[0] = '\0';
+    cr_assert_geq(db_query_events(r, &q, blk_cb, &x, &total), 0, "%s", db_reader_error(r));
+    cr_assert_str_eq(x.s, "open:10.0.0.1:25000");
+    db_reader_close(r);
+    tdir_remove(&t);
+}
