@@ -1,6 +1,7 @@
 /*
- * gw_cmd.c - the control commands: version, show stats|nat|backends|config,
- * flush nat, backend drain|enable|disable, subscribe.
+ * gw_cmd.c - the control commands: version, show
+ * stats|nat|backends|config|clients|blocks, flush nat, backend
+ * drain|enable|disable, subscribe.
  *
  * `show nat` never builds its whole result: it walks the table in id order
  * with nat_foreach(after_id) in small steps, formatting rows straight into
@@ -897,6 +898,96 @@ static void cmd_show_clients(struct ctl_client *c, const struct ctl_request *req
     cmd_job_start(c, req, &clients_job_ops, &j->base);
 }
 
+/* ---- show blocks ---------------------------------------------------------- */
+
+/* The blocks that pass the filter, gathered to be sorted. */
+struct blocks_acc {
+    const struct nat_filter *f;
+    struct nat_block_info *rows; /* owned */
+    size_t n, cap;
+    bool nomem;
+};
+
+static int blocks_visit(void *arg, const struct nat_block_info *b)
+{
+    struct blocks_acc *a = arg;
+    const struct nat_filter *f = a->f;
+    uint16_t hi = f->nat_port_hi != 0 ? f->nat_port_hi : UINT16_MAX;
+
+    if (f->has_client && !nat_addr_in_prefix(&b->client, &f->client, f->client_plen))
+        return 0;
+    if (f->has_nat_ip && memcmp(&b->nat, &f->nat_ip, sizeof(b->nat)) != 0)
+        return 0;
+    if ((f->nat_port_lo != 0 || f->nat_port_hi != 0) &&
+        (b->port_last < f->nat_port_lo || b->port_lo > hi))
+        return 0;
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 64;
+        struct nat_block_info *r = realloc(a->rows, cap * sizeof(*r));
+        if (!r) {
+            a->nomem = true;
+            return 1;
+        }
+        a->rows = r;
+        a->cap = cap;
+    }
+    a->rows[a->n++] = *b;
+    return 0;
+}
+
+/* By external address (as numbers), then port. */
+static int block_cmp(const void *pa, const void *pb)
+{
+    const struct nat_block_info *a = pa, *b = pb;
+    int c = memcmp(&a->nat, &b->nat, sizeof(a->nat));
+
+    return c != 0 ? c : (a->port_lo > b->port_lo) - (a->port_lo < b->port_lo);
+}
+
+static void cmd_show_blocks(struct ctl_client *c, const struct ctl_request *req)
+{
+    struct gw_ctx *ctx = ctl_client_ctx(c);
+    struct blocks_acc a = {.f = &req->u.blocks.filter};
+    char ip[NAT_ADDR_STRLEN], t[CTL_TIME_STRLEN];
+
+    if (!ctx->nat) {
+        ctl_client_fail(c, req->id, CTL_ERR_UNAVAILABLE, "the NAT table is not running");
+        return;
+    }
+    nat_blocks_each(ctx->nat, blocks_visit, &a);
+    if (a.nomem) {
+        free(a.rows);
+        ctl_client_fail(c, req->id, CTL_ERR_INTERNAL, "out of memory");
+        return;
+    }
+    if (a.n > 1)
+        qsort(a.rows, a.n, sizeof(*a.rows), block_cmp);
+    uint64_t now = gw_now_ms();
+    json_t *arr = json_array();
+    for (size_t i = 0; i < a.n && i < req->u.blocks.limit; i++) {
+        const struct nat_block_info *b = &a.rows[i];
+        json_t *o = json_object();
+        json_object_set_new(o, "client_ip", json_string(nat_addr_format(&b->client, ip)));
+        json_object_set_new(o, "nat_ip", json_string(nat_addr_format(&b->nat, ip)));
+        json_object_set_new(o, "nat_port", json_integer(b->port_lo));
+        json_object_set_new(o, "nat_port_last", json_integer(b->port_last));
+        json_object_set_new(o, "sessions", json_integer(b->sessions));
+        json_object_set_new(o, "hold_until",
+                            b->hold_until ? json_string(ctl_time_format(b->hold_until, t))
+                                          : json_null());
+        json_object_set_new(o, "hold_left_ms",
+                            b->hold_until ? jint(b->hold_until > now ? b->hold_until - now : 0)
+                                          : json_null());
+        json_array_append_new(arr, o);
+    }
+    const struct nat_config *nc = nat_table_config(ctx->nat);
+    ctl_client_reply(c, req->id,
+                     json_pack("{s:s,s:i,s:I,s:o}", "policy", nat_policy_name(nc->policy),
+                               "block_size", nc->policy == NAT_POLICY_BLOCK ? nc->block_size : 0,
+                               "total", (json_int_t)a.n, "blocks", arr));
+    free(a.rows);
+}
+
 /* ---- dispatch ------------------------------------------------------------- */
 
 void gw_cmd_run(struct ctl_client *c, const struct ctl_request *req)
@@ -938,6 +1029,9 @@ void gw_cmd_run(struct ctl_client *c, const struct ctl_request *req)
         break;
     case CTL_CMD_SHOW_CLIENTS:
         cmd_show_clients(c, req);
+        break;
+    case CTL_CMD_SHOW_BLOCKS:
+        cmd_show_blocks(c, req);
         break;
     default:
         ctl_client_fail(c, req->id, CTL_ERR_UNKNOWN_COMMAND, "unknown command");

@@ -40,6 +40,7 @@ static const char *const cmd_names[CTL_CMD_COUNT] = {
     [CTL_CMD_BACKEND_DISABLE] = "backend disable",
     [CTL_CMD_SUBSCRIBE] = "subscribe",
     [CTL_CMD_SHOW_CLIENTS] = "show clients",
+    [CTL_CMD_SHOW_BLOCKS] = "show blocks",
 };
 
 static const char *const sort_names[CTL_SORT_COUNT] = {
@@ -380,6 +381,36 @@ static enum ctl_err parse_clients_args(struct ctl_error *err, json_t *args,
     return CTL_OK;
 }
 
+static enum ctl_err parse_blocks_args(struct ctl_error *err, json_t *args,
+                                      struct ctl_blocks_args *a)
+{
+    struct ctl_nat_query q;
+    const char *key;
+    json_t *v;
+    uint64_t u = 0;
+    enum ctl_err rc;
+
+    memset(&q, 0, sizeof(q));
+    nat_filter_init(&q.filter);
+    a->limit = CTL_LIMIT_DEFAULT;
+    json_object_foreach(args, key, v)
+    {
+        if (strcmp(key, "client") == 0 || strcmp(key, "nat_ip") == 0 ||
+            strcmp(key, "nat_port") == 0) {
+            rc = parse_nat_arg(err, key, v, &q, false);
+        } else if (strcmp(key, "limit") == 0) {
+            rc = arg_uint(err, key, v, 1, CTL_LIMIT_MAX, &u);
+            a->limit = (uint32_t)u;
+        } else {
+            rc = fail(err, CTL_ERR_BAD_ARGUMENT, "unknown argument '%s'", key);
+        }
+        if (rc != CTL_OK)
+            return rc;
+    }
+    a->filter = q.filter;
+    return CTL_OK;
+}
+
 static enum ctl_err parse_args(struct ctl_request *req, json_t *args, struct ctl_error *err)
 {
     switch (req->cmd) {
@@ -395,6 +426,8 @@ static enum ctl_err parse_args(struct ctl_request *req, json_t *args, struct ctl
         return parse_events(err, args, &req->u.events);
     case CTL_CMD_SHOW_CLIENTS:
         return parse_clients_args(err, args, &req->u.clients);
+    case CTL_CMD_SHOW_BLOCKS:
+        return parse_blocks_args(err, args, &req->u.blocks);
     default:
         if (json_object_size(args) != 0)
             return fail(err, CTL_ERR_BAD_ARGUMENT, "command '%s' takes no arguments",

@@ -72,6 +72,7 @@ enum ctl_cmd {
     CTL_CMD_BACKEND_DISABLE,
     CTL_CMD_SUBSCRIBE,
     CTL_CMD_SHOW_CLIENTS,
+    CTL_CMD_SHOW_BLOCKS,
     CTL_CMD_COUNT
 };
 
@@ -140,6 +141,13 @@ struct ctl_clients_args {
 
 #define CTL_CLIENTS_MAX 1000
 
+/* show blocks: the port blocks in use (block policy), filtered by client
+ * (IP or prefix), nat_ip and nat_port (a block overlapping the range). */
+struct ctl_blocks_args {
+    struct nat_filter filter; /* has_client, has_nat_ip, nat_port_lo/hi only */
+    uint32_t limit;           /* 1..CTL_LIMIT_MAX, default CTL_LIMIT_DEFAULT */
+};
+
 /* A parsed, validated request. */
 struct ctl_request {
     json_t *id; /* owned: echoed in the reply; NULL when the request had none */
@@ -149,6 +157,7 @@ struct ctl_request {
         struct ctl_backend_args backend; /* CTL_CMD_BACKEND_* */
         unsigned events;                 /* CTL_CMD_SUBSCRIBE: enum ctl_event_kind bits */
         struct ctl_clients_args clients; /* CTL_CMD_SHOW_CLIENTS */
+        struct ctl_blocks_args blocks;   /* CTL_CMD_SHOW_BLOCKS */
     } u;
 };
 

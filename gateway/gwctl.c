@@ -283,6 +283,8 @@ static const char help_main[] =
     "  show nat [filters] [--sort KEY] [--limit N]   the NAT table (like conntrack -L)\n"
     "  show stats                                    counters, pool use, store, health\n"
     "  show backends                                 pools, servers, health, flows\n"
+    "  show blocks [--client C] [--nat-ip IP] [--port P] [--limit N]\n"
+    "                                                the port blocks in use (block policy)\n"
     "  show config                                   the configuration in force (JSON)\n"
     "  flush nat [filters]                           close the matching flows\n"
     "  backend drain|enable|disable NAME[/SERVER]    change a pool or server's admin state\n"
@@ -323,6 +325,12 @@ static const struct {
     {"show backends", "usage: gwctl show backends [--json]\n"
                       "One row per server: pool, protocol, balance, name, address, state, weight,\n"
                       "live flows, total flows, connect failures.\n"},
+    {"show blocks",
+     "usage: gwctl show blocks [--client IP|CIDR] [--nat-ip IP] [--port N|LO-HI] [--limit N]\n"
+     "                         [--json]\n"
+     "The port blocks in use under the block policy (RFC 7422), by external address\n"
+     "and port: CLIENT NAT (ip:lo-hi) SESSIONS HELD (how long a client with no session\n"
+     "keeps it, nat.block_hold). --port picks the blocks that overlap the range.\n"},
     {"show config", "usage: gwctl show config\nPrints the configuration in force as JSON.\n"},
     {"flush nat",
      "usage: gwctl flush nat [--proto P] [--client IP|CIDR] [--nat-ip IP] [--port N|LO-HI]\n"
@@ -740,6 +748,8 @@ static int cmd_simple(struct conn *c, const struct opts *o, const char *cmd, jso
         ctl_print_stats(stdout, res);
     } else if (strcmp(cmd, "show backends") == 0) {
         ctl_print_backends(stdout, res);
+    } else if (strcmp(cmd, "show blocks") == 0) {
+        ctl_print_blocks(stdout, res);
     } else if (strcmp(cmd, "show config") == 0) {
         print_json(res, true);
     } else if (strcmp(cmd, "flush nat") == 0) {
@@ -919,6 +929,8 @@ static int run_daemon(const struct opts *o)
     else if (strcmp(w0, "show") == 0 && o->nwords == 2 &&
              (strcmp(w1, "stats") == 0 || strcmp(w1, "backends") == 0 || strcmp(w1, "config") == 0))
         rc = check_allowed(o, "show", 0);
+    else if (strcmp(w0, "show") == 0 && strcmp(w1, "blocks") == 0 && o->nwords == 2)
+        rc = check_allowed(o, "show blocks", B(O_CLIENT) | B(O_NAT_IP) | B(O_PORT) | B(O_LIMIT));
     else if (strcmp(w0, "flush") == 0 && strcmp(w1, "nat") == 0 && o->nwords == 2)
         rc = check_allowed(o, "flush nat", FILTER_OPTS);
     else if (strcmp(w0, "backend") == 0 && o->nwords == 3 &&
@@ -945,7 +957,12 @@ static int run_daemon(const struct opts *o)
         return rc;
     if (strcmp(w0, "show") == 0 && strcmp(w1, "nat") == 0)
         rc = cmd_show_nat(&c, o);
-    else if (strcmp(w0, "show") == 0) {
+    else if (strcmp(w0, "show") == 0 && strcmp(w1, "blocks") == 0) {
+        json_t *args = filter_args(o);
+        if (o->limit > 0)
+            json_object_set_new(args, "limit", json_integer(o->limit));
+        rc = cmd_simple(&c, o, "show blocks", args);
+    } else if (strcmp(w0, "show") == 0) {
         char cmd[32];
         snprintf(cmd, sizeof(cmd), "show %s", w1);
         rc = cmd_simple(&c, o, cmd, NULL);

@@ -432,6 +432,50 @@ void ctl_print_backends(FILE *out, const json_t *result)
     ctl_table_free(&t);
 }
 
+/* ---- show blocks ------------------------------------------------------------ */
+
+static const char *const blk_head[] = {"CLIENT", "NAT", "SESSIONS", "HELD"};
+static const bool blk_right[] = {false, false, true, false};
+
+void ctl_print_blocks(FILE *out, const json_t *result)
+{
+    struct ctl_table t;
+    const json_t *b;
+    size_t i, shown = json_array_size(json_object_get(result, "blocks"));
+    uint64_t total = jget(result, "total");
+    const char *policy = jstr(result, "policy");
+
+    ctl_table_init(&t, 4, blk_head, blk_right);
+    json_array_foreach(json_object_get(result, "blocks"), i, b)
+    {
+        char nat[96], ses[24], held[48], d[24];
+        const json_t *left = json_object_get(b, "hold_left_ms");
+        ctl_fmt_endpoint(jstr(b, "nat_ip") ? jstr(b, "nat_ip") : "?", (uint16_t)jget(b, "nat_port"),
+                         nat, sizeof(nat));
+        size_t len = strlen(nat);
+        snprintf(nat + len, sizeof(nat) - len, "-%" PRIu64, jget(b, "nat_port_last"));
+        snprintf(ses, sizeof(ses), "%" PRIu64, jget(b, "sessions"));
+        if (json_is_integer(left))
+            snprintf(held, sizeof(held), "%s left",
+                     ctl_fmt_duration((uint64_t)json_integer_value(left), d, sizeof(d)));
+        else
+            snprintf(held, sizeof(held), "-");
+        const char *cells[4] = {jstr(b, "client_ip") ? jstr(b, "client_ip") : "?", nat, ses, held};
+        if (ctl_table_add(&t, cells) < 0)
+            break;
+    }
+    ctl_table_print(&t, out);
+    ctl_table_free(&t);
+    if (policy && strcmp(policy, "block") != 0)
+        fprintf(out, "0 blocks: the NAT policy is %s, not block\n", policy);
+    else if (shown < total)
+        fprintf(out, "%zu of %" PRIu64 " blocks of %" PRIu64 " ports\n", shown, total,
+                jget(result, "block_size"));
+    else
+        fprintf(out, "%" PRIu64 " block%s of %" PRIu64 " ports\n", total, total == 1 ? "" : "s",
+                jget(result, "block_size"));
+}
+
 /* ---- events --------------------------------------------------------------- */
 
 int ctl_print_event(FILE *out, const json_t *ev)

@@ -79,6 +79,9 @@ void ctl_print_stats(FILE *out, const json_t *stats);
 /* Prints a `show backends` result as a table of servers. */
 void ctl_print_backends(FILE *out, const json_t *result);
 
+/* Prints a `show blocks` result: CLIENT NAT SESSIONS HELD and a footer. */
+void ctl_print_blocks(FILE *out, const json_t *result);
+
 /* Prints one subscribe event as one line. Returns 0, or -1 when it is not an event. */
 int ctl_print_event(FILE *out, const json_t *ev);
 

@@ -1871,3 +1871,32 @@ uint32_t nat_client_sessions(const struct nat_table *t, const struct nat_addr *c
 
     return ci == NIL ? 0 : t->clients[ci].sessions;
 }
+
+size_t nat_blocks_each(const struct nat_table *t,
+                       int (*fn)(void *arg, const struct nat_block_info *b), void *arg)
+{
+    size_t n = 0;
+
+    for (uint32_t ci = 0; ci < t->n_clients; ci++) {
+        const struct nat_client *c = &t->clients[ci];
+        struct nat_block_info b;
+
+        if (c->nblocks == 0)
+            continue; /* a free record, or a client without blocks */
+        b.client = c->addr;
+        b.sessions = c->sessions;
+        b.hold_until = client_held(t, ci) ? c->hold_until : 0;
+        for (uint32_t i = 0; i < c->nblocks; i++) {
+            unsigned ip = c->blocks[i] >> 16;
+            uint32_t bn = c->blocks[i] & 0xffff;
+
+            b.nat = t->cfg.ips[ip];
+            b.port_lo = (uint16_t)(t->cfg.port_lo + bn * t->cfg.block_size);
+            b.port_last = (uint16_t)(b.port_lo + t->cfg.block_size - 1);
+            n++;
+            if (fn(arg, &b) != 0)
+                return n;
+        }
+    }
+    return n;
+}

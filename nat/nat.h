@@ -447,4 +447,22 @@ uint64_t nat_ip_ports_in_use(const struct nat_table *t, unsigned ip_index);
 /* Live sessions of client IP `client`. O(1) on average. */
 uint32_t nat_client_sessions(const struct nat_table *t, const struct nat_addr *client);
 
+/* A port block in use (NAT_POLICY_BLOCK), as nat_blocks_each reports it. */
+struct nat_block_info {
+    struct nat_addr client;       /* its owner */
+    struct nat_addr nat;          /* the external address */
+    uint16_t port_lo, port_last;  /* its ports */
+    uint32_t sessions;            /* the owner's live sessions (over all its blocks) */
+    uint64_t hold_until;          /* the owner has no session and keeps it until then
+                                     (block_hold_ms); 0 while it has sessions */
+};
+
+/*
+ * Calls fn for each port block in use, a client's blocks in the order it took
+ * them, until fn returns non-zero. fn must not change the table. O(clients).
+ * Returns how many blocks fn was called for (0 under other policies).
+ */
+size_t nat_blocks_each(const struct nat_table *t,
+                       int (*fn)(void *arg, const struct nat_block_info *b), void *arg);
+
 #endif /* GW_NAT_H */

@@ -947,11 +947,32 @@ Test(ctl_limits, subscribe_streams_block_events, .init = no_setup, .fini = no_te
     cr_assert_eq(json_integer_value(json_object_get(b, "nat_port")), 24540); /* one block of 64 */
     cr_assert_eq(json_integer_value(json_object_get(b, "nat_port_last")), 24603);
     json_decref(ev);
+    /* show blocks lists it, with its client's session; filters apply */
+    r = call("{\"cmd\":\"show blocks\"}");
+    json_t *res = ctl_result(r);
+    cr_assert_str_eq(json_string_value(json_object_get(res, "policy")), "block");
+    cr_assert_eq(ctl_jint(res, "block_size"), 64);
+    cr_assert_eq(ctl_jint(res, "total"), 1);
+    b = json_array_get(json_object_get(res, "blocks"), 0);
+    cr_assert_str_eq(json_string_value(json_object_get(b, "client_ip")), "127.0.0.7");
+    cr_assert_eq(ctl_jint(b, "nat_port"), 24540);
+    cr_assert_eq(ctl_jint(b, "sessions"), 1);
+    cr_assert(json_is_null(json_object_get(b, "hold_until")));
+    json_decref(r);
+    r = call("{\"cmd\":\"show blocks\",\"args\":{\"client\":\"127.0.0.8/32\"}}");
+    cr_assert_eq(ctl_jint(ctl_result(r), "total"), 0);
+    json_decref(r);
+    r = call("{\"cmd\":\"show blocks\",\"args\":{\"nat_port\":\"24600-24700\"}}");
+    cr_assert_eq(ctl_jint(ctl_result(r), "total"), 1);
+    json_decref(r);
     json_decref(call("{\"cmd\":\"flush nat\"}"));
     ev = read_event(sub, 5000, "block_free");
     cr_assert_eq(json_integer_value(json_object_get(json_object_get(ev, "block"), "nat_port")),
                  24540);
     json_decref(ev);
+    r = call("{\"cmd\":\"show blocks\"}");
+    cr_assert_eq(ctl_jint(ctl_result(r), "total"), 0, "given back");
+    json_decref(r);
     close(sub);
     close(fd);
 }

@@ -262,6 +262,33 @@ Test(ctl_fmt, stats_pool_line_counts_blocks)
     json_decref(st);
 }
 
+Test(ctl_fmt, blocks_golden)
+{
+    struct capture c;
+    json_t *r = json_loads(
+        "{\"policy\":\"block\",\"block_size\":64,\"total\":3,\"blocks\":["
+        "{\"client_ip\":\"10.0.0.1\",\"nat_ip\":\"192.0.2.1\",\"nat_port\":20000,"
+        "\"nat_port_last\":20063,\"sessions\":12,\"hold_until\":null,\"hold_left_ms\":null},"
+        "{\"client_ip\":\"2001:db8::7\",\"nat_ip\":\"2001:db8:1::1\",\"nat_port\":20064,"
+        "\"nat_port_last\":20127,\"sessions\":0,\"hold_until\":\"2026-11-27T16:00:09.000Z\","
+        "\"hold_left_ms\":9500}]}",
+        0, NULL);
+
+    cr_assert_not_null(r);
+    cap_open(&c);
+    ctl_print_blocks(c.f, r);
+    cap_check(&c, "CLIENT       NAT                          SESSIONS  HELD\n"
+                  "10.0.0.1     192.0.2.1:20000-20063              12  -\n"
+                  "2001:db8::7  [2001:db8:1::1]:20064-20127         0  9s left\n"
+                  "2 of 3 blocks of 64 ports\n");
+    json_decref(r);
+    r = json_loads("{\"policy\":\"random\",\"block_size\":0,\"total\":0,\"blocks\":[]}", 0, NULL);
+    cap_open(&c);
+    ctl_print_blocks(c.f, r);
+    cap_check(&c, "CLIENT  NAT  SESSIONS  HELD\n0 blocks: the NAT policy is random, not block\n");
+    json_decref(r);
+}
+
 Test(ctl_fmt, backends_golden)
 {
     struct capture c;

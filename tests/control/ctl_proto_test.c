@@ -58,6 +58,10 @@ Test(ctl_proto, every_command_parses)
     expect("{\"cmd\":\"show backends\",\"args\":null}", CTL_OK);
     expect("{\"cmd\":\"show config\"}", CTL_OK);
     expect("{\"cmd\":\"show clients\",\"args\":{\"limit\":3,\"sort\":\"bytes\"}}", CTL_OK);
+    expect("{\"cmd\":\"show blocks\"}", CTL_OK);
+    expect("{\"cmd\":\"show blocks\",\"args\":{\"client\":\"10.0.0.0/8\",\"nat_ip\":\"192.0.2.1\","
+           "\"nat_port\":\"20000-20063\",\"limit\":5}}",
+           CTL_OK);
     expect("{\"cmd\":\"flush nat\",\"args\":{\"proto\":\"udp\"}}", CTL_OK);
     expect("{\"cmd\":\"backend drain\",\"args\":{\"name\":\"web\"}}", CTL_OK);
     expect("{\"cmd\":\"backend enable\",\"args\":{\"name\":\"web/a\"}}", CTL_OK);
@@ -127,6 +131,11 @@ Test(ctl_proto, bad_arguments)
         "{\"cmd\":\"subscribe\",\"args\":{\"events\":\"open\"}}",
         "{\"cmd\":\"show clients\",\"args\":{\"limit\":1001}}",
         "{\"cmd\":\"show clients\",\"args\":{\"sort\":\"age\"}}",
+        "{\"cmd\":\"show blocks\",\"args\":{\"proto\":\"tcp\"}}",
+        "{\"cmd\":\"show blocks\",\"args\":{\"limit\":0}}",
+        "{\"cmd\":\"show blocks\",\"args\":{\"client\":\"x\"}}",
+        "{\"cmd\":\"show blocks\",\"args\":{\"nat_port\":\"9-1\"}}",
+        "{\"cmd\":\"show blocks\",\"args\":{\"sort\":\"id\"}}",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         expect(bad[i], CTL_ERR_BAD_ARGUMENT);
@@ -482,4 +491,27 @@ Test(ctl_proto, error_reply_with_bytes_that_are_not_utf8)
                             "\"message\":\"near '?" "?' at column 3\"}}\n");
     cr_assert_eq(len, strlen(reply));
     free(reply);
+}
+
+Test(ctl_proto, show_blocks_arguments)
+{
+    struct ctl_request req;
+    struct ctl_error err;
+    const char *line = "{\"cmd\":\"show blocks\",\"args\":{\"client\":\"10.1.0.0/16\","
+                       "\"nat_port\":\"20010\",\"limit\":7}}";
+
+    cr_assert_eq(ctl_request_parse(&req, line, strlen(line), &err), CTL_OK, "%s", err.message);
+    cr_assert_eq(req.cmd, CTL_CMD_SHOW_BLOCKS);
+    cr_assert(req.u.blocks.filter.has_client);
+    cr_assert_eq(req.u.blocks.filter.client_plen, 96 + 16); /* over the 16-byte form */
+    cr_assert(!req.u.blocks.filter.has_nat_ip);
+    cr_assert_eq(req.u.blocks.filter.nat_port_lo, 20010);
+    cr_assert_eq(req.u.blocks.filter.nat_port_hi, 20010);
+    cr_assert_eq(req.u.blocks.limit, 7);
+    ctl_request_clear(&req);
+    line = "{\"cmd\":\"show blocks\"}";
+    cr_assert_eq(ctl_request_parse(&req, line, strlen(line), &err), CTL_OK);
+    cr_assert_eq(req.u.blocks.limit, CTL_LIMIT_DEFAULT);
+    cr_assert(!req.u.blocks.filter.has_client);
+    ctl_request_clear(&req);
 }

@@ -372,6 +372,74 @@ Test(nat_policy, block_free_block_anywhere_comes_before_ending_a_hold)
     }
 }
 
+struct blocks_seen {
+    char s[256];
+    size_t n;
+};
+
+static int blocks_cb(void *arg, const struct nat_block_info *b)
+{
+    struct blocks_seen *x = arg;
+    char c[NAT_ADDR_STRLEN], n[NAT_ADDR_STRLEN];
+    size_t len = strlen(x->s);
+    snprintf(x->s + len, sizeof(x->s) - len, "%s%s>%s:%u-%u/%u/%llu", len ? " " : "",
+             nat_addr_format(&b->client, c), nat_addr_format(&b->nat, n), (unsigned)b->port_lo,
+             (unsigned)b->port_last, (unsigned)b->sessions, (unsigned long long)b->hold_until);
+    return ++x->n == 3; /* stops after three */
+}
+
+/* nat_blocks_each lists the blocks in use: owner, range, the owner's
+ * sessions, and the end of its hold. */
+Test(nat_policy, block_listing_names_owner_range_sessions_and_hold)
+{
+    struct nat_config c = small_cfg(NAT_POLICY_BLOCK, NAT_MAPPING_EIM, 1000, 1015);
+    struct blocks_seen x = {.s = ""};
+
+    c.block_size = 4;
+    c.block_hold_ms = 500;
+    c.policy = NAT_POLICY_SEQUENTIAL;
+    struct nat_table *t = mk(&c, NULL);
+    struct nat_key k = kn(NAT_PROTO_TCP, "10.0.0.1", 1, "192.0.2.1", 80);
+    open_ok(t, &k, 0);
+    cr_assert_eq(nat_blocks_each(t, blocks_cb, &x), 0, "no blocks under another policy");
+    nat_table_free(t);
+
+    c.policy = NAT_POLICY_BLOCK;
+    t = mk(&c, NULL);
+    for (uint16_t p = 1; p <= 5; p++) { /* five sessions: a second block */
+        k.client.port = p;
+        open_ok(t, &k, 0);
+    }
+    struct nat_key k2 = kn(NAT_PROTO_UDP, "10.0.0.2", 1, "192.0.2.1", 53);
+    nat_session_close(t, open_ok(t, &k2, 10), 20, "x"); /* held until 520 */
+    cr_assert_eq(nat_blocks_each(t, blocks_cb, &x), 3);
+    /* the block numbers are random: check the shape, then the port ranges */
+    unsigned lo[3], last[3], ses[3];
+    unsigned long long until[3];
+    char who[3][16];
+    cr_assert_eq(sscanf(x.s, "%15[^>]>127.0.0.1:%u-%u/%u/%llu %15[^>]>127.0.0.1:%u-%u/%u/%llu "
+                             "%15[^>]>127.0.0.1:%u-%u/%u/%llu",
+                        who[0], &lo[0], &last[0], &ses[0], &until[0], who[1], &lo[1], &last[1],
+                        &ses[1], &until[1], who[2], &lo[2], &last[2], &ses[2], &until[2]),
+                 15, "%s", x.s);
+    cr_assert_str_eq(who[0], "10.0.0.1");
+    cr_assert_str_eq(who[1], "10.0.0.1");
+    cr_assert_str_eq(who[2], "10.0.0.2");
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(last[i], lo[i] + 3);
+        cr_assert_eq((lo[i] - 1000) % 4, 0);
+    }
+    cr_assert_eq(ses[0], 5);
+    cr_assert_eq(until[0], 0);
+    cr_assert_eq(ses[2], 0);
+    cr_assert_eq(until[2], 520);
+    /* fn's non-zero return stops the walk */
+    x.n = 2;
+    x.s[0] = '\0';
+    cr_assert_eq(nat_blocks_each(t, blocks_cb, &x), 1);
+    nat_table_free(t);
+}
+
 Test(nat_policy, block_blocks_serve_both_protocols)
 {
     struct nat_config c = small_cfg(NAT_POLICY_BLOCK, NAT_MAPPING_EIM, 1000, 1007);
