@@ -314,7 +314,9 @@ struct db_event_query {
     struct nat_addr nat_ip;
     uint16_t nat_port_lo, nat_port_hi; /* 0,0 = any */
     const char *backend;               /* NULL = any */
-    const char *event;                 /* NULL = any; "open", "close", "expire", "refuse" */
+    const char *event;                 /* NULL = any; "open", "close", "expire", "refuse",
+                                          "repick", "block_alloc", "block_free", or "block"
+                                          (both block events) */
     uint64_t session_id;               /* 0 = any */
     uint64_t since_ms, until_ms;       /* time window, inclusive; 0 = unbounded */
     bool desc;                         /* newest first (default oldest first) */

@@ -694,7 +694,9 @@ static int event_where(struct where *w, const struct db_event_query *q)
         return 0;
     where_common(w, q->proto, q->has_client, &q->client, q->client_plen, q->has_nat_ip, &q->nat_ip,
                  q->nat_port_lo, q->nat_port_hi, q->backend, true);
-    if (q->event != NULL)
+    if (q->event != NULL && strcmp(q->event, "block") == 0)
+        where_add(w, BLOCK_ROWS); /* both block events */
+    else if (q->event != NULL)
         where_add(w, "event = ?%d", bind_text(w, q->event));
     if (q->session_id != 0)
         where_add(w, "session_id = ?%d", bind_int(w, (int64_t)q->session_id));

@@ -1220,6 +1220,17 @@ static int db_log(struct db_reader *r, const struct opts *o)
         return EXIT_USAGE;
     q.backend = o->backend;
     q.event = o->event;
+    if (o->event) {
+        static const char *const known[] = {"open",   "close",       "expire",     "refuse",
+                                            "repick", "block_alloc", "block_free", "block"};
+        bool ok = false;
+        for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+            ok = ok || strcmp(o->event, known[i]) == 0;
+        if (!ok)
+            return usage_error("--event must be open, close, expire, refuse, repick, "
+                               "block_alloc, block_free or block (both), not '%s'",
+                               o->event);
+    }
     if (o->since && parse_time_opt("--since", o->since, &q.since_ms))
         return EXIT_USAGE;
     if (o->until && parse_time_opt("--until", o->until, &q.until_ms))

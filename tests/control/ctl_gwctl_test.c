@@ -574,6 +574,15 @@ Test(ctl_gwctl_blocks, whois_names_the_port_block)
                      "2026-11-27T16:20:20.000Z");
     json_decref(j);
     free(out);
+    /* the log: --event block keeps both block rows; an unknown kind is a usage error */
+    cr_assert_eq(gwctl_db(&out, "log", "--event", "block", NULL, NULL, NULL), 0);
+    cr_assert_not_null(strstr(out, "block_alloc"), "%s", out);
+    cr_assert_not_null(strstr(out, "block_free"), "%s", out);
+    cr_assert_null(strstr(out, "open"), "%s", out);
+    cr_assert_not_null(strstr(out, "\n2 events\n"), "%s", out);
+    free(out);
+    cr_assert_eq(gwctl_db(&out, "log", "--event", "blocks", NULL, NULL, NULL), 2);
+    free(out);
     /* once given back: nobody, and the JSON block is null */
     cr_assert_eq(gwctl_db(&out, "whois", "127.0.0.1:24030", "--at", "2026-11-27T16:20:20Z", NULL,
                           NULL),

@@ -721,6 +721,15 @@ Test(db_query, log_filters_match_block_rows_by_their_range)
     x.s[0] = '\0';
     cr_assert_geq(db_query_events(r, &q, blk_cb, &x, &total), 0, "%s", db_reader_error(r));
     cr_assert_str_eq(x.s, "open:10.0.0.1:25000");
+    /* event "block": both block kinds, nothing else */
+    db_event_query_init(&q);
+    q.event = "block";
+    q.has_client = true;
+    q.client = taddr("10.1.0.1");
+    q.client_plen = 128;
+    x.s[0] = '\0';
+    cr_assert_geq(db_query_events(r, &q, blk_cb, &x, &total), 0, "%s", db_reader_error(r));
+    cr_assert_str_eq(x.s, "block_alloc:10.1.0.1:20000,block_free:10.1.0.1:20000");
     db_reader_close(r);
     tdir_remove(&t);
 }
