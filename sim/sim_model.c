@@ -54,6 +54,7 @@ struct model {
                                proto 0 tcp, 1 udp */
     uint64_t ports_used[2]; /* entries of port_refs above 0, per protocol */
     struct sim_model_result *res;
+    uint64_t blocks_in_use; /* from the block events */
     int oom;
 };
 
@@ -241,9 +242,28 @@ static void on_nat_event(void *arg, const struct nat_event *ev)
     struct model *m = arg;
     long idx;
 
-    if (ev->type == NAT_EV_REFUSE || ev->type == NAT_EV_REPICK ||
-        ev->type == NAT_EV_BLOCK_ALLOC || ev->type == NAT_EV_BLOCK_FREE)
+    switch (ev->type) {
+    case NAT_EV_BLOCK_ALLOC:
+        m->res->log_rows_blocks++;
+        m->res->block_allocs++;
+        if (++m->blocks_in_use > m->res->peak_blocks_in_use)
+            m->res->peak_blocks_in_use = m->blocks_in_use;
         return;
+    case NAT_EV_BLOCK_FREE:
+        m->res->log_rows_blocks++;
+        m->blocks_in_use--;
+        return;
+    case NAT_EV_REFUSE:
+        m->res->log_rows_flows++;
+        m->res->log_rows_blocks++;
+        return;
+    case NAT_EV_REPICK:
+        m->res->log_rows_flows++;
+        return;
+    default:
+        m->res->log_rows_flows++; /* open, close, expire */
+        break;
+    }
     port_ref(m, &ev->s, ev->type == NAT_EV_OPEN ? +1 : -1);
     idx = client_index(m, ev->s.key.client.addr.b, false);
     if (idx < 0)

@@ -101,6 +101,11 @@ struct sim_model_result {
     double end_ms;   /* virtual time of the last event */
     double wall_ms;  /* real time the run took */
     uint64_t events; /* arrivals + departures + keep-alives */
+    /* The translation log the run would write (gwd's nat.log): "flows" has a
+     * row per open, close, expire, repick and refusal; "blocks" (the block
+     * policy, RFC 7422) a row per block taken or given back and per refusal. */
+    uint64_t log_rows_flows, log_rows_blocks;
+    uint64_t block_allocs, peak_blocks_in_use;
 };
 
 /* Called for each sample, in time order. */

@@ -56,6 +56,7 @@ static void usage(FILE *f)
         "  --nat-mapping M       eim (default) | adm | apdm\n"
         "  --block-size N        ports per block for block (default 64)\n"
         "  --max-blocks N        blocks per client for block (default 0 = any)\n"
+        "  --block-hold T        a client with no mapping left keeps its blocks T (default 0)\n"
         "  --sharing-ratio R     block with block-size = pool ports / R and one block each\n"
         "  --per-client-limit N  live mappings per client IP (default 0 = none)\n"
         "  --max-sessions N      live mappings in the table (default 0 = none)\n"
@@ -130,6 +131,7 @@ static int parse_args(struct cli *cli, int argc, char **argv)
         O_MAPPING,
         O_BLOCK,
         O_MAXBLOCKS,
+        O_BHOLD,
         O_RATIO,
         O_PCL,
         O_MAXSESS,
@@ -165,6 +167,7 @@ static int parse_args(struct cli *cli, int argc, char **argv)
         {"nat-mapping", 1, NULL, O_MAPPING},
         {"block-size", 1, NULL, O_BLOCK},
         {"max-blocks", 1, NULL, O_MAXBLOCKS},
+        {"block-hold", 1, NULL, O_BHOLD},
         {"sharing-ratio", 1, NULL, O_RATIO},
         {"per-client-limit", 1, NULL, O_PCL},
         {"max-sessions", 1, NULL, O_MAXSESS},
@@ -278,6 +281,7 @@ static int parse_args(struct cli *cli, int argc, char **argv)
                 c->seed = v;
             break;
         case O_DURATION:
+        case O_BHOLD:
         case O_REUSE:
         case O_TUDP:
         case O_TEST:
@@ -292,12 +296,17 @@ static int parse_args(struct cli *cli, int argc, char **argv)
             else if (ch == O_INTERVAL) {
                 c->sample_ms = d;
                 cli->interval_set = true;
-            } else if (ch == O_REUSE)
+            } else if (ch == O_REUSE) {
                 c->nat.reuse_delay_ms = (uint32_t)d;
-            else
+            } else if (ch == O_BHOLD) {
+                if (d > NAT_MAX_BLOCK_HOLD_MS)
+                    return bad(name, optarg, "at most a day");
+                c->nat.block_hold_ms = (uint32_t)d;
+            } else {
                 c->nat.timeout_ms[ch == O_TUDP   ? NAT_TIMEOUT_UDP
                                   : ch == O_TEST ? NAT_TIMEOUT_TCP_ESTABLISHED
                                                  : NAT_TIMEOUT_TCP_TRANSITORY] = (uint32_t)d;
+            }
             break;
         case O_NIPS:
             if (sim_parse_u64(optarg, 1, NAT_MAX_IPS, &v) < 0)
@@ -425,6 +434,10 @@ static json_t *summary_json(const struct cli *cli, const struct sim_model_result
     json_object_set_new(o, "wall_seconds", json_real(r->wall_ms / 1000.0));
     json_object_set_new(o, "flows_per_second",
                         json_real(r->wall_ms > 0 ? r->arrivals / (r->wall_ms / 1000.0) : 0));
+    json_object_set_new(o, "log_rows_flows", json_integer((json_int_t)r->log_rows_flows));
+    json_object_set_new(o, "log_rows_blocks", json_integer((json_int_t)r->log_rows_blocks));
+    json_object_set_new(o, "block_allocs", json_integer((json_int_t)r->block_allocs));
+    json_object_set_new(o, "peak_blocks_in_use", json_integer((json_int_t)r->peak_blocks_in_use));
     json_object_set_new(o, "policy", json_string(nat_policy_name(c->nat.policy)));
     json_object_set_new(o, "mapping", json_string(nat_mapping_name(c->nat.mapping)));
     json_object_set_new(o, "seed", json_integer((json_int_t)c->seed));
@@ -477,6 +490,20 @@ static void summary_text(FILE *out, const struct cli *cli, const struct sim_mode
             100.0 * pool_share(r->peak_tcp_ports_in_use, r),
             (unsigned long long)r->peak_udp_ports_in_use, (unsigned long long)r->ports_total,
             100.0 * pool_share(r->peak_udp_ports_in_use, r));
+    if (c->nat.policy == NAT_POLICY_BLOCK) {
+        fprintf(out, "  blocks        %llu taken, %llu at once at the peak (%u ports each",
+                (unsigned long long)r->block_allocs, (unsigned long long)r->peak_blocks_in_use,
+                c->nat.block_size);
+        if (c->nat.block_hold_ms)
+            fprintf(out, ", held %gs after a client's last mapping", c->nat.block_hold_ms / 1000.0);
+        fprintf(out, ")\n");
+        fprintf(out, "  log rows      %llu logging every flow, %llu logging blocks (%.1fx fewer)\n",
+                (unsigned long long)r->log_rows_flows, (unsigned long long)r->log_rows_blocks,
+                r->log_rows_blocks ? (double)r->log_rows_flows / (double)r->log_rows_blocks : 0.0);
+    } else {
+        fprintf(out, "  log rows      %llu logging every flow\n",
+                (unsigned long long)r->log_rows_flows);
+    }
     fprintf(out, "  speed         %.0f flows/s (%.3f s wall)\n",
             r->wall_ms > 0 ? r->arrivals / (r->wall_ms / 1000.0) : 0, r->wall_ms / 1000.0);
 }

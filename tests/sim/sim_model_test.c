@@ -184,6 +184,45 @@ Test(sim_model, block_ratio_64_gives_1008)
     check_blocks(64, 1008);
 }
 
+/* The log a run would write: every flow's open and end (and refusals), or
+ * per block; a block hold longer than the gaps between a subscriber's flows
+ * leaves one block per subscriber, taken once. */
+Test(sim_model, log_rows_per_flow_and_per_block)
+{
+    struct sim_model_config c;
+    struct sim_model_result r, held;
+    char err[256];
+
+    sim_model_config_default(&c);
+    c.subscribers = 50;
+    c.rate = 100; /* 2 flows/s per subscriber */
+    c.hold.kind = SIM_DIST_EXP;
+    c.hold.mean_ms = 100; /* mostly no flow live: blocks come and go */
+    c.max_flows = 20000;
+    cr_assert_eq(sim_model_run(&c, NULL, NULL, &r, NULL, NULL, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(r.log_rows_flows, r.opened + r.closed + r.expired + r.refused_total);
+    cr_assert_eq(r.block_allocs, 0);
+    cr_assert_eq(r.log_rows_blocks, r.refused_total);
+
+    c.nat.policy = NAT_POLICY_BLOCK;
+    c.nat.block_size = 64;
+    cr_assert_eq(sim_model_run(&c, NULL, NULL, &r, NULL, NULL, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(r.log_rows_flows, r.opened + r.closed + r.expired + r.refused_total);
+    /* each block taken is given back unless its client is live at the end */
+    cr_assert_geq(r.log_rows_blocks, r.block_allocs + r.refused_total);
+    cr_assert_leq(r.log_rows_blocks, 2 * r.block_allocs + r.refused_total);
+    cr_assert_gt(r.block_allocs, 1000, "a block per burst of a subscriber's flows");
+    cr_assert_leq(r.peak_blocks_in_use, 50);
+
+    c.nat.block_hold_ms = 60000; /* far longer than a subscriber's gaps */
+    cr_assert_eq(sim_model_run(&c, NULL, NULL, &held, NULL, NULL, err, sizeof(err)), 0, "%s",
+                 err);
+    cr_assert_eq(held.opened, r.opened, "the hold changes the log, not what is carried");
+    cr_assert_eq(held.block_allocs, 50, "one block per subscriber, kept");
+    cr_assert_eq(held.log_rows_blocks, 50);
+    cr_assert_eq(held.peak_blocks_in_use, 50);
+}
+
 static void count_sample(void *arg, const struct sim_model_sample *s)
 {
     uint64_t *n = arg;
