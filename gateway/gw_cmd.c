@@ -973,11 +973,10 @@ static void cmd_show_blocks(struct ctl_client *c, const struct ctl_request *req)
         json_object_set_new(o, "nat_port_last", json_integer(b->port_last));
         json_object_set_new(o, "sessions", json_integer(b->sessions));
         json_object_set_new(o, "hold_until",
-                            b->hold_until ? json_string(ctl_time_format(b->hold_until, t))
-                                          : json_null());
+                            b->held ? json_string(ctl_time_format(b->hold_until, t)) : json_null());
         json_object_set_new(o, "hold_left_ms",
-                            b->hold_until ? jint(b->hold_until > now ? b->hold_until - now : 0)
-                                          : json_null());
+                            b->held ? jint(b->hold_until > now ? b->hold_until - now : 0)
+                                    : json_null());
         json_array_append_new(arr, o);
     }
     const struct nat_config *nc = nat_table_config(ctx->nat);

@@ -1885,7 +1885,8 @@ size_t nat_blocks_each(const struct nat_table *t,
             continue; /* a free record, or a client without blocks */
         b.client = c->addr;
         b.sessions = c->sessions;
-        b.hold_until = client_held(t, ci) ? c->hold_until : 0;
+        b.held = client_held(t, ci);
+        b.hold_until = b.held ? c->hold_until : 0;
         for (uint32_t i = 0; i < c->nblocks; i++) {
             unsigned ip = c->blocks[i] >> 16;
             uint32_t bn = c->blocks[i] & 0xffff;

@@ -453,8 +453,8 @@ struct nat_block_info {
     struct nat_addr nat;          /* the external address */
     uint16_t port_lo, port_last;  /* its ports */
     uint32_t sessions;            /* the owner's live sessions (over all its blocks) */
-    uint64_t hold_until;          /* the owner has no session and keeps it until then
-                                     (block_hold_ms); 0 while it has sessions */
+    bool held;                    /* the owner has no session and keeps it (block_hold_ms) */
+    uint64_t hold_until;          /* ... until then; 0 when not held */
 };
 
 /*

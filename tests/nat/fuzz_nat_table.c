@@ -84,9 +84,31 @@ static struct nat_addr addr(unsigned i)
     return a;
 }
 
+/* What nat_blocks_each lists: each block once, held ones with no session. */
+struct listed {
+    struct nat_table *t;
+    uint64_t blocks, held;
+};
+
+static int on_block(void *arg, const struct nat_block_info *b)
+{
+    struct listed *l = arg;
+    const struct nat_config *c = nat_table_config(l->t);
+
+    check(b->port_lo >= c->port_lo && b->port_last <= c->port_hi);
+    check(b->port_last - b->port_lo + 1u == c->block_size);
+    check((b->port_lo - c->port_lo) % c->block_size == 0);
+    check(!b->held || b->sessions == 0);
+    check(nat_client_sessions(l->t, &b->client) == b->sessions);
+    l->blocks++;
+    l->held += b->held;
+    return 0;
+}
+
 static void verify(struct nat_table *t, struct state *st)
 {
     struct nat_stats s;
+    struct listed l = {t, 0, 0};
 
     nat_get_stats(t, &s);
     check(s.live == st->n);
@@ -95,6 +117,8 @@ static void verify(struct nat_table *t, struct state *st)
     check(s.ports_in_use <= 2 * s.ports_total);
     check(s.blocks_in_use == st->blocks);
     check(s.blocks_held <= s.blocks_in_use);
+    check(nat_blocks_each(t, on_block, &l) == s.blocks_in_use);
+    check(l.blocks == s.blocks_in_use && l.held == s.blocks_held);
     for (size_t i = 0; i < st->n; i++) {
         struct nat_session *x = st->live[i];
 
