@@ -900,13 +900,44 @@ static void cmd_show_clients(struct ctl_client *c, const struct ctl_request *req
 
 /* ---- show blocks ---------------------------------------------------------- */
 
-/* The blocks that pass the filter, gathered to be sorted. */
+/*
+ * The first `limit` blocks that pass the filter in (nat address, port) order:
+ * a max-heap of at most `limit` copies over one walk of libnat's clients, so
+ * memory and time stay bounded by the page, not by the pool (a pool of
+ * one-port blocks over 64 addresses has millions).
+ */
 struct blocks_acc {
     const struct nat_filter *f;
-    struct nat_block_info *rows; /* owned */
-    size_t n, cap;
-    bool nomem;
+    struct nat_block_info *heap; /* owned; max-heap by block_cmp */
+    size_t n, limit;
+    uint64_t total;
 };
+
+/* By external address (as bytes), then port. */
+static int block_cmp(const void *pa, const void *pb)
+{
+    const struct nat_block_info *a = pa, *b = pb;
+    int c = memcmp(&a->nat, &b->nat, sizeof(a->nat));
+
+    return c != 0 ? c : (a->port_lo > b->port_lo) - (a->port_lo < b->port_lo);
+}
+
+static void block_heap_down(struct nat_block_info *h, size_t n, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && block_cmp(&h[l], &h[m]) > 0)
+            m = l;
+        if (r < n && block_cmp(&h[r], &h[m]) > 0)
+            m = r;
+        if (m == i)
+            return;
+        struct nat_block_info tmp = h[i];
+        h[i] = h[m];
+        h[m] = tmp;
+        i = m;
+    }
+}
 
 static int blocks_visit(void *arg, const struct nat_block_info *b)
 {
@@ -921,51 +952,44 @@ static int blocks_visit(void *arg, const struct nat_block_info *b)
     if ((f->nat_port_lo != 0 || f->nat_port_hi != 0) &&
         (b->port_last < f->nat_port_lo || b->port_lo > hi))
         return 0;
-    if (a->n == a->cap) {
-        size_t cap = a->cap ? a->cap * 2 : 64;
-        struct nat_block_info *r = realloc(a->rows, cap * sizeof(*r));
-        if (!r) {
-            a->nomem = true;
-            return 1;
+    a->total++;
+    if (a->n < a->limit) {
+        size_t i = a->n++;
+        a->heap[i] = *b;
+        while (i > 0 && block_cmp(&a->heap[(i - 1) / 2], &a->heap[i]) < 0) {
+            struct nat_block_info tmp = a->heap[i];
+            a->heap[i] = a->heap[(i - 1) / 2];
+            a->heap[(i - 1) / 2] = tmp;
+            i = (i - 1) / 2;
         }
-        a->rows = r;
-        a->cap = cap;
+    } else if (block_cmp(b, &a->heap[0]) < 0) {
+        a->heap[0] = *b; /* replaces the greatest kept */
+        block_heap_down(a->heap, a->n, 0);
     }
-    a->rows[a->n++] = *b;
     return 0;
-}
-
-/* By external address (as numbers), then port. */
-static int block_cmp(const void *pa, const void *pb)
-{
-    const struct nat_block_info *a = pa, *b = pb;
-    int c = memcmp(&a->nat, &b->nat, sizeof(a->nat));
-
-    return c != 0 ? c : (a->port_lo > b->port_lo) - (a->port_lo < b->port_lo);
 }
 
 static void cmd_show_blocks(struct ctl_client *c, const struct ctl_request *req)
 {
     struct gw_ctx *ctx = ctl_client_ctx(c);
-    struct blocks_acc a = {.f = &req->u.blocks.filter};
+    struct blocks_acc a = {.f = &req->u.blocks.filter, .limit = req->u.blocks.limit};
     char ip[NAT_ADDR_STRLEN], t[CTL_TIME_STRLEN];
 
     if (!ctx->nat) {
         ctl_client_fail(c, req->id, CTL_ERR_UNAVAILABLE, "the NAT table is not running");
         return;
     }
-    nat_blocks_each(ctx->nat, blocks_visit, &a);
-    if (a.nomem) {
-        free(a.rows);
+    a.heap = malloc(a.limit * sizeof(*a.heap));
+    if (!a.heap) {
         ctl_client_fail(c, req->id, CTL_ERR_INTERNAL, "out of memory");
         return;
     }
-    if (a.n > 1)
-        qsort(a.rows, a.n, sizeof(*a.rows), block_cmp);
+    nat_blocks_each(ctx->nat, blocks_visit, &a);
+    qsort(a.heap, a.n, sizeof(*a.heap), block_cmp);
     uint64_t now = gw_now_ms();
     json_t *arr = json_array();
-    for (size_t i = 0; i < a.n && i < req->u.blocks.limit; i++) {
-        const struct nat_block_info *b = &a.rows[i];
+    for (size_t i = 0; i < a.n; i++) {
+        const struct nat_block_info *b = &a.heap[i];
         json_t *o = json_object();
         json_object_set_new(o, "client_ip", json_string(nat_addr_format(&b->client, ip)));
         json_object_set_new(o, "nat_ip", json_string(nat_addr_format(&b->nat, ip)));
@@ -983,8 +1007,8 @@ static void cmd_show_blocks(struct ctl_client *c, const struct ctl_request *req)
     ctl_client_reply(c, req->id,
                      json_pack("{s:s,s:i,s:I,s:o}", "policy", nat_policy_name(nc->policy),
                                "block_size", nc->policy == NAT_POLICY_BLOCK ? nc->block_size : 0,
-                               "total", (json_int_t)a.n, "blocks", arr));
-    free(a.rows);
+                               "total", (json_int_t)a.total, "blocks", arr));
+    free(a.heap);
 }
 
 /* ---- dispatch ------------------------------------------------------------- */

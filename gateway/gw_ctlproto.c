@@ -399,7 +399,7 @@ static enum ctl_err parse_blocks_args(struct ctl_error *err, json_t *args,
             strcmp(key, "nat_port") == 0) {
             rc = parse_nat_arg(err, key, v, &q, false);
         } else if (strcmp(key, "limit") == 0) {
-            rc = arg_uint(err, key, v, 1, CTL_LIMIT_MAX, &u);
+            rc = arg_uint(err, key, v, 1, CTL_SORT_WINDOW_MAX, &u);
             a->limit = (uint32_t)u;
         } else {
             rc = fail(err, CTL_ERR_BAD_ARGUMENT, "unknown argument '%s'", key);

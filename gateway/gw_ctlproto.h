@@ -145,7 +145,7 @@ struct ctl_clients_args {
  * (IP or prefix), nat_ip and nat_port (a block overlapping the range). */
 struct ctl_blocks_args {
     struct nat_filter filter; /* has_client, has_nat_ip, nat_port_lo/hi only */
-    uint32_t limit;           /* 1..CTL_LIMIT_MAX, default CTL_LIMIT_DEFAULT */
+    uint32_t limit;           /* 1..CTL_SORT_WINDOW_MAX, default CTL_LIMIT_DEFAULT */
 };
 
 /* A parsed, validated request. */

@@ -976,3 +976,56 @@ Test(ctl_limits, subscribe_streams_block_events, .init = no_setup, .fini = no_te
     close(sub);
     close(fd);
 }
+
+/* show blocks: ten blocks of four ports, one per client; `limit` keeps the
+ * lowest by address and port, and `total` counts them all. */
+Test(ctl_limits, show_blocks_sorted_and_limited, .init = no_setup, .fini = no_teardown,
+     .timeout = 60)
+{
+    char conf[64];
+    const char *args[] = {"-c",        conf,          "--udp-backend", ubackend,      "--nat-ip",
+                          "127.0.0.1", "--nat-ports", "24604-24643",   "--log-level", "warn",
+                          NULL};
+    int fds[10];
+    json_t *r, *res, *b;
+    size_t i;
+    FILE *f;
+
+    cr_assert_eq(ctl_echo_start(&echo), 0);
+    snprintf(ubackend, sizeof(ubackend), "u=127.0.0.1:%u", echo.udp_port);
+    snprintf(conf, sizeof(conf), "/tmp/ctl-blocks-%d.json", (int)getpid());
+    f = fopen(conf, "w");
+    cr_assert_not_null(f);
+    fputs("{\"nat\":{\"policy\":\"block\",\"block_size\":4}}\n", f);
+    fclose(f);
+    cr_assert_eq(ctl_gwd_start(&gwd, args, NULL), 0);
+    unlink(conf);
+    for (int k = 0; k < 10; k++) {
+        char ip[32];
+        snprintf(ip, sizeof(ip), "127.0.3.%d", k + 1);
+        udp_flows(&fds[k], 1, ip);
+    }
+    r = call("{\"cmd\":\"show blocks\"}");
+    res = ctl_result(r);
+    cr_assert_eq(ctl_jint(res, "total"), 10);
+    cr_assert_eq(json_array_size(json_object_get(res, "blocks")), 10);
+    json_array_foreach(json_object_get(res, "blocks"), i, b)
+    {
+        cr_assert_eq(ctl_jint(b, "nat_port"), 24604 + 4 * (int64_t)i, "in port order");
+        cr_assert_eq(ctl_jint(b, "nat_port_last"), 24607 + 4 * (int64_t)i);
+        cr_assert_eq(ctl_jint(b, "sessions"), 1);
+    }
+    json_decref(r);
+    r = call("{\"cmd\":\"show blocks\",\"args\":{\"limit\":3}}");
+    res = ctl_result(r);
+    cr_assert_eq(ctl_jint(res, "total"), 10);
+    cr_assert_eq(json_array_size(json_object_get(res, "blocks")), 3);
+    json_array_foreach(json_object_get(res, "blocks"), i, b)
+        cr_assert_eq(ctl_jint(b, "nat_port"), 24604 + 4 * (int64_t)i, "the lowest three");
+    json_decref(r);
+    r = call("{\"cmd\":\"show blocks\",\"args\":{\"limit\":100001}}");
+    cr_assert_str_eq(json_string_value(json_object_get(json_object_get(r, "error"), "code")),
+                     "bad_argument");
+    json_decref(r);
+    close_fds(fds, 10);
+}
