@@ -289,7 +289,7 @@ static const char help_main[] =
     "  flush nat [filters]                           close the matching flows\n"
     "  backend drain|enable|disable NAME[/SERVER]    change a pool or server's admin state\n"
     "  watch [--interval S] [--count N] [--top N]    live view: flows/s, pool use, top clients\n"
-    "  events [--count N]                            follow open/close/expire/refuse/health\n"
+    "  events [--count N]                            follow open/close/expire/refuse/health/block\n"
     "  version                                       gwctl's and gwd's versions\n"
     "  --db FILE show nat [filters] [--all] [--at TIME]   sessions in the store\n"
     "  --db FILE log [filters] [--event E] [--since T] [--until T] [--limit N]\n"
@@ -346,7 +346,7 @@ static const struct {
               "pool use, traffic, the top N clients by live sessions. On a terminal the\n"
               "screen is redrawn; otherwise one block per refresh. --count stops after N.\n"},
     {"events",
-     "usage: gwctl events [--event open,close,expire,refuse,health] [--count N] [--json]\n"
+     "usage: gwctl events [--event open,close,expire,refuse,health,block] [--count N] [--json]\n"
      "Follows gwd's events, one line each (JSON lines with --json), until\n"
      "interrupted or N events were printed.\n"},
     {"version", "usage: gwctl version\nPrints gwctl's version and gwd's version and protocol.\n"},

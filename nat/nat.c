@@ -1209,7 +1209,8 @@ enum nat_err nat_table_reconfigure(struct nat_table *t, const struct nat_config 
 
     if (cfg == NULL || cfg->policy != c->policy || cfg->mapping != c->mapping ||
         cfg->n_ips != c->n_ips || cfg->port_lo != c->port_lo || cfg->port_hi != c->port_hi ||
-        cfg->block_size != c->block_size || cfg->max_blocks_per_client != c->max_blocks_per_client ||
+        cfg->block_size != c->block_size ||
+        cfg->max_blocks_per_client != c->max_blocks_per_client ||
         cfg->block_hold_ms > NAT_MAX_BLOCK_HOLD_MS)
         return NAT_ERR_INVAL;
     for (unsigned i = 0; i < c->n_ips; i++)
