@@ -2,7 +2,7 @@
 # netns_test.sh - clients on their own hosts: gw in a small network of namespaces,
 # then the kernel's own NAT in the same network, side by side.
 #
-# usage: netns_test.sh GWD GWCTL GWSIM NETPROBE [gw|kernel|both]
+# usage: netns_test.sh GWD GWCTL GWSIM NETPROBE [gw|block|kernel|both]
 #
 # The network (every name carries this script's PID, every address exists only
 # inside the namespaces made here):
@@ -21,16 +21,20 @@
 #           every flow's source port is the one `gwctl show nat --json` gives it; c3 and c4
 #           (one address behind the inner NAT) get distinct mappings; gwd exits 0 on SIGTERM
 #           (the ASan build checks leaks) and the store holds every flow.
+#   block:  gwd with port-block allocation and the block log: one block per client
+#           address (c3 and c4 share one), every flow's port in its block, the store's
+#           log holds 3 block_alloc + 3 block_free rows and no flow rows, whois names a
+#           block by any of its ports.
 #   kernel: the same flows through nftables dnat + masquerade in the gateway namespace;
 #           checks the same rewrite in `conntrack -L`.
-#   both (default): both, then gw's `show nat` and the kernel's `conntrack -L` printed
+#   both (default): all three, then gw's `show nat` and the kernel's `conntrack -L` printed
 #           side by side for the same client hosts.
 # Everything is removed at exit, also on failure. Exit 0 pass, 1 fail, 77 skipped (why
 # is printed: not root, a tool missing, no namespaces/veth/bridge/nftables nat here).
 set -uo pipefail
 
 if [ $# -lt 4 ]; then
-    echo "usage: $0 GWD GWCTL GWSIM NETPROBE [gw|kernel|both]" >&2
+    echo "usage: $0 GWD GWCTL GWSIM NETPROBE [gw|block|kernel|both]" >&2
     exit 2
 fi
 GWD=$1 GWCTL=$2 GWSIM=$3 NETPROBE=$4 MODE=${5:-both}
@@ -248,22 +252,49 @@ inner_port() { # inner_port PROTO HOST
 
 # ---- phase gw ---------------------------------------------------------------------
 GWD_PID=
-phase_gw() {
-    log "phase gw: gwd on $GW_IP:80 (tcp+udp), backend $BACK_B:$BE_PORT, pool $BACK_GW:$POOL_LO-$POOL_HI"
+# start_gwd PHASE EXTRA-ARGS...: gwd in the gateway namespace on port 80, store
+# $WORK/PHASE.db, control socket $WORK/PHASE.sock. Returns 1 when it never answers.
+start_gwd() {
+    local phase=$1
+    shift
     ip netns exec "$T-gw" "$GWD" -p 80 --tcp-backend "echo=$BACK_B:$BE_PORT" --udp-backend "echo-udp=$BACK_B:$BE_PORT" \
-        --nat-ip "$BACK_GW" --nat-ports "$POOL_LO-$POOL_HI" \
-        --db "$WORK/gw.db" --control "$WORK/gwd.sock" >"$WORK/gwd.log" 2>&1 &
+        --nat-ip "$BACK_GW" --nat-ports "$POOL_LO-$POOL_HI" "$@" \
+        --db "$WORK/$phase.db" --control "$WORK/$phase.sock" >"$WORK/$phase-gwd.log" 2>&1 &
     GWD_PID=$!
     PIDS+=("$GWD_PID")
-    if ! wait_for 15 "$GWCTL" --socket "$WORK/gwd.sock" show nat --json; then
-        bad "gw: gwd did not answer on its control socket"
-        cat "$WORK/gwd.log"
-        return
+    if ! wait_for 15 "$GWCTL" --socket "$WORK/$phase.sock" show nat --json; then
+        bad "$phase: gwd did not answer on its control socket"
+        cat "$WORK/$phase-gwd.log"
+        return 1
     fi
+}
+
+# stop_gwd PHASE: SIGTERM, and gwd must exit 0 within 30 s.
+stop_gwd() {
+    local phase=$1 rc=0 i
+    kill -TERM "$GWD_PID"
+    for ((i = 0; i < 300; i++)); do
+        kill -0 "$GWD_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$GWD_PID" 2>/dev/null; then
+        bad "$phase: gwd still running 30 s after SIGTERM, killing it"
+        kill -KILL "$GWD_PID"
+    fi
+    wait "$GWD_PID" || rc=$?
+    if [ $rc -eq 0 ]; then ok "$phase: gwd exited 0 on SIGTERM"; else
+        bad "$phase: gwd exited $rc on SIGTERM"
+        tail -n 40 "$WORK/$phase-gwd.log"
+    fi
+}
+
+phase_gw() {
+    log "phase gw: gwd on $GW_IP:80 (tcp+udp), backend $BACK_B:$BE_PORT, pool $BACK_GW:$POOL_LO-$POOL_HI"
+    start_gwd gw || return
     run_probes gw 40000
-    "$GWCTL" --socket "$WORK/gwd.sock" show nat --json >"$WORK/gw-nat.json" 2>"$WORK/gwctl.err" ||
+    "$GWCTL" --socket "$WORK/gw.sock" show nat --json >"$WORK/gw-nat.json" 2>"$WORK/gwctl.err" ||
         bad "gw: gwctl show nat --json failed: $(cat "$WORK/gwctl.err")"
-    "$GWCTL" --socket "$WORK/gwd.sock" show nat >"$WORK/gw-nat.txt" 2>&1
+    "$GWCTL" --socket "$WORK/gw.sock" show nat >"$WORK/gw-nat.txt" 2>&1
     for h in c3 c4; do
         echo "$h tcp $(inner_port tcp $h) udp $(inner_port udp $h)" >>"$WORK/inner.txt"
     done
@@ -271,21 +302,7 @@ phase_gw() {
     check_backend_view gw
     check_nat_table
     stop_probes
-    kill -TERM "$GWD_PID"
-    local rc=0 i
-    for ((i = 0; i < 300; i++)); do
-        kill -0 "$GWD_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$GWD_PID" 2>/dev/null; then
-        bad "gw: gwd still running 30 s after SIGTERM, killing it"
-        kill -KILL "$GWD_PID"
-    fi
-    wait "$GWD_PID" || rc=$?
-    if [ $rc -eq 0 ]; then ok "gw: gwd exited 0 on SIGTERM"; else
-        bad "gw: gwd exited $rc on SIGTERM"
-        tail -n 40 "$WORK/gwd.log"
-    fi
+    stop_gwd gw
     check_store
 }
 
@@ -356,6 +373,71 @@ check_store() {
         "$GWCTL" --db "$WORK/gw.db" show nat --all >"$WORK/gw-store.txt" 2>&1
     else
         bad "gw: gwctl --db show nat total '$n', want 8: $(cat "$WORK/gwctl-db.err")"
+    fi
+}
+
+# ---- phase block -------------------------------------------------------------------
+# The carrier's way: port blocks of 64 per subscriber address, the block log. The
+# subscribers are the three addresses gw sees (c3 and c4 share $LAN.2, so they share
+# a block): three blocks, every flow's port inside its subscriber's block, and the
+# store's log holds the blocks, not the flows.
+phase_block() {
+    log "phase block: gwd --nat-policy block --nat-log blocks, pool $BACK_GW:$POOL_LO-$POOL_HI"
+    start_gwd block --nat-policy block --nat-log blocks || return
+    run_probes block 42000
+    "$GWCTL" --socket "$WORK/block.sock" show blocks --json >"$WORK/blocks.json" 2>"$WORK/gwctl.err" ||
+        bad "block: gwctl show blocks --json failed: $(cat "$WORK/gwctl.err")"
+    "$GWCTL" --socket "$WORK/block.sock" show blocks >"$WORK/blocks.txt" 2>&1
+    local f=$WORK/blocks.json h proto seen port lo last sub n mid
+    if [ "$(jq '.total' "$f" 2>/dev/null)" = 3 ] && [ "$(jq -r '.policy' "$f")" = block ]; then
+        ok "block: show blocks lists 3 blocks, one per subscriber address"
+    else
+        bad "block: show blocks: $(cat "$f"), want 3 blocks"
+    fi
+    for sub in "$LAN.11:2" "$LAN.12:2" "$LAN.2:4"; do
+        n=$(jq --arg c "${sub%:*}" '[.blocks[] | select(.client_ip == $c)] | if length == 1 then .[0].sessions else -1 end' "$f" 2>/dev/null)
+        if [ "$n" = "${sub#*:}" ]; then
+            ok "block: ${sub%:*} has one block and ${sub#*:} live sessions"
+        else
+            bad "block: ${sub%:*}: sessions '$n' in one block, want ${sub#*:}"
+        fi
+    done
+    for h in "${HOSTS[@]}"; do
+        for proto in tcp udp; do
+            seen=$(probe block "$h" "$proto" seen)
+            port=${seen##*:}
+            lo=$(jq --arg c "${SEEN_AS[$h]}" '.blocks[] | select(.client_ip == $c) | .nat_port' "$f" 2>/dev/null)
+            last=$(jq --arg c "${SEEN_AS[$h]}" '.blocks[] | select(.client_ip == $c) | .nat_port_last' "$f" 2>/dev/null)
+            if [ -n "$lo" ] && [ "${port:-0}" -ge "$lo" ] && [ "${port:-0}" -le "$last" ] &&
+                [ $(((lo - POOL_LO) % 64)) -eq 0 ] && [ $((last - lo)) -eq 63 ]; then
+                ok "block: $h $proto: $seen in ${SEEN_AS[$h]}'s block $lo-$last"
+            else
+                bad "block: $h $proto: backend saw '$seen', ${SEEN_AS[$h]}'s block '$lo-$last'"
+            fi
+        done
+    done
+    mid=$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)
+    lo=$(jq --arg c "$LAN.11" '.blocks[] | select(.client_ip == $c) | .nat_port' "$f" 2>/dev/null)
+    stop_probes
+    stop_gwd block
+    # The log: three blocks taken and given back, no per-flow row; the sessions are
+    # still in nat_sessions; whois on a port of c1's block no flow used names c1.
+    local rows
+    rows=$("$GWCTL" --db "$WORK/block.db" log --json 2>/dev/null |
+        jq -r '[.events[].event] | group_by(.) | map("\(.[0])=\(length)") | join(" ")' 2>/dev/null)
+    if [ "$rows" = "block_alloc=3 block_free=3" ]; then
+        ok "block: the log holds 3 block_alloc and 3 block_free rows, no flow rows"
+    else
+        bad "block: log rows '$rows', want block_alloc=3 block_free=3"
+    fi
+    n=$("$GWCTL" --db "$WORK/block.db" show nat --all --json 2>/dev/null | jq '.total' 2>/dev/null)
+    [ "$n" = 8 ] && ok "block: the store still has the 8 sessions" ||
+        bad "block: the store has '$n' sessions, want 8"
+    if [ -n "$lo" ] && "$GWCTL" --db "$WORK/block.db" whois "$BACK_GW:$((lo + 63))" --at "$mid" \
+        >"$WORK/whois.txt" 2>&1 && grep -q "of $LAN.11: taken" "$WORK/whois.txt"; then
+        ok "block: whois $BACK_GW:$((lo + 63)) at $mid names $LAN.11's block"
+    else
+        bad "block: whois $BACK_GW:$((lo + 63)): $(cat "$WORK/whois.txt")"
     fi
 }
 
@@ -430,6 +512,9 @@ side_by_side() {
     echo "== gwctl --db gw.db show nat --all (gw phase, from the store after gwd stopped)"
     cat "$WORK/gw-store.txt" 2>/dev/null
     echo
+    echo "== gwctl show blocks (block phase: one block per client address)"
+    cat "$WORK/blocks.txt" 2>/dev/null
+    echo
     echo "== conntrack -L in the gateway namespace (kernel phase)"
     cat "$WORK/conntrack-plain.txt"
     echo
@@ -462,9 +547,11 @@ start_backend || {
 }
 case $MODE in
 gw) phase_gw ;;
+block) phase_block ;;
 kernel) phase_kernel ;;
 both)
     phase_gw
+    phase_block
     phase_kernel
     side_by_side
     ;;
