@@ -202,11 +202,18 @@ static int run(struct probe *p)
     if (r < 0)
         return fail("connect", r);
     if (p->udp) {
-        /* One datagram: the reply is the hello line followed by our datagram. */
-        r = send_all(p->fd, PROBE_ECHO, strlen(PROBE_ECHO), deadline);
-        if (r < 0)
-            return fail("send", r);
-        n = probe_read(p, buf, sizeof(buf), 1, deadline);
+        /* One datagram: the reply is the hello line followed by our datagram.
+         * Sent again each second without a reply, as a UDP client does (DNS):
+         * a first datagram can be lost on its way, e.g. by the inner NAT's
+         * conntrack when c3 and c4 start flows from the same port at once
+         * (two new entries clash at insertion and the kernel drops one). */
+        do {
+            r = send_all(p->fd, PROBE_ECHO, strlen(PROBE_ECHO), deadline);
+            if (r < 0)
+                return fail("send", r);
+            long long retry = now_ms() + 1000;
+            n = probe_read(p, buf, sizeof(buf), 1, retry < deadline ? retry : deadline);
+        } while (n == -ETIMEDOUT && now_ms() < deadline);
         if (n < 0)
             return fail("recv", (int)n);
         const char *nl = strchr(buf, '\n');
