@@ -7,7 +7,11 @@
  * and prints one JSON line: what the client used and what the backend saw.
  *
  *   netprobe [-b ADDR[:PORT]] [-t SECONDS] [-H SECONDS] tcp|udp IP PORT
- *   -> {"proto":"tcp","local":"10.201.1.11:40512","backend":"b1","seen":"10.202.0.1:29007"}
+ *   -> {"proto":"tcp","local":"10.201.1.11:40512","backend":"b1","seen":"10.202.0.1:29007","tries":1}
+ *
+ * A UDP probe sends its datagram again each second without a reply; "tries"
+ * says how many it sent (the suites accept more than one only where a lost
+ * datagram has another explanation).
  *
  * -H keeps the flow open that many seconds after printing, so the NAT tables can be
  * read while it is live. Exit 0 on success, 1 on any failed step (reason on stderr),
@@ -30,6 +34,7 @@
 
 struct probe {
     bool udp;
+    int tries; /* UDP: datagrams sent until the reply came */
     int timeout_ms;
     int hold_s;
     const char *bind_ip; /* borrowed, may be NULL */
@@ -208,6 +213,7 @@ static int run(struct probe *p)
          * conntrack when c3 and c4 start flows from the same port at once
          * (two new entries clash at insertion and the kernel drops one). */
         do {
+            p->tries++;
             r = send_all(p->fd, PROBE_ECHO, strlen(PROBE_ECHO), deadline);
             if (r < 0)
                 return fail("send", r);
@@ -254,8 +260,9 @@ static int run(struct probe *p)
     char ip[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &me.sin_addr, ip, sizeof(ip));
     snprintf(local, sizeof(local), "%s:%u", ip, ntohs(me.sin_port));
-    printf("{\"proto\":\"%s\",\"local\":\"%s\",\"backend\":\"%s\",\"seen\":\"%s\"}\n",
-           p->udp ? "udp" : "tcp", local, name, seen);
+    printf("{\"proto\":\"%s\",\"local\":\"%s\",\"backend\":\"%s\",\"seen\":\"%s\","
+           "\"tries\":%d}\n",
+           p->udp ? "udp" : "tcp", local, name, seen, p->udp ? p->tries : 1);
     fflush(stdout);
     if (p->hold_s > 0) {
         /* Keep the flow open; a TCP peer that closes ends the hold early. */
