@@ -367,6 +367,12 @@ static void emit(struct nat_table *t, enum nat_event_type type, uint64_t now, co
     t->ev_fn(t->ev_arg, &ev);
 }
 
+/* The first port of block number bn (every address has the same layout). */
+static uint16_t block_first_port(const struct nat_table *t, uint32_t bn)
+{
+    return (uint16_t)(t->cfg.port_lo + bn * t->cfg.block_size);
+}
+
 /* A block event: block `bn` of nat address `ip` taken by (ALLOC) or given
  * back from (FREE) client c. See struct nat_event for what it carries. */
 static void emit_block(struct nat_table *t, enum nat_event_type type, uint64_t now,
@@ -381,7 +387,7 @@ static void emit_block(struct nat_table *t, enum nat_event_type type, uint64_t n
     ev.time = now;
     ev.s.key.client.addr = c->addr;
     ev.s.ext.addr = t->cfg.ips[ip];
-    ev.s.ext.port = (uint16_t)(t->cfg.port_lo + bn * t->cfg.block_size);
+    ev.s.ext.port = block_first_port(t, bn);
     ev.port_last = (uint16_t)(ev.s.ext.port + t->cfg.block_size - 1);
     ev.s.ip_index = (uint8_t)ip;
     ev.s.opened_at = now;
@@ -1893,7 +1899,7 @@ size_t nat_blocks_each(const struct nat_table *t,
             uint32_t bn = c->blocks[i] & 0xffff;
 
             b.nat = t->cfg.ips[ip];
-            b.port_lo = (uint16_t)(t->cfg.port_lo + bn * t->cfg.block_size);
+            b.port_lo = block_first_port(t, bn);
             b.port_last = (uint16_t)(b.port_lo + t->cfg.block_size - 1);
             n++;
             if (fn(arg, &b) != 0)

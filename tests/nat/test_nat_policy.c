@@ -208,6 +208,19 @@ Test(nat_policy, block_events_per_block_not_per_flow)
     nat_table_free(t);
 }
 
+/* The open recorded from r->ev[n0] on took the block held by `holder`:
+ * block_free (holder's), block_alloc, open, and nothing else. */
+static void assert_took_hold_of(const struct rec *r, size_t n0, const char *holder)
+{
+    char ip[NAT_ADDR_STRLEN];
+
+    cr_assert_eq(r->n, n0 + 3);
+    cr_assert_eq(r->ev[n0 % REC_MAX].type, NAT_EV_BLOCK_FREE);
+    cr_assert_str_eq(nat_addr_format(&r->ev[n0 % REC_MAX].s.key.client.addr, ip), holder);
+    cr_assert_eq(r->ev[(n0 + 1) % REC_MAX].type, NAT_EV_BLOCK_ALLOC);
+    cr_assert_eq(r->ev[(n0 + 2) % REC_MAX].type, NAT_EV_OPEN);
+}
+
 /* block_hold_ms: a client whose last session went keeps its blocks for a
  * while (a client with one short flow at a time then logs one block, not a
  * block per flow); the hold ends at its deadline (nat_expire) or earlier when
@@ -219,7 +232,6 @@ Test(nat_policy, block_hold_keeps_blocks_then_gives_them_back)
     struct nat_table *t;
     struct nat_stats st;
     struct nat_session *s;
-    char ip[NAT_ADDR_STRLEN];
 
     c.block_size = 4;
     c.block_hold_ms = 1000;
@@ -262,11 +274,7 @@ Test(nat_policy, block_hold_keeps_blocks_then_gives_them_back)
     size_t n0 = r.n;
     struct nat_key kf = kn(NAT_PROTO_UDP, "10.0.1.9", 5, "192.0.2.1", 53);
     open_ok(t, &kf, 2200);
-    cr_assert_eq(r.n, n0 + 3); /* block_free (10.0.1.1), block_alloc, open */
-    cr_assert_eq(r.ev[n0 % REC_MAX].type, NAT_EV_BLOCK_FREE);
-    cr_assert_str_eq(nat_addr_format(&r.ev[n0 % REC_MAX].s.key.client.addr, ip), "10.0.1.1");
-    cr_assert_eq(r.ev[(n0 + 1) % REC_MAX].type, NAT_EV_BLOCK_ALLOC);
-    cr_assert_eq(r.ev[(n0 + 2) % REC_MAX].type, NAT_EV_OPEN);
+    assert_took_hold_of(&r, n0, "10.0.1.1");
     nat_get_stats(t, &st);
     cr_assert_eq(st.blocks_in_use, 4);
     cr_assert_eq(st.blocks_held, 3);
@@ -301,7 +309,6 @@ Test(nat_policy, block_hold_yields_only_on_the_address_that_needs_a_block)
     struct rec r;
     struct nat_table *t;
     struct nat_stats st;
-    char ip[NAT_ADDR_STRLEN];
 
     c.n_ips = 2;
     c.ips[0] = A("198.51.100.1");
@@ -324,9 +331,7 @@ Test(nat_policy, block_hold_yields_only_on_the_address_that_needs_a_block)
     size_t n0 = r.n;
     struct nat_key k3 = kn(NAT_PROTO_TCP, "10.0.0.3", 1, "192.0.2.1", 80);
     open_ok(t, &k3, 5);
-    cr_assert_eq(r.n, n0 + 3); /* block_free (10.0.0.1), block_alloc, open */
-    cr_assert_eq(r.ev[n0 % REC_MAX].type, NAT_EV_BLOCK_FREE);
-    cr_assert_str_eq(nat_addr_format(&r.ev[n0 % REC_MAX].s.key.client.addr, ip), "10.0.0.1");
+    assert_took_hold_of(&r, n0, "10.0.0.1");
     nat_get_stats(t, &st);
     cr_assert_eq(st.blocks_in_use, 3);
     cr_assert_eq(st.blocks_held, 1, "the IPv6 client's hold was given up for nothing");
