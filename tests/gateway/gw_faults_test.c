@@ -5,7 +5,8 @@
  * exhausted (refused, counted, served again); pool ports busy on the host
  * skipped; UDP expiry; SIGHUP under load without dropping a flow; SIGTERM
  * draining live flows and closing every session in the store; a locked store
- * (forwarding goes on); bad configurations refused with their JSON path;
+ * (forwarding goes on); a store on a full disk (forwarding goes on, then
+ * every session written once space is back); bad configurations refused with their JSON path;
  * EMFILE pausing accept; and sockets the flows' epoll set refuses (injected
  * by fault_epoll.c) closing only their flows. NAT ports 22000-23999 (gateway
  * suite range).
@@ -20,6 +21,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -28,6 +32,7 @@
 static struct gwt_dir dir;
 static struct gwd gwd;
 static struct gwt_backend be[3];
+static char disk[128]; /* a tmpfs mounted by the test, unmounted at teardown */
 
 static void setup(void)
 {
@@ -38,6 +43,12 @@ static void setup(void)
 
 static void teardown(void)
 {
+    if (disk[0] != '\0') {
+        if (gwd.pid > 0)
+            kill(gwd.pid, SIGKILL); /* gwt_teardown reaps it */
+        umount2(disk, MNT_DETACH);
+        disk[0] = '\0';
+    }
     gwt_teardown(&gwd, be, (int)(sizeof(be) / sizeof(be[0])), &dir);
 }
 
@@ -724,5 +735,94 @@ Test(gw_faults, unwatchable_socket_closes_its_flow_only)
     cr_assert_gt(gwt_read_line(tcp_ok, buf, sizeof(buf)), 0);
     close(tcp_ok);
     cr_assert(gwd_alive(&gwd));
+    cr_assert_eq(gwd_stop(&gwd), 0);
+}
+
+/* Writes `path` until the file system is full. Returns the bytes written. */
+static long long fill_up(const char *path)
+{
+    static char block[64 * 1024];
+    long long total = 0;
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    cr_assert_geq(fd, 0, "%s: %s", path, strerror(errno));
+    memset(block, 'x', sizeof(block));
+    for (size_t chunk = sizeof(block); chunk >= 512;) {
+        ssize_t n = write(fd, block, chunk);
+        if (n > 0)
+            total += n;
+        else if (n < 0 && errno == ENOSPC)
+            chunk /= 2; /* the last blocks of the disk */
+        else
+            cr_assert_fail("filling %s: %s", path, strerror(errno));
+    }
+    close(fd);
+    return total;
+}
+
+/* The store on a disk that fills up (a 2 MiB tmpfs mounted for the test):
+ * SQLite's writes fail with "database or disk is full"; gwd logs the degraded
+ * store once, shows it in `show stats` with the reason, and goes on
+ * forwarding every flow; when space comes back the store recovers by itself
+ * and every session of the episode is in the file, closed. */
+Test(gw_faults, full_disk_forwarding_goes_on_then_the_store_catches_up)
+{
+    char json[512], conf[160], seen[64], db[sizeof(gwd.db)], filler[200], reply[8192];
+
+    if (geteuid() != 0)
+        cr_skip_test("mounting a small tmpfs needs root");
+    gwt_path(&dir, "disk", disk, sizeof(disk));
+    cr_assert_eq(mkdir(disk, 0700), 0);
+    if (mount("gwtest", disk, "tmpfs", MS_NOSUID | MS_NODEV, "size=2m,mode=0700") != 0) {
+        int e = errno;
+        disk[0] = '\0';
+        cr_skip_test("cannot mount a tmpfs here: %s", strerror(e));
+    }
+    snprintf(db, sizeof(db), "%s/gw.db", disk);
+    snprintf(filler, sizeof(filler), "%s/filler", disk);
+
+    /* Ports free again at once (no reuse delay): the test needs a few
+     * hundred flows from one client through 90 ports. */
+    cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
+    snprintf(json, sizeof(json),
+             "{\"nat\":{\"ports\":\"22310-22399\",\"reuse_delay\":0},\"backends\":["
+             "{\"name\":\"web\",\"proto\":\"tcp\",\"servers\":[\"127.0.0.1:%u\"]}]}",
+             be[0].port);
+    cr_assert_eq(gwt_write_file(&dir, "gwd.json", json), 0);
+    gwt_path(&dir, "gwd.json", conf, sizeof(conf));
+    const char *args[] = {"-c", conf, "--db", db, NULL};
+    cr_assert_eq(gwd_start(&gwd, &dir, args, 0), 0);
+    snprintf(gwd.db, sizeof(gwd.db), "%s", db); /* the later --db wins */
+    cr_assert_eq(gwt_db_int(gwd.db, "SELECT count(*) FROM nat_sessions", 0, 5000), 0);
+    cr_assert_gt(fill_up(filler), 0);
+
+    /* Flows until the store gives up on a commit; each one is served. */
+    int flows = 0;
+    uint64_t end = gwt_ms() + 30000;
+    while (gwd_log_count(&gwd, "store degraded") == 0) {
+        cr_assert_lt(gwt_ms(), end, "the store never failed on a full disk (%d flows)", flows);
+        close(hello("127.0.0.31", seen, sizeof(seen)));
+        flows++;
+        if (flows % 20 == 0)
+            gwt_sleep_ms(100); /* let the writer commit what it has */
+    }
+    cr_assert(gwd_log_wait(&gwd, "store degraded (forwarding goes on)", 1, 1000));
+    int n = gwd_ctl(&gwd, "{\"id\":1,\"cmd\":\"show stats\"}\n", reply, sizeof(reply));
+    cr_assert_gt(n, 0, "no reply from the control socket");
+    cr_assert(strstr(reply, "\"degraded\":true") != NULL, "%s", reply);
+    cr_assert(strstr(reply, "disk is full") != NULL, "the reason is not shown: %s", reply);
+    for (int i = 0; i < 30; i++, flows++)
+        close(hello("127.0.0.32", seen, sizeof(seen)));
+    cr_assert_eq(gwd_log_count(&gwd, "store degraded"), 1, "logged once per episode");
+
+    cr_assert_eq(unlink(filler), 0);
+    cr_assert(gwd_log_wait(&gwd, "store recovered", 1, 10000));
+    cr_assert_eq(gwt_db_int(gwd.db,
+                            "SELECT count(*) FROM nat_sessions WHERE closed_at IS NOT NULL"
+                            " AND client_ip IN ('127.0.0.31', '127.0.0.32')",
+                            flows, 10000),
+                 flows, "every session of the episode written once space is back");
+    n = gwd_ctl(&gwd, "{\"id\":2,\"cmd\":\"show stats\"}\n", reply, sizeof(reply));
+    cr_assert_gt(n, 0);
+    cr_assert(strstr(reply, "\"degraded\":false") != NULL, "%s", reply);
     cr_assert_eq(gwd_stop(&gwd), 0);
 }

@@ -20,6 +20,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -141,6 +142,27 @@ bool gwd_alive(const struct gwd *g)
 {
     int st;
     return g->pid > 0 && waitpid(g->pid, &st, WNOHANG) == 0;
+}
+
+int gwd_ctl(const struct gwd *g, const char *req, char *buf, size_t len)
+{
+    struct sockaddr_un a;
+    memset(&a, 0, sizeof(a));
+    a.sun_family = AF_UNIX;
+    if (strlen(g->sock) >= sizeof(a.sun_path))
+        return -1;
+    memcpy(a.sun_path, g->sock, strlen(g->sock) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    int n = -1;
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+        gwt_write_full(fd, req, strlen(req)) == 0)
+        n = gwt_read_line(fd, buf, len);
+    close(fd);
+    return n;
 }
 
 static pid_t spawn(const char *const *argv, const char *out_path, long nofile)

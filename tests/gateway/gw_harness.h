@@ -57,6 +57,9 @@ int gwd_log_count(const struct gwd *g, const char *needle);
 bool gwd_log_wait(const struct gwd *g, const char *needle, int n, int timeout_ms);
 /* True while the process runs. */
 bool gwd_alive(const struct gwd *g);
+/* Sends one request line (with its newline) to gwd's control socket and reads
+ * the reply line into buf (5 s at most). Returns its length, or -1. */
+int gwd_ctl(const struct gwd *g, const char *req, char *buf, size_t len);
 
 /* Runs gwd with argv (NULL-terminated, argv[0] excluded) to completion,
  * capturing stderr+stdout into out. Returns the exit status or -1. */

@@ -16,7 +16,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include "gw_harness.h"
@@ -77,21 +76,8 @@ static int ask(int fd, const char *msg, char *peer, size_t len)
 /* The counter `name` of `show stats` over the control socket, or -1. */
 static long long stat_of(const char *name)
 {
-    struct sockaddr_un a;
     char buf[8192], key[64];
-    memset(&a, 0, sizeof(a));
-    a.sun_family = AF_UNIX;
-    cr_assert_lt(strlen(gwd.sock), sizeof(a.sun_path));
-    memcpy(a.sun_path, gwd.sock, strlen(gwd.sock) + 1);
-    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-    cr_assert_geq(fd, 0);
-    struct timeval tv = {5, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    const char *req = "{\"id\":1,\"cmd\":\"show stats\"}\n";
-    cr_assert_eq(gwt_write_full(fd, req, strlen(req)), 0);
-    int n = gwt_read_line(fd, buf, sizeof(buf));
-    close(fd);
+    int n = gwd_ctl(&gwd, "{\"id\":1,\"cmd\":\"show stats\"}\n", buf, sizeof(buf));
     cr_assert_gt(n, 0, "no reply from the control socket");
     snprintf(key, sizeof(key), "\"%s\":", name);
     char *p = strstr(buf, key);
