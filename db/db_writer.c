@@ -139,8 +139,11 @@ static const char *const stmt_sql[STMT_COUNT] = {
         " FROM nat_events f WHERE f.event IN ('block_alloc', 'block_free')"
         " AND f.nat_ip = e.nat_ip AND f.nat_port = e.nat_port AND f.id > e.id"
         " ORDER BY f.id LIMIT 1), ?1) < ?1 ELSE 1 END ORDER BY e.time LIMIT ?2)",
+    /* The newest session row stays whatever its age: the next run starts its
+     * ids above the largest one stored, so ids never repeat (read_max_id). */
     [STMT_PRUNE_SESSIONS] = "DELETE FROM nat_sessions WHERE id IN (SELECT id FROM nat_sessions"
-                            " WHERE closed_at < ?1 ORDER BY closed_at LIMIT ?2)",
+                            " WHERE closed_at < ?1 AND id < (SELECT max(id) FROM nat_sessions)"
+                            " ORDER BY closed_at LIMIT ?2)",
 };
 
 struct db {
