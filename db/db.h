@@ -244,8 +244,11 @@ struct db_session_query {
     const char *backend;               /* borrowed; NULL = any */
     int state;                         /* -1 = any, else enum nat_state */
     enum db_open_filter open;
-    uint64_t since_ms; /* with until_ms: sessions alive at some moment of */
-    uint64_t until_ms; /* [since, until]; 0 = unbounded on that side */
+    /* Sessions alive at some moment of [since, until] (a session is alive
+     * over [opened_at, closed_at)); each bound only when its has_ flag is set
+     * (0 is a time like any other: the epoch). */
+    bool has_since, has_until;
+    uint64_t since_ms, until_ms;
     const char *sort;  /* NULL = "id"; a column name, '-' prefix = descending */
     uint32_t limit;    /* 0 = no limit */
     uint32_t offset;
@@ -318,7 +321,8 @@ struct db_event_query {
                                           "repick", "block_alloc", "block_free", or "block"
                                           (both block events) */
     uint64_t session_id;               /* 0 = any */
-    uint64_t since_ms, until_ms;       /* time window, inclusive; 0 = unbounded */
+    bool has_since, has_until;         /* which bounds of the window are set */
+    uint64_t since_ms, until_ms;       /* time window, inclusive */
     bool desc;                         /* newest first (default oldest first) */
     uint32_t limit;                    /* 0 = no limit */
     uint32_t offset;

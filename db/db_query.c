@@ -29,7 +29,7 @@ const char *const db_session_sort_keys[] = {
     "id",        "proto",     "client_ip",  "client_port",  "nat_ip",
     "nat_port",  "backend",   "backend_ip", "backend_port", "state",
     "opened_at", "last_seen", "closed_at",  "close_reason", "bytes_in",
-    "bytes_out", "client",    "nat",        NULL,
+    "bytes_out", "bytes",     "client",     "nat",          NULL,
 };
 
 int db_reader_open(struct db_reader **out, const char *path, char *err, size_t errlen)
@@ -267,11 +267,12 @@ static int session_where(struct where *w, const struct db_session_query *q)
         where_add(w, "closed_at IS NULL");
     else if (q->open == DB_SESSIONS_CLOSED)
         where_add(w, "closed_at IS NOT NULL");
-    if (q->since_ms != 0) {
+    /* Alive over [opened_at, closed_at): closed at `since` is gone by then. */
+    if (q->has_since) {
         time_text(q->since_ms, t);
-        where_add(w, "(closed_at IS NULL OR closed_at >= ?%d)", bind_text(w, t));
+        where_add(w, "(closed_at IS NULL OR closed_at > ?%d)", bind_text(w, t));
     }
-    if (q->until_ms != 0) {
+    if (q->has_until) {
         time_text(q->until_ms, t);
         where_add(w, "opened_at <= ?%d", bind_text(w, t));
     }
@@ -289,7 +290,7 @@ static int session_order_by(const char *sort, char *buf, size_t len)
     } map[] = {
         {"client", "gw_ip_key(client_ip)", "client_port"}, {"nat", "gw_ip_key(nat_ip)", "nat_port"},
         {"client_ip", "gw_ip_key(client_ip)", NULL},       {"nat_ip", "gw_ip_key(nat_ip)", NULL},
-        {"backend_ip", "gw_ip_key(backend_ip)", NULL},
+        {"backend_ip", "gw_ip_key(backend_ip)", NULL},     {"bytes", "bytes_in + bytes_out", NULL},
     };
     const char *first = NULL, *second = NULL;
     const char *d = "ASC";
@@ -700,11 +701,11 @@ static int event_where(struct where *w, const struct db_event_query *q)
         where_add(w, "event = ?%d", bind_text(w, q->event));
     if (q->session_id != 0)
         where_add(w, "session_id = ?%d", bind_int(w, (int64_t)q->session_id));
-    if (q->since_ms != 0) {
+    if (q->has_since) {
         time_text(q->since_ms, t);
         where_add(w, "time >= ?%d", bind_text(w, t));
     }
-    if (q->until_ms != 0) {
+    if (q->has_until) {
         time_text(q->until_ms, t);
         where_add(w, "time <= ?%d", bind_text(w, t));
     }

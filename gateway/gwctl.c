@@ -689,7 +689,7 @@ static int cmd_show_nat(struct conn *c, const struct opts *o)
             ctl_table_print(&t, stdout);
             ctl_table_free(&t);
             total = (uint64_t)json_integer_value(json_object_get(res, "total"));
-            ctl_nat_footer(stdout, shown, total + (o->offset > 0 ? (uint64_t)o->offset : 0));
+            ctl_nat_footer(stdout, shown, total); /* total ignores offset and limit */
         }
         json_decref(res);
         return EXIT_OK;
@@ -1127,9 +1127,10 @@ static int db_show_nat(struct db_reader *r, const struct opts *o)
     if (o->at) {
         if (parse_time_opt("--at", o->at, &at))
             return EXIT_USAGE;
+        q.has_since = q.has_until = true;
         q.since_ms = q.until_ms = at;
         p.now = at;
-    } else if (!o->all) {
+    } else if (!o->all && q.state != NAT_STATE_CLOSED) { /* --state closed: closed ones */
         q.open = DB_SESSIONS_OPEN;
     }
     q.sort = o->sort;
@@ -1235,6 +1236,8 @@ static int db_log(struct db_reader *r, const struct opts *o)
         return EXIT_USAGE;
     if (o->until && parse_time_opt("--until", o->until, &q.until_ms))
         return EXIT_USAGE;
+    q.has_since = o->since != NULL;
+    q.has_until = o->until != NULL;
     db_paging(o, &q.limit, &q.offset);
     if (o->json)
         p.arr = json_array();

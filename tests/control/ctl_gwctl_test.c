@@ -181,6 +181,12 @@ Test(ctl_gwctl, every_daemon_command, .fini = stop, .timeout = 120)
     cr_assert_not_null(strstr(out, "\n1 of 2 sessions\n"), "%s", out);
     free(out);
     free(err);
+    /* total counts every match, whatever the offset */
+    cr_assert_eq(gwctl(&out, &err, "show", "nat", "--offset", "1", NULL, NULL), 0);
+    cr_assert_eq(count_lines(out), 4, "%s", out);
+    cr_assert_not_null(strstr(out, "\n2 of 3 sessions\n"), "%s", out);
+    free(out);
+    free(err);
 
     cr_assert_eq(gwctl(&out, &err, "--json", "show", "nat", NULL, NULL, NULL), 0);
     j = json_loads(out, 0, NULL);
@@ -481,6 +487,17 @@ Test(ctl_gwctl_db, show_nat_and_log)
     free(out);
     cr_assert_eq(gwctl_db(&out, "show", "nat", "--at", "2026-11-27T16:20:45Z", NULL, NULL), 0);
     cr_assert_not_null(strstr(out, "\n2 sessions\n"), "%s", out);
+    free(out);
+    /* At the very moment the udp session expired it is gone (as whois says). */
+    cr_assert_eq(gwctl_db(&out, "show", "nat", "--at", "2026-11-27T16:21:00Z", NULL, NULL), 0);
+    cr_assert_not_null(strstr(out, "10.0.0.3:3000"), "%s", out);
+    cr_assert_not_null(strstr(out, "\n1 session\n"), "%s", out);
+    free(out);
+    cr_assert_eq(gwctl_db(&out, "show", "nat", "--at", "0", NULL, NULL), 0);
+    cr_assert_not_null(strstr(out, "\n0 sessions\n"), "the epoch is a time: %s", out);
+    free(out);
+    cr_assert_eq(gwctl_db(&out, "show", "nat", "--state", "closed", NULL, NULL), 0);
+    cr_assert_not_null(strstr(out, "\n2 sessions\n"), "--state closed lists them: %s", out);
     free(out);
     cr_assert_eq(gwctl_db(&out, "log", NULL, NULL, NULL, NULL, NULL), 0);
     cr_assert_eq(strncmp(out, "TIME ", 5), 0, "%s", out);

@@ -147,13 +147,22 @@ Test(db_query, filters_each_field)
     cr_assert_str_eq(run(&q, 1), "4");
     /* Alive at some moment of [4000, 6200]. */
     db_session_query_init(&q);
+    q.has_since = q.has_until = true;
     q.since_ms = T0 + 4000;
     q.until_ms = T0 + 6200;
     cr_assert_str_eq(run(&q, 3), "1,2,4");
     /* Alive at some moment from 8000 on. */
-    q.until_ms = 0;
+    q.has_until = false;
     q.since_ms = T0 + 8000;
     cr_assert_str_eq(run(&q, 4), "2,4,5,6");
+    /* Alive at 5000 (--at): 1 closed then and is gone, 2 opened then and is there,
+     * as whois has it ([opened_at, closed_at)). */
+    q.has_until = true;
+    q.since_ms = q.until_ms = T0 + 5000;
+    cr_assert_str_eq(run(&q, 1), "2");
+    /* The epoch is a time like any other, not "unbounded". */
+    q.since_ms = q.until_ms = 0;
+    cr_assert_str_eq(run(&q, 0), "");
     /* Several filters at once. */
     db_session_query_init(&q);
     q.proto = NAT_PROTO_TCP;
@@ -185,6 +194,10 @@ Test(db_query, sorts_and_pages_with_totals)
     cr_assert_str_eq(run(&q, 6), "4,2");
     q.offset = 10;
     cr_assert_str_eq(run(&q, 6), "");
+    q.sort = "-bytes"; /* in + out, as the daemon's show nat sorts */
+    q.offset = 0;
+    q.limit = 2;
+    cr_assert_str_eq(run(&q, 6), "4,6");
     q.sort = "bogus";
     cr_assert_eq(db_query_sessions(rd, &q, ids_cb, &(struct ids){{0}}, NULL), -EINVAL);
     q.sort = "id; DROP TABLE nat_sessions";
@@ -370,9 +383,12 @@ Test(db_query, log_query_filters_and_orders)
     q.limit = 3;
     cr_assert_str_eq(log_of(&q, 10), "close/6,refuse/0,open/6");
     db_event_query_init(&q);
+    q.has_since = q.has_until = true;
     q.since_ms = T0 + 3000;
     q.until_ms = T0 + 5000;
     cr_assert_str_eq(log_of(&q, 3), "expire/3,close/1,open/2");
+    q.since_ms = q.until_ms = 0;
+    cr_assert_str_eq(log_of(&q, 0), "");
     db_event_query_init(&q);
     q.has_nat_ip = true;
     q.nat_ip = taddr("192.0.2.1");
