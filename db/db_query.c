@@ -323,9 +323,54 @@ static int session_order_by(const char *sort, char *buf, size_t len)
 
 /* ---- rows --------------------------------------------------------------- */
 
+/* Length of the valid UTF-8 sequence at s (1 to 4), or 0 when it is not one
+ * (a stray byte, overlong, a surrogate, past U+10FFFF, or cut short). */
+static size_t utf8_seq(const unsigned char *s)
+{
+    unsigned c = s[0];
+    size_t len;
+    unsigned cp;
+
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf) {
+        len = 2;
+        cp = c & 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        len = 3;
+        cp = c & 0x0f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        cp = c & 0x07;
+    } else {
+        return 0;
+    }
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0; /* also stops at the terminating NUL */
+        cp = (cp << 6) | (s[i] & 0x3f);
+    }
+    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+        (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return len;
+}
+
+/*
+ * A text column into dst. The store's text is UTF-8 when gwd wrote it, but a
+ * row edited by hand (or cut by the copy) may not be; each byte of a bad
+ * sequence becomes '?', so that tables and JSON always get valid text.
+ */
 static void col_text(sqlite3_stmt *st, int i, char *dst, size_t n)
 {
     db__strlcpy(dst, (const char *)sqlite3_column_text(st, i), n);
+    for (unsigned char *p = (unsigned char *)dst; *p != '\0';) {
+        size_t k = utf8_seq(p);
+        if (k == 0)
+            *p++ = '?';
+        else
+            p += k;
+    }
 }
 
 static uint64_t time_ms_of(const char *t)

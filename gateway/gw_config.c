@@ -613,6 +613,9 @@ static int parse_proto(const char *s)
     return -1;
 }
 
+/* A pool or server name: 1 to GW_NAME_MAX - 1 bytes of UTF-8 (it goes into
+ * JSON replies and the store), no '/', space or control character. Names
+ * from flags are checked here too; jansson's own check settles the UTF-8. */
 static int copy_name(char *dst, const char *src)
 {
     size_t n = strlen(src);
@@ -620,9 +623,13 @@ static int copy_name(char *dst, const char *src)
     if (n == 0 || n >= GW_NAME_MAX)
         return -1;
     for (size_t i = 0; i < n; i++)
-        if (src[i] == '/' || src[i] == ' ' || (unsigned char)src[i] < 0x20)
+        if (src[i] == '/' || src[i] == ' ' || (unsigned char)src[i] < 0x20 || src[i] == 0x7f)
             return -1;
-    memcpy(dst, src, n + 1);
+    json_t *utf8 = json_stringn(src, n);
+    if (utf8 == NULL)
+        return -1;
+    json_decref(utf8);
+    memmove(dst, src, n + 1);
     return 0;
 }
 
@@ -666,7 +673,8 @@ static int parse_server(struct pctx *p, struct gw_server_conf *sc, json_t *v, co
     if (name) {
         pathf(kp, sizeof(kp), "%s.name", path);
         if (copy_name(sc->name, name))
-            return fail(p, kp, "must be 1 to %d characters, no '/' or spaces", GW_NAME_MAX - 1);
+            return fail(p, kp, "must be 1 to %d bytes of UTF-8, no '/', spaces or control characters",
+                        GW_NAME_MAX - 1);
     } else {
         gw_sockaddr_format(&sc->addr, sc->name, sizeof(sc->name));
     }
@@ -755,7 +763,8 @@ static int parse_backend(struct pctx *p, struct gw_config *cfg, struct gw_backen
         return fail(p, path, "missing \"name\"");
     subpath(kp, sizeof(kp), path, "name");
     if (copy_name(b->name, name))
-        return fail(p, kp, "must be 1 to %d characters, no '/' or spaces", GW_NAME_MAX - 1);
+        return fail(p, kp, "must be 1 to %d bytes of UTF-8, no '/', spaces or control characters",
+                        GW_NAME_MAX - 1);
     if (!proto)
         return fail(p, path, "missing \"proto\" (\"tcp\" or \"udp\")");
     subpath(kp, sizeof(kp), path, "proto");
@@ -1076,7 +1085,10 @@ static int apply_backend_flags(struct pctx *p, struct gw_config *cfg, const char
         }
         if (copy_name(name, name)) {
             free(replaced);
-            return fail(p, flag, "\"%s\": bad pool name", spec);
+            return fail(p, flag,
+                        "\"%s\": bad pool name (1 to %d bytes of UTF-8, no '/', spaces or "
+                        "control characters)",
+                        spec, GW_NAME_MAX - 1);
         }
         size_t bi;
         for (bi = 0; bi < cfg->n_backends; bi++)

@@ -1064,6 +1064,7 @@ struct db_print {
     json_t *arr;
     uint64_t now;
     uint64_t rows;
+    bool bad_row; /* a row json_pack refused (out of memory): the listing fails */
 };
 
 /* --limit and --offset for a store query (0 = no limit / from the start). */
@@ -1102,10 +1103,8 @@ static int db_session_cb(void *arg, const struct db_session_row *r)
     struct ctl_session_view v;
 
     p->rows++;
-    if (p->o->json) {
-        json_array_append_new(p->arr, session_row_json(r));
-        return 0;
-    }
+    if (p->o->json)
+        return (p->bad_row = json_array_append_new(p->arr, session_row_json(r)) != 0);
     view_from_row(&v, r);
     return ctl_nat_table_add(&p->t, &v, p->now) < 0;
 }
@@ -1140,6 +1139,11 @@ static int db_show_nat(struct db_reader *r, const struct opts *o)
     else
         ctl_nat_table_init(&p.t);
     n = db_query_sessions(r, &q, db_session_cb, &p, &total);
+    if (n >= 0 && p.bad_row) {
+        fprintf(stderr, "gwctl: cannot print session %" PRIu64 " as JSON\n", p.rows);
+        json_decref(p.arr);
+        return EXIT_NO;
+    }
     if (n < 0) {
         fprintf(stderr, "gwctl: query failed: %s\n",
                 n == -EINVAL ? "bad sort key or query" : db_reader_error(r));
@@ -1165,7 +1169,7 @@ static int db_event_cb(void *arg, const struct db_event_row *r)
 
     p->rows++;
     if (p->o->json) {
-        json_array_append_new(
+        p->bad_row = json_array_append_new(
             p->arr,
             json_pack("{s:I,s:s,s:s,s:s,s:s,s:i,s:s?,s:i,s:s,s:s,s:i,s:I,s:s?,s:I,s:I,s:o}", "id",
                       (json_int_t)r->id, "time", r->time, "event", r->event, "proto", r->proto_name,
@@ -1175,8 +1179,8 @@ static int db_event_cb(void *arg, const struct db_event_row *r)
                       "session_id", (json_int_t)r->session_id, "reason",
                       r->reason[0] ? r->reason : NULL, "bytes_in", (json_int_t)r->bytes_in,
                       "bytes_out", (json_int_t)r->bytes_out, "nat_port_last",
-                      r->nat_port_last ? json_integer(r->nat_port_last) : json_null()));
-        return 0;
+                      r->nat_port_last ? json_integer(r->nat_port_last) : json_null())) != 0;
+        return p->bad_row;
     }
     bool block = r->nat_port_last != 0; /* block_alloc/free: a client's range of ports */
     if (block)
@@ -1244,6 +1248,11 @@ static int db_log(struct db_reader *r, const struct opts *o)
     else
         ctl_table_init(&p.t, 9, log_head, log_right);
     n = db_query_events(r, &q, db_event_cb, &p, &total);
+    if (n >= 0 && p.bad_row) {
+        fprintf(stderr, "gwctl: cannot print event %" PRIu64 " as JSON\n", p.rows);
+        json_decref(p.arr);
+        return EXIT_NO;
+    }
     if (n < 0) {
         fprintf(stderr, "gwctl: query failed: %s\n", db_reader_error(r));
         json_decref(p.arr);

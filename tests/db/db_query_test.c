@@ -506,6 +506,32 @@ Test(db_query, export_quotes_and_escapes_text)
     tdir_remove(&t2);
 }
 
+static int backend_cb(void *arg, const struct db_session_row *r)
+{
+    struct ids *x = arg;
+    size_t n = strlen(x->s);
+    snprintf(x->s + n, sizeof(x->s) - n, "%s%s", n > 0 ? "|" : "", r->backend);
+    return 0;
+}
+
+/* Text edited by hand into the store that is not UTF-8 reads back with '?'
+ * for each bad byte (tables and JSON get valid text); valid UTF-8 is kept. */
+Test(db_query, text_that_is_not_utf8_reads_as_question_marks)
+{
+    texec(td.path, "UPDATE nat_sessions SET backend = CAST(X'77FF62' AS TEXT) WHERE id = 1;"
+                   "UPDATE nat_sessions SET backend = CAST(X'77C3A962' AS TEXT) WHERE id = 2;"
+                   "UPDATE nat_sessions SET backend = CAST(X'77C3' AS TEXT) WHERE id = 3;"
+                   "UPDATE nat_sessions SET backend = CAST(X'EDA080C0AF' AS TEXT) WHERE id = 4;");
+    struct db_session_query q;
+    db_session_query_init(&q);
+    q.limit = 4;
+    struct ids x = {{0}};
+    cr_assert_eq(db_query_sessions(rd, &q, backend_cb, &x, NULL), 4);
+    /* a stray byte; "wéb"; a cut sequence; a surrogate and an overlong '/' */
+    cr_assert_str_eq(x.s, "w?b|w\xc3\xa9"
+                          "b|w?|?????");
+}
+
 /*
  * Whois by the bucketed index gives exactly what a plain scan gives, for
  * sessions of every length (0 ms to 40 days, i.e. every level of whois_key),

@@ -223,6 +223,24 @@ Test(gw_config, flags_override_and_add_pools)
     cli.nat_ports = "5-1";
     cr_assert_lt(gw_config_load(&cli, &cfg, err, sizeof(err)), 0);
     cr_assert(strstr(err, "--nat-ports") != NULL, "%s", err);
+
+    /* A pool name from a flag goes into JSON replies and the store: UTF-8
+     * only, as the file's names (which jansson checks) are. */
+    memset(&cli, 0, sizeof(cli));
+    cli.db = "none";
+    cli.tcp_backends[cli.n_tcp_backends++] = "w\xff"
+                                             "b=127.0.0.1:80";
+    cr_assert_lt(gw_config_load(&cli, &cfg, err, sizeof(err)), 0);
+    cr_assert(strstr(err, "bad pool name") != NULL, "%s", err);
+    cli.tcp_backends[0] = "w\x7f"
+                          "b=127.0.0.1:80";
+    cr_assert_lt(gw_config_load(&cli, &cfg, err, sizeof(err)), 0);
+    cli.tcp_backends[0] = "w\xc3\xa9" /* "wéb" */
+                          "b=127.0.0.1:80";
+    cr_assert_eq(gw_config_load(&cli, &cfg, err, sizeof(err)), 0, "%s", err);
+    cr_assert_not_null(gw_config_backend(cfg, "w\xc3\xa9"
+                                              "b"));
+    gw_config_free(cfg);
 }
 
 Test(gw_config, addresses)
