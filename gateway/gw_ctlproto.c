@@ -718,7 +718,14 @@ int ctl_time_parse(const char *s, uint64_t *ms)
         if (*p == 'Z')
             p++;
     }
-    if (*p != '\0' || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
+    /* A date that does not exist is an error, not the next month's day
+     * (timegm would roll 02-31 over to 03-03); no leap second either, as
+     * the store's own parser has it. */
+    static const unsigned char mdays[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (*p != '\0' || mo < 1 || mo > 12 || d < 1 || h > 23 || mi > 59 || sec > 59)
+        return -1;
+    bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    if (d > mdays[mo - 1] + (mo == 2 && leap))
         return -1;
     memset(&tm, 0, sizeof(tm));
     tm.tm_year = y - 1900;

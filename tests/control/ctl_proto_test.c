@@ -288,9 +288,19 @@ Test(ctl_proto, time_format_and_parse)
     cr_assert_eq(ctl_time_parse("2026-13-01", &ms), -1);
     cr_assert_eq(ctl_time_parse("2026-11-27T25:00", &ms), -1);
     cr_assert_eq(ctl_time_parse("2026-11-27x", &ms), -1);
+    /* dates that do not exist are refused, not rolled over */
+    cr_assert_eq(ctl_time_parse("2026-02-31", &ms), -1);
+    cr_assert_eq(ctl_time_parse("2026-02-29", &ms), -1);
+    cr_assert_eq(ctl_time_parse("2026-04-31", &ms), -1);
+    cr_assert_eq(ctl_time_parse("2026-11-27T12:43:60Z", &ms), -1);
+    cr_assert_eq(ctl_time_parse("2100-02-29", &ms), -1);
     cr_assert_eq(ctl_time_parse("yesterday", &ms), -1);
     cr_assert_eq(ctl_time_parse("2026-11-27T16:21:25.", &ms), -1);
     cr_assert_eq(ms, 7, "untouched on failure");
+    cr_assert_eq(ctl_time_parse("2028-02-29", &ms), 0); /* leap years */
+    cr_assert_eq(ctl_time_parse("2000-02-29", &ms), 0);
+    cr_assert_eq(ctl_time_parse("2026-12-31T23:59:59.999Z", &ms), 0);
+    cr_assert_eq(ms, 1798761599999ULL);
 }
 
 static struct nat_session sample_session(void)
