@@ -382,6 +382,7 @@ int gw_backends_apply(struct gw_ctx *ctx)
         free(ob);
     }
     TAILQ_CONCAT(&ctx->backends, &fresh, link);
+    ctx->backends_gen++; /* positions in the pools may have moved */
     TAILQ_FOREACH(b, &ctx->backends, link)
     {
         TAILQ_FOREACH(s, &b->servers, link)
@@ -431,10 +432,28 @@ struct gw_backend *gw_backend_find(struct gw_ctx *ctx, const char *name)
 
 /* ---- balance -------------------------------------------------------------- */
 
-static bool eligible(const struct gw_server *s, const struct gw_server *skip)
+/* Whether s, at position pos of its pool, may take a new flow that has
+ * tried the servers of `tried`. */
+static bool eligible(const struct gw_server *s, uint32_t pos, uint32_t tried)
 {
-    return s != skip && s->health == GW_HEALTH_UP && s->admin == GW_ADMIN_ENABLED &&
-           (s->conf.max_conns == 0 || s->conns < s->conf.max_conns);
+    return !(tried & (1u << (pos % 32))) && s->health == GW_HEALTH_UP &&
+           s->admin == GW_ADMIN_ENABLED && (s->conf.max_conns == 0 || s->conns < s->conf.max_conns);
+}
+
+uint32_t gw_server_bit(const struct gw_backend *b, const struct gw_server *s)
+{
+    const struct gw_server *x;
+    uint32_t pos = 0;
+
+    if (!b || !s)
+        return 0;
+    TAILQ_FOREACH(x, &b->servers, link)
+    {
+        if (x == s)
+            return 1u << (pos % 32);
+        pos++;
+    }
+    return 0;
 }
 
 static uint32_t addr_hash(const struct nat_addr *a)
@@ -448,65 +467,76 @@ static uint32_t addr_hash(const struct nat_addr *a)
 
 /* Picks a server for a new flow (see gwd.h). */
 struct gw_server *gw_backend_pick(struct gw_backend *b, const struct nat_addr *client,
-                                  const struct gw_server *skip)
+                                  uint32_t tried, uint32_t *bit)
 {
     struct gw_server *s, *best = NULL;
+    uint32_t pos, best_pos = 0;
     int total = 0;
 
     switch (b->conf.balance) {
     case GW_BALANCE_ROUNDROBIN:
+        pos = 0;
         TAILQ_FOREACH(s, &b->servers, link)
         {
-            if (!eligible(s, skip))
+            if (!eligible(s, pos++, tried))
                 continue;
             s->smooth_current += (int)s->conf.weight;
             total += (int)s->conf.weight;
-            if (!best || s->smooth_current > best->smooth_current)
+            if (!best || s->smooth_current > best->smooth_current) {
                 best = s;
+                best_pos = pos - 1;
+            }
         }
         if (best)
             best->smooth_current -= total;
         break;
     case GW_BALANCE_LEASTCONN: {
-        uint32_t i = 0, start = b->n_servers ? b->rr_next++ % (uint32_t)b->n_servers : 0;
+        uint32_t start = b->n_servers ? b->rr_next++ % (uint32_t)b->n_servers : 0;
         /* Two passes from a rotating start so that ties spread. */
         for (int pass = 0; pass < 2; pass++) {
-            i = 0;
+            pos = 0;
             TAILQ_FOREACH(s, &b->servers, link)
             {
-                bool in = pass == 0 ? i >= start : i < start;
-                i++;
-                if (!in || !eligible(s, skip))
+                bool in = pass == 0 ? pos >= start : pos < start;
+                pos++;
+                if (!in || !eligible(s, pos - 1, tried))
                     continue;
                 if (!best ||
-                    (uint64_t)s->conns * best->conf.weight < (uint64_t)best->conns * s->conf.weight)
+                    (uint64_t)s->conns * best->conf.weight < (uint64_t)best->conns * s->conf.weight) {
                     best = s;
+                    best_pos = pos - 1;
+                }
             }
         }
         break;
     }
     case GW_BALANCE_SOURCE: {
+        pos = 0;
         TAILQ_FOREACH(s, &b->servers, link)
-        if (eligible(s, skip))
+        if (eligible(s, pos++, tried))
             total += (int)s->conf.weight;
         if (total == 0)
             break;
         int at = (int)(addr_hash(client) % (uint32_t)total);
+        pos = 0;
         TAILQ_FOREACH(s, &b->servers, link)
         {
-            if (!eligible(s, skip))
+            if (!eligible(s, pos++, tried))
                 continue;
             at -= (int)s->conf.weight;
             if (at < 0) {
                 best = s;
+                best_pos = pos - 1;
                 break;
             }
         }
         break;
     }
     }
-    if (!best)
-        b->no_server++;
+    if (!best && tried == 0)
+        b->no_server++; /* (a flow that tried them all is not "no server") */
+    else if (best && bit)
+        *bit = 1u << (best_pos % 32);
     return best;
 }
 

@@ -159,7 +159,8 @@ static json_t *stats_mappings(const struct gw_ctx *ctx, const struct nat_stats *
     json_object_set_new(o, "closed", jint(ns->closed));
     json_object_set_new(o, "expired", jint(ns->expired));
     for (int e = NAT_ERR_POOL_EXHAUSTED; e <= NAT_ERR_TABLE_FULL; e++)
-        json_object_set_new(ref, nat_err_name((enum nat_err)e), jint(ns->refused[e]));
+        json_object_set_new(ref, nat_err_name((enum nat_err)e),
+                            jint(ns->refused[e] + k->refused_repick[e]));
     json_object_set_new(ref, "no_route", jint(k->refused_no_route));
     json_object_set_new(ref, "no_server", jint(k->refused_no_server));
     json_object_set_new(ref, "max_flows", jint(k->refused_max_flows));

@@ -77,7 +77,11 @@ void gw_tcp_release(struct gw_flow *flow, bool rst)
     ev_timer_stop(ctx->loop, &flow->u.tcp.timer);
 }
 
-/* One connect attempt failed: close its socket, its session and its server. */
+/*
+ * One connect attempt failed: close its socket, its session and its server.
+ * Only a connect that failed or timed out counts against the server
+ * (connect_failures); no fd, no port or a bind error is gwd's own trouble.
+ */
 static void attempt_failed(struct gw_flow *flow, const char *reason)
 {
     struct gw_ctx *ctx = flow->ctx;
@@ -93,13 +97,30 @@ static void attempt_failed(struct gw_flow *flow, const char *reason)
         nat_session_close(ctx->nat, s, gw_loop_ms(ctx->loop), reason);
     }
     if (flow->server) {
-        flow->server->connect_failures++;
+        if (strcmp(reason, "connect_failed") == 0 || strcmp(reason, "connect_timeout") == 0)
+            flow->server->connect_failures++;
         gw_server_release(flow->server);
         flow->server = NULL;
     }
 }
 
 /* ---- connecting ---------------------------------------------------------- */
+
+/* A flow refused for want of a mapping: counted by reason, logged (rate
+ * limited). `what` says when it happened, or NULL at the open. */
+static void log_refused(struct gw_flow *flow, enum nat_err err, uint64_t now, const char *what)
+{
+    struct gw_ctx *ctx = flow->ctx;
+    char ip[NAT_ADDR_STRLEN];
+    uint64_t held;
+
+    if (what) /* libnat counts the refused opens itself */
+        ctx->counters.refused_repick[err < NAT_ERR_COUNT ? err : NAT_ERR_INVAL]++;
+    if (gw_log_allow(&ctx->rl.refused, now, &held))
+        gw_log(GW_LOG_INFO, "tcp %s:%u refused: %s%s%s (%lu more refusals not logged)",
+               nat_addr_format(&flow->client.addr, ip), flow->client.port, nat_err_name(err),
+               what ? ", " : "", what ? what : "", (unsigned long)held);
+}
 
 /*
  * The flow's translated port cannot be used now (busy on the host, or its
@@ -110,8 +131,10 @@ static void attempt_failed(struct gw_flow *flow, const char *reason)
 static bool repick_port(struct gw_flow *flow, uint64_t *counter, uint64_t now)
 {
     (*counter)++;
-    if (nat_session_repick(flow->ctx->nat, flow->sess, now, GW_BUSY_PORT_MS) == NAT_OK)
+    enum nat_err err = nat_session_repick(flow->ctx->nat, flow->sess, now, GW_BUSY_PORT_MS);
+    if (err == NAT_OK)
         return true;
+    log_refused(flow, err, now, "no free port after a busy one");
     attempt_failed(flow, "refused");
     return false;
 }
@@ -140,19 +163,14 @@ static int start_connect(struct gw_flow *flow, struct gw_server *srv, struct gw_
     key.proto = NAT_PROTO_TCP;
     err = nat_session_open(ctx->nat, &key, b->tag, now, &sess);
     if (err != NAT_OK) {
-        char ip[NAT_ADDR_STRLEN];
-        uint64_t held;
-        ctx->counters.refused_nat[err < NAT_ERR_COUNT ? err : NAT_ERR_INVAL]++;
-        if (gw_log_allow(&ctx->rl.refused, now, &held))
-            gw_log(GW_LOG_INFO, "tcp %s:%u refused: %s (%lu more refusals not logged)",
-                   nat_addr_format(&flow->client.addr, ip), flow->client.port, nat_err_name(err),
-                   (unsigned long)held);
+        log_refused(flow, err, now, NULL);
         return -ENOSPC;
     }
     sess->udata = flow;
     flow->sess = sess;
     flow->server = srv;
     flow->backend_tag = b->tag;
+    flow->proxy_protocol = (uint8_t)b->conf.proxy_protocol;
     gw_server_acquire(srv);
 
     for (int tries = 0;; tries++) {
@@ -232,19 +250,21 @@ static int start_connect(struct gw_flow *flow, struct gw_server *srv, struct gw_
 }
 
 /*
- * Tries servers of b (skipping `skip`) until a connect is under way. Returns
- * 0, or -1 when the flow was closed (no server, no mapping, all failed).
+ * Tries servers of b that this flow has not tried yet (flow->tried) until a
+ * connect is under way. Returns 0, or -1 when the flow was closed (no server
+ * left, no mapping, all failed).
  */
-static int try_servers(struct gw_flow *flow, struct gw_backend *b, struct gw_server *skip,
-                       const char *last_reason)
+static int try_servers(struct gw_flow *flow, struct gw_backend *b, const char *last_reason)
 {
     struct gw_ctx *ctx = flow->ctx;
-    unsigned max = b && b->n_servers < MAX_FAILOVER ? (unsigned)b->n_servers : MAX_FAILOVER;
 
-    while (b && flow->attempts < max) {
-        struct gw_server *s = gw_backend_pick(b, &flow->client.addr, skip);
+    while (b && flow->attempts < MAX_FAILOVER) {
+        uint32_t bit = 0;
+        struct gw_server *s = gw_backend_pick(b, &flow->client.addr, flow->tried, &bit);
         if (!s)
-            break;
+            break; /* none up, or all tried */
+        flow->tried |= bit;
+        flow->tried_gen = ctx->backends_gen;
         if (flow->attempts++ > 0)
             ctx->counters.failovers++;
         int rc = start_connect(flow, s, b);
@@ -259,7 +279,6 @@ static int try_servers(struct gw_flow *flow, struct gw_backend *b, struct gw_ser
             gw_flow_close(flow, "error");
             return -1;
         }
-        skip = s;
         last_reason = "connect_failed";
     }
     if (!last_reason) {
@@ -376,8 +395,8 @@ static void established(struct gw_flow *flow)
     ev_timer_stop(ctx->loop, &flow->u.tcp.timer);
     flow->state = GW_FLOW_RELAY;
     nat_session_set_state(ctx->nat, flow->sess, NAT_STATE_ESTABLISHED, gw_loop_ms(ctx->loop));
-    if (flow->server->backend && flow->server->backend->conf.proxy_protocol)
-        proxy_header(flow, flow->server->backend->conf.proxy_protocol);
+    if (flow->proxy_protocol)
+        proxy_header(flow, flow->proxy_protocol);
     gw_io_stop(&ctx->poll, &flow->u.tcp.io[GW_SIDE_BACKEND]);
     flow->u.tcp.io[GW_SIDE_BACKEND].events = 0;
     update_watchers(flow);
@@ -399,6 +418,16 @@ static void connect_done(struct gw_flow *flow, bool timed_out)
     }
     struct gw_server *failed = flow->server;
     struct gw_backend *b = failed ? failed->backend : NULL;
+    if (!b) /* a reload retired the server: the flow's pool, by its name, now */
+        b = gw_backend_find(ctx, gw_backend_name(ctx, flow->backend_tag));
+    if (b && b->proto != NAT_PROTO_TCP)
+        b = NULL;
+    /* A reload since the flow's tries: their positions are of the old pool;
+     * only the one that just failed is known in the new one. */
+    if (flow->tried_gen != ctx->backends_gen) {
+        flow->tried = gw_server_bit(b, failed);
+        flow->tried_gen = ctx->backends_gen;
+    }
     const char *reason = timed_out ? "connect_timeout" : "connect_failed";
     if (timed_out)
         ctx->counters.connect_timeout++;
@@ -409,9 +438,8 @@ static void connect_done(struct gw_flow *flow, bool timed_out)
         gw_log(GW_LOG_INFO, "backend %s server %s: %s (%lu more connect failures not logged)",
                b ? b->name : "-", failed ? failed->conf.name : "-",
                timed_out ? "connect timed out" : strerror(err), (unsigned long)held);
-    attempt_failed(flow, reason);
-    /* failed may be freed now (a retired server): only compared, never read. */
-    try_servers(flow, b, failed, reason);
+    attempt_failed(flow, reason); /* failed may be freed now (a retired server) */
+    try_servers(flow, b, reason);
 }
 
 static void tcp_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -755,7 +783,7 @@ static void flow_start(struct gw_listener *l, int fd, const struct sockaddr *sa)
         gw_flow_close(flow, "refused");
         return;
     }
-    try_servers(flow, b, NULL, NULL);
+    try_servers(flow, b, NULL);
 }
 
 /* Accepts up to GW_ACCEPT_BATCH connections on l. */

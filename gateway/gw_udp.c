@@ -487,7 +487,7 @@ static struct gw_flow *flow_new(struct gw_listener *l, const struct nat_endpoint
         ctx->counters.refused_no_route++;
         return NULL;
     }
-    struct gw_server *srv = gw_backend_pick(b, &client->addr, NULL);
+    struct gw_server *srv = gw_backend_pick(b, &client->addr, 0, NULL);
     if (!srv) {
         ctx->counters.refused_no_server++;
         return NULL;
@@ -503,8 +503,7 @@ static struct gw_flow *flow_new(struct gw_listener *l, const struct nat_endpoint
     struct nat_session *sess;
     enum nat_err err = nat_session_open(ctx->nat, &key, b->tag, gw_loop_ms(ctx->loop), &sess);
     if (err != NAT_OK) {
-        uint64_t held;
-        ctx->counters.refused_nat[err < NAT_ERR_COUNT ? err : NAT_ERR_INVAL]++;
+        uint64_t held; /* counted by libnat (nat_stats.refused) */
         if (gw_log_allow(&ctx->rl.refused, gw_loop_ms(ctx->loop), &held))
             gw_log(GW_LOG_INFO, "udp %s:%u refused: %s (%lu more refusals not logged)",
                    nat_addr_format(&client->addr, ip), client->port, nat_err_name(err),
@@ -571,7 +570,8 @@ static struct gw_flow *udp_failover(struct gw_flow *flow)
     char ip[NAT_ADDR_STRLEN];
     struct gw_route_input in = {NAT_PROTO_UDP, &flow->client};
     struct gw_backend *b = gw_route_pick(ctx, &in);
-    struct gw_server *srv = b ? gw_backend_pick(b, &flow->client.addr, old) : NULL;
+    struct gw_server *srv = b ? gw_backend_pick(b, &flow->client.addr, gw_server_bit(b, old), NULL)
+                              : NULL;
 
     if (old)
         old->connect_failures++;
@@ -597,8 +597,7 @@ static struct gw_flow *udp_failover(struct gw_flow *flow)
     key.proto = NAT_PROTO_UDP;
     struct nat_session *sess;
     enum nat_err err = nat_session_open(ctx->nat, &key, b->tag, now, &sess);
-    if (err != NAT_OK) {
-        ctx->counters.refused_nat[err < NAT_ERR_COUNT ? err : NAT_ERR_INVAL]++;
+    if (err != NAT_OK) { /* counted by libnat (nat_stats.refused) */
         gw_flow_close(flow, "backend_down");
         return NULL;
     }

@@ -350,12 +350,21 @@ struct gw_backend *gw_backend_find(struct gw_ctx *ctx, const char *name);
 const char *gw_backend_name(const struct gw_ctx *ctx, uint32_t tag);
 
 /*
- * Picks a server of `b` for a new flow from client `client`, skipping `skip`
- * (a server that just failed, or NULL): up, enabled, under max_conns, by the
- * pool's balance. Returns NULL when none is available (counted in b).
+ * Picks a server of `b` for a new flow from client `client`: up, enabled,
+ * under max_conns, by the pool's balance, and none of `tried` (a mask of the
+ * servers this flow already tried, by gw_server_bit). Stores the picked
+ * server's bit in *bit when bit is not NULL. Returns NULL when none is
+ * available (counted in b).
  */
 struct gw_server *gw_backend_pick(struct gw_backend *b, const struct nat_addr *client,
-                                  const struct gw_server *skip);
+                                  uint32_t tried, uint32_t *bit);
+
+/*
+ * Server s's bit in a `tried` mask of pool b: its position in the pool,
+ * modulo 32 (in a pool of more than 32 servers two positions share a bit,
+ * so a flow may pass over a server it has not tried). 0 when s is not in b.
+ */
+uint32_t gw_server_bit(const struct gw_backend *b, const struct gw_server *s);
 
 /* A flow starts/ends on s (live flow counts; frees a retired server at 0). */
 void gw_server_acquire(struct gw_server *s);
@@ -471,6 +480,10 @@ struct gw_flow {
     uint8_t flags;              /* GW_FLOW_F_* */
     LIST_ENTRY(gw_flow) link;   /* ctx->flows */
     struct nat_endpoint client; /* the client's address and port */
+    uint8_t proxy_protocol;     /* TCP: PROXY header version for the server (0: none),
+                                   fixed at the connect: a reload cannot change it midway */
+    uint8_t tried_gen;          /* TCP: ctx->backends_gen when `tried` was last set */
+    uint32_t tried;             /* TCP: servers of the pool tried (gw_server_bit) */
     union {
         struct {
             struct gw_io io[2];      /* [GW_SIDE_CLIENT], [GW_SIDE_BACKEND]; io[i].fd is
@@ -564,7 +577,9 @@ struct gw_counters {
     uint64_t udp_datagrams_out;          /* backend -> client */
     uint64_t udp_dropped;                /* could not be forwarded */
     uint64_t bytes_in, bytes_out;        /* relayed, both protocols */
-    uint64_t refused_nat[NAT_ERR_COUNT]; /* no mapping, by nat_err */
+    uint64_t refused_repick[NAT_ERR_COUNT]; /* TCP flows whose port was busy on the host
+                                              and no other could be had, by nat_err (libnat
+                                              counts the refused opens) */
     uint64_t refused_no_route;
     uint64_t refused_no_server;
     uint64_t refused_max_flows;
@@ -603,6 +618,7 @@ struct gw_ctx {
     uint16_t port; /* bound port */
     struct gw_backend_list backends;
     struct gw_server_list retired; /* servers removed by a reload, still with flows */
+    uint8_t backends_gen;          /* + 1 at each gw_backends_apply (flow->tried_gen) */
     char **tag_names;              /* owned; pool names by tag */
     uint32_t n_tags;
     struct gw_flow_list flows;

@@ -72,11 +72,48 @@ Test(gw_backend, weighted_round_robin_is_smooth)
     struct nat_addr c = ip("10.0.0.1");
     char order[9] = {0};
     for (int i = 0; i < 8; i++)
-        order[i] = gw_backend_pick(b, &c, NULL)->conf.name[0];
+        order[i] = gw_backend_pick(b, &c, 0, NULL)->conf.name[0];
     cr_assert_str_eq(order, "aabaaaba");
-    /* skip: the other server even when it is not its turn. */
-    struct gw_server *a = gw_backend_pick(b, &c, NULL);
-    cr_assert_str_eq(gw_backend_pick(b, &c, a)->conf.name, "b");
+    /* tried: the other server even when it is not its turn. */
+    uint32_t bit = 0;
+    struct gw_server *a = gw_backend_pick(b, &c, 0, &bit);
+    cr_assert_eq(bit, gw_server_bit(b, a));
+    cr_assert_str_eq(gw_backend_pick(b, &c, bit, NULL)->conf.name, "b");
+}
+
+/* A flow that tried some servers gets one it has not tried, under every
+ * balance: with A and B tried, C, whatever the client (source hashing would
+ * otherwise send two clients in three back to A or B). */
+Test(gw_backend, pick_skips_every_server_already_tried)
+{
+    static const char *const balances[] = {"roundrobin", "leastconn", "source"};
+    for (int k = 0; k < 3; k++) {
+        char pool[512];
+        snprintf(pool, sizeof(pool),
+                 "{\"listen\":{\"port\":8080},\"backends\":[{\"name\":\"web\",\"proto\":"
+                 "\"tcp\",\"balance\":\"%s\",\"servers\":[{\"address\":\"127.0.0.1:1\","
+                 "\"name\":\"a\"},{\"address\":\"127.0.0.1:2\",\"name\":\"b\"},"
+                 "{\"address\":\"127.0.0.1:3\",\"name\":\"c\"}]}]}",
+                 balances[k]);
+        load(pool);
+        struct gw_backend *b = gw_backend_find(&ctx, "web");
+        struct gw_server *a = TAILQ_FIRST(&b->servers), *bb = TAILQ_NEXT(a, link);
+        uint32_t tried = gw_server_bit(b, a) | gw_server_bit(b, bb);
+        cr_assert_eq(tried, 3u);
+        for (int i = 0; i < 50; i++) {
+            char s[32];
+            snprintf(s, sizeof(s), "10.1.%d.%d", i / 9, i);
+            struct nat_addr c = ip(s);
+            uint32_t bit = 0;
+            struct gw_server *got = gw_backend_pick(b, &c, tried, &bit);
+            cr_assert_not_null(got);
+            cr_assert_str_eq(got->conf.name, "c", "%s, client %s", balances[k], s);
+            cr_assert_eq(bit, 4u);
+        }
+        struct nat_addr c = ip("10.1.0.1");
+        cr_assert_null(gw_backend_pick(b, &c, 7u, NULL), "all tried");
+        cr_assert_eq(gw_server_bit(b, NULL), 0u);
+    }
 }
 
 Test(gw_backend, leastconn_and_max_conns)
@@ -87,7 +124,7 @@ Test(gw_backend, leastconn_and_max_conns)
     struct nat_addr c = ip("10.0.0.1");
     struct gw_server *got[6];
     for (int i = 0; i < 6; i++) {
-        got[i] = gw_backend_pick(b, &c, NULL);
+        got[i] = gw_backend_pick(b, &c, 0, NULL);
         cr_assert_not_null(got[i]);
         gw_server_acquire(got[i]);
     }
@@ -109,9 +146,9 @@ Test(gw_backend, source_hash_is_sticky)
         char s[32];
         snprintf(s, sizeof(s), "10.0.%d.%d", i / 7, i);
         struct nat_addr c = ip(s);
-        struct gw_server *first = gw_backend_pick(b, &c, NULL);
+        struct gw_server *first = gw_backend_pick(b, &c, 0, NULL);
         for (int k = 0; k < 3; k++)
-            cr_assert_eq(gw_backend_pick(b, &c, NULL), first);
+            cr_assert_eq(gw_backend_pick(b, &c, 0, NULL), first);
         used[first->conf.name[10] - '1']++;
     }
     cr_assert(used[0] > 0 && used[1] > 0 && used[2] > 0);
@@ -126,13 +163,13 @@ Test(gw_backend, drain_enable_disable_by_name)
     cr_assert_eq(gw_backend_drain(&ctx, "web/a"), 0);
     cr_assert_eq(events, 1);
     for (int i = 0; i < 4; i++)
-        cr_assert_str_eq(gw_backend_pick(b, &c, NULL)->conf.name, "b");
+        cr_assert_str_eq(gw_backend_pick(b, &c, 0, NULL)->conf.name, "b");
     cr_assert_str_eq(gw_server_state_name(TAILQ_FIRST(&b->servers)), "draining");
     cr_assert_eq(gw_backend_disable(&ctx, "web"), 0);
-    cr_assert_null(gw_backend_pick(b, &c, NULL));
+    cr_assert_null(gw_backend_pick(b, &c, 0, NULL));
     cr_assert_eq(b->no_server, 1);
     cr_assert_eq(gw_backend_enable(&ctx, "web/b"), 0);
-    cr_assert_str_eq(gw_backend_pick(b, &c, NULL)->conf.name, "b");
+    cr_assert_str_eq(gw_backend_pick(b, &c, 0, NULL)->conf.name, "b");
     cr_assert_eq(gw_backend_drain(&ctx, "nope"), -ENOENT);
     cr_assert_eq(gw_backend_drain(&ctx, "web/nope"), -ENOENT);
     cr_assert_eq(gw_backend_drain(&ctx, ""), -ENOENT);

@@ -826,3 +826,186 @@ Test(gw_faults, full_disk_forwarding_goes_on_then_the_store_catches_up)
     cr_assert(strstr(reply, "\"degraded\":false") != NULL, "%s", reply);
     cr_assert_eq(gwd_stop(&gwd), 0);
 }
+
+/* Source hashing with two of three servers refusing (health checks off): a
+ * flow tries each server at most once, so every client reaches the live one.
+ * (Skipping only the last failed server sent a third of the clients back to
+ * the first one, and they were closed with all tries spent.) NAT address
+ * 127.0.0.60, apart from the other tests' 127.0.0.1. */
+Test(gw_faults, failover_tries_each_server_once_and_reaches_the_live_one)
+{
+    char json[1024], seen[64];
+    uint16_t dead1 = gwt_free_port(), dead2 = gwt_free_port();
+
+    cr_assert(dead1 != 0 && dead2 != 0 && dead1 != dead2);
+    cr_assert_eq(gwt_backend_start(&be[0], &dir, "c", 0), 0);
+    snprintf(json, sizeof(json),
+             "{\"nat\":{\"ips\":[\"127.0.0.60\"],\"ports\":\"22000-22099\",\"reuse_delay\":0},"
+             "\"backends\":[{\"name\":\"web\",\"proto\":\"tcp\",\"balance\":\"source\","
+             "\"health\":{\"enabled\":false},\"servers\":[\"127.0.0.1:%u\",\"127.0.0.1:%u\","
+             "\"127.0.0.1:%u\"]}]}",
+             dead1, dead2, be[0].port);
+    start_with_config(json);
+    for (int i = 0; i < 30; i++) {
+        char src[32];
+        snprintf(src, sizeof(src), "127.0.%d.%d", 70 + i / 10, 1 + i % 10);
+        close(hello(src, seen, sizeof(seen)));
+        cr_assert_eq(strncmp(seen, "127.0.0.60:", 11), 0, "%s", seen);
+    }
+    cr_assert_eq(gwt_backend_count(&be[0], "accept"), 30);
+    cr_assert_eq(gwd_stop(&gwd), 0); /* the store flushed */
+    /* Each refused try is one session closed connect_failed: at most two per
+     * client (one per dead server). */
+    long long failed = gwt_db_int(gwd.db,
+                                  "SELECT count(*) FROM nat_sessions WHERE close_reason ="
+                                  " 'connect_failed'",
+                                  -1, 0);
+    cr_assert(failed > 0 && failed <= 60, "%lld failed tries", failed);
+}
+
+/*
+ * A reload replaces the server a flow is still connecting to (its SYN waits
+ * behind a full accept queue). The flow keeps what its pool said when the
+ * connect began: when the connect completes on the retired server, the PROXY
+ * header still goes first; when it fails there, the flow fails over to the
+ * pool of the same name as reloaded, not closed for want of a pool.
+ */
+static int stuck_listener(uint16_t *port, int fill[3])
+{
+    int fd = gwt_tcp_listen(0, port);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(*port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    for (int i = 0; i < 3; i++) {
+        fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        connect(fill[i], (struct sockaddr *)&a, sizeof(a)); /* queue full after these */
+    }
+    gwt_sleep_ms(100);
+    return fd;
+}
+
+static void reload_to(const char *json)
+{
+    int before = gwd_log_count(&gwd, "reloaded:");
+    cr_assert_eq(gwt_write_file(&dir, "gwd.json", json), 0);
+    gwd_signal(&gwd, SIGHUP);
+    cr_assert(gwd_log_wait(&gwd, "reloaded:", before + 1, 5000));
+}
+
+Test(gw_faults, reload_mid_connect_keeps_the_proxy_header_and_the_pool)
+{
+    char json[1024], line[256];
+    uint16_t port;
+    int fill[3];
+
+    cr_assert_eq(gwt_backend_start(&be[0], &dir, "c", 0), 0);
+    int stuck = stuck_listener(&port, fill);
+    /* 1. The connect completes on the retired server: header first. */
+    snprintf(json, sizeof(json),
+             "{\"nat\":{\"ips\":[\"127.0.0.61\"],\"ports\":\"22000-22099\"},\"backends\":[{"
+             "\"name\":\"web\",\"proto\":\"tcp\",\"proxy_protocol\":\"v1\",\"connect_timeout\":8,"
+             "\"health\":{\"enabled\":false},\"servers\":[\"127.0.0.1:%u\"]}]}",
+             port);
+    start_with_config(json);
+    int c1 = gwt_tcp_connect("127.0.0.62", gwd.port);
+    cr_assert_geq(c1, 0);
+    cr_assert_eq(gwt_write_full(c1, "HELLO\r\n", 7), 0);
+    gwt_sleep_ms(200);
+    snprintf(json, sizeof(json),
+             "{\"nat\":{\"ips\":[\"127.0.0.61\"],\"ports\":\"22000-22099\"},\"backends\":[{"
+             "\"name\":\"web\",\"proto\":\"tcp\",\"connect_timeout\":8,"
+             "\"health\":{\"enabled\":false},\"servers\":[\"127.0.0.1:%u\"]}]}",
+             be[0].port);
+    reload_to(json);
+    for (int i = 0; i < 3; i++) { /* make room: gwd's next SYN gets through */
+        int a = accept(stuck, NULL, NULL);
+        cr_assert_geq(a, 0);
+        close(a);
+        close(fill[i]);
+    }
+    struct timeval tv = {6, 0};
+    setsockopt(stuck, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    int s1 = accept(stuck, NULL, NULL);
+    cr_assert_geq(s1, 0, "gwd's connect never reached the old server");
+    setsockopt(s1, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    cr_assert_gt(gwt_read_line(s1, line, sizeof(line)), 0);
+    cr_assert_eq(strncmp(line, "PROXY TCP4 127.0.0.62 ", 22), 0,
+                 "the PROXY header did not come first: '%s'", line);
+    cr_assert_gt(gwt_read_line(s1, line, sizeof(line)), 0);
+    cr_assert_str_eq(line, "HELLO\r");
+    close(s1);
+    close(c1);
+    close(stuck);
+
+    /* 2. The connect fails on the retired server: the flow goes to the
+     * reloaded pool's server (no PROXY header there now). */
+    stuck = stuck_listener(&port, fill);
+    snprintf(json, sizeof(json),
+             "{\"nat\":{\"ips\":[\"127.0.0.61\"],\"ports\":\"22000-22099\"},\"backends\":[{"
+             "\"name\":\"web\",\"proto\":\"tcp\",\"connect_timeout\":1,"
+             "\"health\":{\"enabled\":false},\"servers\":[\"127.0.0.1:%u\"]}]}",
+             port);
+    reload_to(json);
+    int c2 = gwt_tcp_connect("127.0.0.63", gwd.port);
+    cr_assert_geq(c2, 0);
+    gwt_sleep_ms(200);
+    snprintf(json, sizeof(json),
+             "{\"nat\":{\"ips\":[\"127.0.0.61\"],\"ports\":\"22000-22099\"},\"backends\":[{"
+             "\"name\":\"web\",\"proto\":\"tcp\",\"health\":{\"enabled\":false},"
+             "\"servers\":[\"127.0.0.1:%u\"]}]}",
+             be[0].port);
+    reload_to(json);
+    /* the connect times out (1 s) on the retired server, then fails over */
+    struct timeval tv2 = {5, 0};
+    setsockopt(c2, SOL_SOCKET, SO_RCVTIMEO, &tv2, sizeof(tv2));
+    char seen[64];
+    cr_assert_gt(gwt_read_line(c2, seen, sizeof(seen)), 0, "no failover after the reload");
+    cr_assert_eq(strncmp(seen, "127.0.0.61:", 11), 0, "%s", seen);
+    close(c2);
+    for (int i = 0; i < 3; i++)
+        close(fill[i]);
+    close(stuck);
+    cr_assert_eq(gwd_stop(&gwd), 0);
+}
+
+/* Both pool ports held by other sockets of the host: the flow's port is
+ * busy, the repick's too, and then none is left. The flow is refused like
+ * one that found no port at the open: counted under pool_exhausted in show
+ * stats and logged; it is not the server's failure (its connect_failures
+ * stay 0). NAT address 127.0.0.64. */
+Test(gw_faults, no_port_left_after_busy_ones_is_a_counted_refusal)
+{
+    char json[1024], reply[8192], buf[16];
+    int hold[2];
+
+    for (int i = 0; i < 2; i++) {
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)(22000 + i))};
+        inet_pton(AF_INET, "127.0.0.64", &a.sin_addr);
+        hold[i] = socket(AF_INET, SOCK_STREAM, 0);
+        cr_assert_eq(bind(hold[i], (struct sockaddr *)&a, sizeof(a)), 0, "port %d taken",
+                     22000 + i);
+        cr_assert_eq(listen(hold[i], 1), 0);
+    }
+    cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
+    snprintf(json, sizeof(json),
+             "{\"nat\":{\"ips\":[\"127.0.0.64\"],\"ports\":\"22000-22001\"},\"backends\":[{"
+             "\"name\":\"web\",\"proto\":\"tcp\",\"servers\":[\"127.0.0.1:%u\"]}]}",
+             be[0].port);
+    start_with_config(json);
+    int fd = gwt_tcp_connect("127.0.0.65", gwd.port);
+    cr_assert_geq(fd, 0);
+    struct timeval tv = {3, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    cr_assert_leq(recv(fd, buf, sizeof(buf), 0), 0, "a refused flow is closed");
+    close(fd);
+    cr_assert(gwd_log_wait(&gwd, "refused: pool_exhausted, no free port after a busy one", 1,
+                           3000));
+    cr_assert_gt(gwd_ctl(&gwd, "{\"id\":1,\"cmd\":\"show stats\"}\n", reply, sizeof(reply)), 0);
+    cr_assert_not_null(strstr(reply, "\"pool_exhausted\":1"), "%s", reply);
+    cr_assert_not_null(strstr(reply, "\"bind_busy\":2"), "%s", reply);
+    cr_assert_gt(gwd_ctl(&gwd, "{\"id\":2,\"cmd\":\"show backends\"}\n", reply, sizeof(reply)), 0);
+    cr_assert_not_null(strstr(reply, "\"connect_failures\":0"), "%s", reply);
+    for (int i = 0; i < 2; i++)
+        close(hold[i]);
+    cr_assert_eq(gwd_stop(&gwd), 0);
+}
