@@ -553,14 +553,39 @@ static uint64_t fake_clock(void *arg)
     return __atomic_load_n(&fake_now, __ATOMIC_SEQ_CST);
 }
 
-Test(db_writer, prunes_old_events_and_closed_sessions_in_steps)
+/* A store at td.path on the fake clock (from T0), keeping an hour, pruning
+ * every 10 ms in steps of 100 rows. */
+static struct db_options prune_opts(void)
 {
     struct db_options o = topts(td.path);
     o.retention_ms = 3600 * 1000;
     o.prune_interval_ms = 10;
     o.prune_step = 100;
     o.clock = fake_clock;
-    fake_now = T0; /* nothing is old yet */
+    fake_now = T0;
+    return o;
+}
+
+/* Lets the fake clock run with real time for `ms` (in 5 ms steps), or until
+ * the store has pruned `events` events and `sessions` sessions when events
+ * is not 0. Returns the stats. */
+static struct db_stats run_clock(struct db *db, int ms, uint64_t events, uint64_t sessions)
+{
+    struct db_stats st;
+    for (int i = 0; i < ms / 5; i++) {
+        db_get_stats(db, &st);
+        if (events != 0 && st.pruned_events == events && st.pruned_sessions == sessions)
+            break;
+        sleep_ms(5);
+        __atomic_add_fetch(&fake_now, 5, __ATOMIC_SEQ_CST);
+    }
+    db_get_stats(db, &st);
+    return st;
+}
+
+Test(db_writer, prunes_old_events_and_closed_sessions_in_steps)
+{
+    struct db_options o = prune_opts(); /* nothing is old yet */
     struct db *db = topen(&o);
     for (uint64_t id = 1; id <= 500; id++)
         open_close(db, id, true); /* 1000 events at T0 .. T0 + 1 s */
@@ -576,13 +601,7 @@ Test(db_writer, prunes_old_events_and_closed_sessions_in_steps)
     cr_assert_eq(st.pruned_events, 0);
 
     __atomic_store_n(&fake_now, T0 + 7200000, __ATOMIC_SEQ_CST); /* cutoff T0 + 1 h */
-    for (int i = 0; i < 1000; i++) {
-        db_get_stats(db, &st);
-        if (st.pruned_events == 1001 && st.pruned_sessions == 500)
-            break;
-        sleep_ms(5);
-        __atomic_add_fetch(&fake_now, 5, __ATOMIC_SEQ_CST); /* time goes on */
-    }
+    st = run_clock(db, 5000, 1001, 500);
     cr_assert_eq(st.pruned_events, 1001, "pruned %llu events, %llu sessions, errors %llu: %s",
                  (unsigned long long)st.pruned_events, (unsigned long long)st.pruned_sessions,
                  (unsigned long long)st.errors, st.last_error);
@@ -1015,13 +1034,9 @@ Test(db_writer, block_rows_log_blocks_mode_and_restart_frees_held_blocks)
  * retention window. Blocks given back before the cutoff go entirely. */
 Test(db_writer, prune_keeps_the_alloc_of_a_block_held_past_the_cutoff)
 {
-    struct db_options o = topts(td.path);
+    struct db_options o = prune_opts();
     o.log_flows = false;
-    o.retention_ms = 3600 * 1000;
-    o.prune_interval_ms = 10;
     o.prune_step = 2; /* several steps, past the rows it must keep */
-    o.clock = fake_clock;
-    fake_now = T0;
     struct db *db = topen(&o);
     const uint64_t h = 3600 * 1000;
     struct nat_event ev[] = {
@@ -1042,19 +1057,8 @@ Test(db_writer, prune_keeps_the_alloc_of_a_block_held_past_the_cutoff)
     cr_assert_eq(db_flush(db), 0);
 
     __atomic_store_n(&fake_now, T0 + 2 * h + 100, __ATOMIC_SEQ_CST); /* cutoff T0 + 1 h */
-    struct db_stats st;
-    for (int i = 0; i < 1000; i++) {
-        db_get_stats(db, &st);
-        if (st.pruned_events >= 3)
-            break;
-        sleep_ms(5);
-        __atomic_add_fetch(&fake_now, 5, __ATOMIC_SEQ_CST); /* time goes on */
-    }
-    for (int i = 0; i < 10; i++) { /* more passes: they must delete nothing else */
-        sleep_ms(5);
-        __atomic_add_fetch(&fake_now, 5, __ATOMIC_SEQ_CST);
-    }
-    db_get_stats(db, &st);
+    run_clock(db, 5000, 3, 0);
+    struct db_stats st = run_clock(db, 50, 0, 0); /* more passes: nothing else goes */
     cr_assert_eq(st.pruned_events, 3, "pruned %llu, errors %llu: %s",
                  (unsigned long long)st.pruned_events, (unsigned long long)st.errors,
                  st.last_error);
@@ -1072,34 +1076,18 @@ Test(db_writer, prune_keeps_the_alloc_of_a_block_held_past_the_cutoff)
  * the newest session row stays, and a reopened store reports its id. */
 Test(db_writer, prune_keeps_the_newest_session_so_ids_never_repeat)
 {
-    struct db_options o = topts(td.path);
-    o.retention_ms = 3600 * 1000;
-    o.prune_interval_ms = 10;
-    o.prune_step = 100;
-    o.clock = fake_clock;
-    fake_now = T0;
+    struct db_options o = prune_opts();
     struct db *db = topen(&o);
     for (uint64_t id = 1; id <= 5; id++)
         open_close(db, id, true);
     cr_assert_eq(db_flush(db), 0);
 
     __atomic_store_n(&fake_now, T0 + 7200000, __ATOMIC_SEQ_CST); /* all of them old */
-    struct db_stats st;
-    for (int i = 0; i < 1000; i++) {
-        db_get_stats(db, &st);
-        if (st.pruned_events == 10 && st.pruned_sessions == 4)
-            break;
-        sleep_ms(5);
-        __atomic_add_fetch(&fake_now, 5, __ATOMIC_SEQ_CST); /* time goes on */
-    }
+    struct db_stats st = run_clock(db, 5000, 10, 4);
     cr_assert_eq(st.pruned_events, 10, "pruned %llu events, %llu sessions, errors %llu: %s",
                  (unsigned long long)st.pruned_events, (unsigned long long)st.pruned_sessions,
                  (unsigned long long)st.errors, st.last_error);
-    for (int i = 0; i < 20; i++) { /* more passes: the newest row still stays */
-        sleep_ms(5);
-        __atomic_add_fetch(&fake_now, 5, __ATOMIC_SEQ_CST);
-    }
-    db_get_stats(db, &st);
+    st = run_clock(db, 100, 0, 0); /* more passes: the newest row still stays */
     cr_assert_eq(st.pruned_sessions, 4);
     cr_assert_eq(db_close(db), 0);
     cr_assert_eq(tquery_int(td.path, "SELECT group_concat(id) FROM nat_sessions"), 5);

@@ -68,6 +68,55 @@ static void start_with_config(const char *json)
     cr_assert_eq(gwd_start_config(&gwd, &dir, json), 0);
 }
 
+/* The configuration {TOP, "backends": one TCP pool "web" of 127.0.0.1:port}
+ * into json; TOP holds the other top-level keys ("nat":{...}, ...). */
+static void web_config(char *json, size_t len, const char *top, unsigned port)
+{
+    int n = snprintf(json, len,
+                     "{%s,\"backends\":[{\"name\":\"web\",\"proto\":\"tcp\",\"servers\":["
+                     "\"127.0.0.1:%u\"]}]}",
+                     top, port);
+    cr_assert(n > 0 && (size_t)n < len);
+}
+
+/* Starts backend be[0] and gwd with web_config(top) in front of it. */
+static void start_web(const char *top)
+{
+    char json[1024];
+    cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
+    web_config(json, sizeof(json), top, be[0].port);
+    start_with_config(json);
+}
+
+/* A listening socket on ip:port, so that gwd finds that pool port busy. */
+static int hold_port(const char *ip, uint16_t port)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    cr_assert_eq(inet_pton(AF_INET, ip, &a.sin_addr), 1);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0, "port %u taken", port);
+    cr_assert_eq(listen(fd, 1), 0);
+    return fd;
+}
+
+/* A listener whose accept queue is full (its backlog is 0 and three connects
+ * wait in it): a SYN to it is dropped, so a connect to it stays in progress
+ * until the test accepts those three. */
+static int stuck_listener(uint16_t *port, int fill[3])
+{
+    int fd = gwt_tcp_listen(0, port);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(*port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    for (int i = 0; i < 3; i++) {
+        fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        connect(fill[i], (struct sockaddr *)&a, sizeof(a)); /* queue full after these */
+    }
+    gwt_sleep_ms(100);
+    return fd;
+}
+
 /* A pool whose first server refuses: every flow fails over to the second. */
 Test(gw_faults, failover_when_a_server_refuses)
 {
@@ -174,15 +223,10 @@ Test(gw_faults, health_check_out_and_back)
  * on, and once a port is free new flows are served again. */
 Test(gw_faults, pool_exhaustion_refused_counted_then_served)
 {
-    char seen[64], json[1024], line[64];
+    char seen[64], line[64];
     int fds[4];
 
-    cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
-    snprintf(json, sizeof(json),
-             "{\"nat\":{\"ports\":\"22300-22303\",\"reuse_delay\":0},\"backends\":[{\"name\":"
-             "\"web\",\"proto\":\"tcp\",\"servers\":[\"127.0.0.1:%u\"]}]}",
-             be[0].port);
-    start_with_config(json);
+    start_web("\"nat\":{\"ports\":\"22300-22303\",\"reuse_delay\":0}");
     for (int i = 0; i < 4; i++)
         fds[i] = hello("127.0.0.5", seen, sizeof(seen));
     int extra = gwt_tcp_connect("127.0.0.5", gwd.port);
@@ -280,10 +324,8 @@ Test(gw_faults, sighup_under_load_keeps_every_flow)
     start_with_config(json);
     for (int i = 0; i < N; i++)
         fds[i] = hello("127.0.0.7", seen, sizeof(seen));
-    snprintf(json, sizeof(json),
-             "{\"nat\":{\"ports\":\"22500-22999\",\"timeouts\":{\"udp\":60}},\"backends\":[{"
-             "\"name\":\"web\",\"proto\":\"tcp\",\"servers\":[\"127.0.0.1:%u\"]}]}",
-             be[1].port);
+    web_config(json, sizeof(json), "\"nat\":{\"ports\":\"22500-22999\",\"timeouts\":{\"udp\":60}}",
+               be[1].port);
     cr_assert_eq(gwt_write_file(&dir, "gwd.json", json), 0);
     for (int round = 0; round < 20; round++) {
         if (round == 5)
@@ -447,25 +489,12 @@ Test(gw_faults, emfile_pauses_accept_then_resumes)
  * another pool port), not failing the flow. */
 Test(gw_faults, busy_pool_ports_are_skipped)
 {
-    char json[1024], seen[64];
+    char seen[64];
     int hold[2];
 
-    for (int i = 0; i < 2; i++) {
-        struct sockaddr_in a = {0};
-        a.sin_family = AF_INET;
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        a.sin_port = htons((uint16_t)(23200 + i));
-        hold[i] = socket(AF_INET, SOCK_STREAM, 0);
-        cr_assert_eq(bind(hold[i], (struct sockaddr *)&a, sizeof(a)), 0, "port %d taken",
-                     23200 + i);
-        cr_assert_eq(listen(hold[i], 1), 0);
-    }
-    cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
-    snprintf(json, sizeof(json),
-             "{\"nat\":{\"ports\":\"23200-23203\",\"policy\":\"sequential\"},\"backends\":[{"
-             "\"name\":\"web\",\"proto\":\"tcp\",\"servers\":[\"127.0.0.1:%u\"]}]}",
-             be[0].port);
-    start_with_config(json);
+    for (int i = 0; i < 2; i++)
+        hold[i] = hold_port("127.0.0.1", (uint16_t)(23200 + i));
+    start_web("\"nat\":{\"ports\":\"23200-23203\",\"policy\":\"sequential\"}");
     int fds[2];
     for (int i = 0; i < 2; i++) {
         fds[i] = hello("127.0.0.10", seen, sizeof(seen));
@@ -517,14 +546,9 @@ Test(gw_faults, udp_health_check_request_reply)
  * ends by itself, then gwd exits 0 before the drain time is up. */
 Test(gw_faults, sigterm_drains_live_flows)
 {
-    char json[1024], seen[64], line[64];
+    char seen[64], line[64];
 
-    cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
-    snprintf(json, sizeof(json),
-             "{\"nat\":{\"ports\":\"23400-23499\"},\"timeouts\":{\"drain\":30},\"backends\":[{"
-             "\"name\":\"web\",\"proto\":\"tcp\",\"servers\":[\"127.0.0.1:%u\"]}]}",
-             be[0].port);
-    start_with_config(json);
+    start_web("\"nat\":{\"ports\":\"23400-23499\"},\"timeouts\":{\"drain\":30}");
     int fd = hello("127.0.0.12", seen, sizeof(seen));
     gwd_signal(&gwd, SIGTERM);
     cr_assert(gwd_log_wait(&gwd, "stopping: 1 TCP flows may finish", 1, 5000));
@@ -585,16 +609,8 @@ Test(gw_faults, connect_timeout_then_failover)
     char json[1024], seen[64];
     uint16_t port;
 
-    int stuck = gwt_tcp_listen(0, &port);
-    cr_assert_geq(stuck, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     int fill[3];
-    for (int i = 0; i < 3; i++) {
-        fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-        connect(fill[i], (struct sockaddr *)&a, sizeof(a)); /* queue full after these */
-    }
-    gwt_sleep_ms(100);
+    int stuck = stuck_listener(&port, fill);
     cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
     snprintf(json, sizeof(json),
              "{\"nat\":{\"ports\":\"23600-23699\"},\"backends\":[{\"name\":\"web\",\"proto\":"
@@ -783,10 +799,8 @@ Test(gw_faults, full_disk_forwarding_goes_on_then_the_store_catches_up)
     /* Ports free again at once (no reuse delay): the test needs a few
      * hundred flows from one client through 90 ports. */
     cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
-    snprintf(json, sizeof(json),
-             "{\"nat\":{\"ports\":\"22310-22399\",\"reuse_delay\":0},\"backends\":["
-             "{\"name\":\"web\",\"proto\":\"tcp\",\"servers\":[\"127.0.0.1:%u\"]}]}",
-             be[0].port);
+    web_config(json, sizeof(json), "\"nat\":{\"ports\":\"22310-22399\",\"reuse_delay\":0}",
+               be[0].port);
     cr_assert_eq(gwt_write_file(&dir, "gwd.json", json), 0);
     gwt_path(&dir, "gwd.json", conf, sizeof(conf));
     const char *args[] = {"-c", conf, "--db", db, NULL};
@@ -863,27 +877,19 @@ Test(gw_faults, failover_tries_each_server_once_and_reaches_the_live_one)
     cr_assert(failed > 0 && failed <= 60, "%lld failed tries", failed);
 }
 
-/*
- * A reload replaces the server a flow is still connecting to (its SYN waits
- * behind a full accept queue). The flow keeps what its pool said when the
- * connect began: when the connect completes on the retired server, the PROXY
- * header still goes first; when it fails there, the flow fails over to the
- * pool of the same name as reloaded, not closed for want of a pool.
- */
-static int stuck_listener(uint16_t *port, int fill[3])
+/* The pool "web" of the reload tests: one server, health checks off, `extra`
+ * pool keys (each followed by a comma). */
+static void mid_connect_config(char *json, size_t len, const char *extra, unsigned port)
 {
-    int fd = gwt_tcp_listen(0, port);
-    cr_assert_geq(fd, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(*port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    for (int i = 0; i < 3; i++) {
-        fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-        connect(fill[i], (struct sockaddr *)&a, sizeof(a)); /* queue full after these */
-    }
-    gwt_sleep_ms(100);
-    return fd;
+    int n = snprintf(json, len,
+                     "{\"nat\":{\"ips\":[\"127.0.0.61\"],\"ports\":\"22000-22099\"},\"backends\":"
+                     "[{\"name\":\"web\",\"proto\":\"tcp\",%s\"health\":{\"enabled\":false},"
+                     "\"servers\":[\"127.0.0.1:%u\"]}]}",
+                     extra, port);
+    cr_assert(n > 0 && (size_t)n < len);
 }
 
+/* Writes json as gwd's configuration and reloads it (waits for the log). */
 static void reload_to(const char *json)
 {
     int before = gwd_log_count(&gwd, "reloaded:");
@@ -892,6 +898,13 @@ static void reload_to(const char *json)
     cr_assert(gwd_log_wait(&gwd, "reloaded:", before + 1, 5000));
 }
 
+/*
+ * A reload replaces the server a flow is still connecting to (its SYN waits
+ * behind a full accept queue). The flow keeps what its pool said when the
+ * connect began: when the connect completes on the retired server, the PROXY
+ * header still goes first; when it fails there, the flow fails over to the
+ * pool of the same name as reloaded, not closed for want of a pool.
+ */
 Test(gw_faults, reload_mid_connect_keeps_the_proxy_header_and_the_pool)
 {
     char json[1024], line[256];
@@ -901,21 +914,14 @@ Test(gw_faults, reload_mid_connect_keeps_the_proxy_header_and_the_pool)
     cr_assert_eq(gwt_backend_start(&be[0], &dir, "c", 0), 0);
     int stuck = stuck_listener(&port, fill);
     /* 1. The connect completes on the retired server: header first. */
-    snprintf(json, sizeof(json),
-             "{\"nat\":{\"ips\":[\"127.0.0.61\"],\"ports\":\"22000-22099\"},\"backends\":[{"
-             "\"name\":\"web\",\"proto\":\"tcp\",\"proxy_protocol\":\"v1\",\"connect_timeout\":8,"
-             "\"health\":{\"enabled\":false},\"servers\":[\"127.0.0.1:%u\"]}]}",
-             port);
+    mid_connect_config(json, sizeof(json), "\"proxy_protocol\":\"v1\",\"connect_timeout\":8,",
+                       port);
     start_with_config(json);
     int c1 = gwt_tcp_connect("127.0.0.62", gwd.port);
     cr_assert_geq(c1, 0);
     cr_assert_eq(gwt_write_full(c1, "HELLO\r\n", 7), 0);
     gwt_sleep_ms(200);
-    snprintf(json, sizeof(json),
-             "{\"nat\":{\"ips\":[\"127.0.0.61\"],\"ports\":\"22000-22099\"},\"backends\":[{"
-             "\"name\":\"web\",\"proto\":\"tcp\",\"connect_timeout\":8,"
-             "\"health\":{\"enabled\":false},\"servers\":[\"127.0.0.1:%u\"]}]}",
-             be[0].port);
+    mid_connect_config(json, sizeof(json), "\"connect_timeout\":8,", be[0].port);
     reload_to(json);
     for (int i = 0; i < 3; i++) { /* make room: gwd's next SYN gets through */
         int a = accept(stuck, NULL, NULL);
@@ -940,20 +946,12 @@ Test(gw_faults, reload_mid_connect_keeps_the_proxy_header_and_the_pool)
     /* 2. The connect fails on the retired server: the flow goes to the
      * reloaded pool's server (no PROXY header there now). */
     stuck = stuck_listener(&port, fill);
-    snprintf(json, sizeof(json),
-             "{\"nat\":{\"ips\":[\"127.0.0.61\"],\"ports\":\"22000-22099\"},\"backends\":[{"
-             "\"name\":\"web\",\"proto\":\"tcp\",\"connect_timeout\":1,"
-             "\"health\":{\"enabled\":false},\"servers\":[\"127.0.0.1:%u\"]}]}",
-             port);
+    mid_connect_config(json, sizeof(json), "\"connect_timeout\":1,", port);
     reload_to(json);
     int c2 = gwt_tcp_connect("127.0.0.63", gwd.port);
     cr_assert_geq(c2, 0);
     gwt_sleep_ms(200);
-    snprintf(json, sizeof(json),
-             "{\"nat\":{\"ips\":[\"127.0.0.61\"],\"ports\":\"22000-22099\"},\"backends\":[{"
-             "\"name\":\"web\",\"proto\":\"tcp\",\"health\":{\"enabled\":false},"
-             "\"servers\":[\"127.0.0.1:%u\"]}]}",
-             be[0].port);
+    mid_connect_config(json, sizeof(json), "", be[0].port);
     reload_to(json);
     /* the connect times out (1 s) on the retired server, then fails over */
     struct timeval tv2 = {5, 0};
@@ -975,23 +973,12 @@ Test(gw_faults, reload_mid_connect_keeps_the_proxy_header_and_the_pool)
  * stay 0). NAT address 127.0.0.64. */
 Test(gw_faults, no_port_left_after_busy_ones_is_a_counted_refusal)
 {
-    char json[1024], reply[8192], buf[16];
+    char reply[8192], buf[16];
     int hold[2];
 
-    for (int i = 0; i < 2; i++) {
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)(22000 + i))};
-        inet_pton(AF_INET, "127.0.0.64", &a.sin_addr);
-        hold[i] = socket(AF_INET, SOCK_STREAM, 0);
-        cr_assert_eq(bind(hold[i], (struct sockaddr *)&a, sizeof(a)), 0, "port %d taken",
-                     22000 + i);
-        cr_assert_eq(listen(hold[i], 1), 0);
-    }
-    cr_assert_eq(gwt_backend_start(&be[0], &dir, "a", 0), 0);
-    snprintf(json, sizeof(json),
-             "{\"nat\":{\"ips\":[\"127.0.0.64\"],\"ports\":\"22000-22001\"},\"backends\":[{"
-             "\"name\":\"web\",\"proto\":\"tcp\",\"servers\":[\"127.0.0.1:%u\"]}]}",
-             be[0].port);
-    start_with_config(json);
+    for (int i = 0; i < 2; i++)
+        hold[i] = hold_port("127.0.0.64", (uint16_t)(22000 + i));
+    start_web("\"nat\":{\"ips\":[\"127.0.0.64\"],\"ports\":\"22000-22001\"}");
     int fd = gwt_tcp_connect("127.0.0.65", gwd.port);
     cr_assert_geq(fd, 0);
     struct timeval tv = {3, 0};
