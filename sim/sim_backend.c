@@ -29,6 +29,7 @@
 #define BE_UDP_MAX 65507
 #define BE_UDP_QUEUE 4096 /* delayed datagrams held at most */
 #define BE_HTTP_BODY_MAX (1 << 20)
+#define BE_ACCEPT_RETRY_MS 100.0 /* out of fds: try accept() again this often */
 
 enum be_state {
     BE_PROBE = 0, /* connected, waiting for first bytes or the probe timer */
@@ -95,6 +96,9 @@ struct be_ctx {
     struct be_opts o;
     int tcp_fd, udp_fd;
     ev_io accept_w, udp_w;
+    ev_timer accept_retry;       /* re-arms accept_w while accepting is blocked */
+    bool accept_blocked;         /* accept() ran out of fds/memory; the queue not yet empty */
+    double accept_blocked_since; /* ev_now() in ms when it began */
     ev_timer udp_timer;
     ev_signal sigterm_w, sigint_w;
     struct be_conn *conns; /* owned list */
@@ -104,11 +108,12 @@ struct be_ctx {
     size_t udpq_head, udpq_len;
     /* counters, printed at exit */
     uint64_t accepted, refused_max, http_requests, echo_bytes, datagrams, udp_dropped, resets,
-        early_closes;
+        early_closes, accept_pauses;
 };
 
 static void be_conn_close(struct be_conn *c, bool reset);
 static void be_conn_flush(struct be_conn *c);
+static void be_accept_resume(struct be_ctx *ctx);
 
 static void be_usage(FILE *f)
 {
@@ -398,49 +403,133 @@ static int be_echo(struct be_conn *c, const char *p, size_t n)
     return 0;
 }
 
-static size_t be_json_str(char *dst, size_t size, const char *s, size_t n)
+/*
+ * Length of the valid UTF-8 sequence that starts p (n bytes available), or 0
+ * when p[0] starts none: a stray continuation byte, an overlong form, a
+ * surrogate, a code point above U+10FFFF, or a sequence cut short.
+ */
+static size_t be_utf8_len(const unsigned char *p, size_t n)
 {
+    unsigned char lo = 0x80, hi = 0xbf; /* the range allowed for the second byte */
+    size_t len;
+
+    if (p[0] < 0x80)
+        return 1;
+    if (p[0] < 0xc2)
+        return 0;
+    if (p[0] < 0xe0) {
+        len = 2;
+    } else if (p[0] < 0xf0) {
+        len = 3;
+        if (p[0] == 0xe0)
+            lo = 0xa0; /* overlong */
+        else if (p[0] == 0xed)
+            hi = 0x9f; /* surrogates */
+    } else if (p[0] < 0xf5) {
+        len = 4;
+        if (p[0] == 0xf0)
+            lo = 0x90; /* overlong */
+        else if (p[0] == 0xf4)
+            hi = 0x8f; /* above U+10FFFF */
+    } else {
+        return 0;
+    }
+    if (n < len || p[1] < lo || p[1] > hi)
+        return 0;
+    for (size_t i = 2; i < len; i++)
+        if (p[i] < 0x80 || p[i] > 0xbf)
+            return 0;
+    return len;
+}
+
+/*
+ * Writes s (n bytes, any bytes) as the inside of a JSON string into dst, or
+ * only measures when dst is NULL; returns the length (no NUL is written, at
+ * most 6 * n). Valid UTF-8 passes unchanged, so a client gets back the bytes it
+ * sent; '"' and '\\' are escaped, control characters (0x00-0x1f, 0x7f) become
+ * \u00XX, and each byte that is not part of valid UTF-8 becomes \ufffd (U+FFFD):
+ * the result is always valid JSON in valid UTF-8.
+ */
+static size_t be_json_str(char *dst, const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s;
     size_t o = 0;
 
-    for (size_t i = 0; i < n && o + 8 < size; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch == '"' || ch == '\\') {
-            dst[o++] = '\\';
-            dst[o++] = (char)ch;
-        } else if (ch < 0x20 || ch >= 0x7f) {
-            o += (size_t)snprintf(dst + o, size - o, "\\u%04x", ch);
+    for (size_t i = 0; i < n;) {
+        size_t k = be_utf8_len(p + i, n - i);
+        char esc[8];
+        const char *out = esc;
+        size_t ol;
+
+        if (k == 0) {
+            out = "\\ufffd";
+            ol = 6;
+            k = 1;
+        } else if (k > 1) {
+            out = s + i;
+            ol = k;
+        } else if (p[i] == '"' || p[i] == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)p[i];
+            ol = 2;
+        } else if (p[i] < 0x20 || p[i] == 0x7f) {
+            ol = (size_t)snprintf(esc, sizeof(esc), "\\u%04x", p[i]);
         } else {
-            dst[o++] = (char)ch;
+            out = s + i;
+            ol = 1;
         }
+        if (dst != NULL)
+            memcpy(dst + o, out, ol);
+        o += ol;
+        i += k;
     }
-    dst[o] = '\0';
     return o;
 }
 
+/*
+ * Queues one answer: headers, then (not for HEAD) the JSON body. Method and
+ * path may be as long as the request head allows (BE_INBUF); the body is sized
+ * from them. Returns 0 or -ENOMEM.
+ */
 static int be_http_respond(struct be_conn *c, int status, const char *method, size_t mlen,
                            const char *path, size_t plen, bool head)
 {
-    char m[64], pth[2048], body[2400], resp[2800];
     const char *reason = status == 200   ? "OK"
                          : status == 431 ? "Request Header Fields Too Large"
                                          : "Bad Request";
-    int bl, rl;
+    /* 128: the body's fixed text and the error reason */
+    size_t cap = 128 + BE_NAME_MAX + SIM_ADDR_STRLEN + be_json_str(NULL, method, mlen) +
+                 be_json_str(NULL, path, plen);
+    char hdr[256];
+    char *body = malloc(cap);
+    size_t bl;
+    int hl, rc;
 
-    be_json_str(m, sizeof(m), method, mlen);
-    be_json_str(pth, sizeof(pth), path, plen);
-    if (status == 200)
-        bl = snprintf(body, sizeof(body),
-                      "{\"backend\":\"%s\",\"peer\":\"%s\",\"method\":\"%s\",\"path\":\"%s\"}\n",
-                      c->ctx->o.name, c->peer, m, pth);
-    else
-        bl = snprintf(body, sizeof(body), "{\"backend\":\"%s\",\"error\":\"%s\"}\n", c->ctx->o.name,
-                      reason);
-    rl = snprintf(resp, sizeof(resp),
-                  "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                  "Connection: %s\r\n\r\n%s",
-                  status, reason, bl, c->http_close ? "close" : "keep-alive", head ? "" : body);
+    if (body == NULL)
+        return -ENOMEM;
+    if (status == 200) {
+        bl = (size_t)snprintf(body, cap, "{\"backend\":\"%s\",\"peer\":\"%s\",\"method\":\"",
+                              c->ctx->o.name, c->peer);
+        bl += be_json_str(body + bl, method, mlen);
+        memcpy(body + bl, "\",\"path\":\"", 10);
+        bl += 10;
+        bl += be_json_str(body + bl, path, plen);
+        memcpy(body + bl, "\"}\n", 3);
+        bl += 3;
+    } else {
+        bl = (size_t)snprintf(body, cap, "{\"backend\":\"%s\",\"error\":\"%s\"}\n",
+                              c->ctx->o.name, reason);
+    }
+    hl = snprintf(hdr, sizeof(hdr),
+                  "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+                  "Connection: %s\r\n\r\n",
+                  status, reason, bl, c->http_close ? "close" : "keep-alive");
     c->ctx->http_requests++;
-    return be_send(c, resp, (size_t)rl);
+    rc = be_send(c, hdr, (size_t)hl);
+    if (rc == 0 && !head)
+        rc = be_send(c, body, bl);
+    free(body);
+    return rc;
 }
 
 static bool be_hdr_is(const char *line, size_t len, const char *name, const char **val,
@@ -689,6 +778,50 @@ static void be_conn_close(struct be_conn *c, bool reset)
         c->next->prev = c->prev;
     ctx->n_conns--;
     free(c);
+    /* an fd is free again: the connections waiting in the listen queue can come in */
+    if (ctx->accept_blocked)
+        be_accept_resume(ctx);
+}
+
+/* ---- accepting ------------------------------------------------------------------ */
+
+/*
+ * accept() failed for want of fds or socket memory: the connection stays in the
+ * listen queue, so the listener stays readable and libev would call us again at
+ * once, forever. Stop watching it until one of our connections closes or
+ * BE_ACCEPT_RETRY_MS pass (another process may free fds); one line per episode.
+ */
+static void be_accept_block(struct be_ctx *ctx, int err)
+{
+    ev_io_stop(ctx->loop, &ctx->accept_w);
+    ev_timer_stop(ctx->loop, &ctx->accept_retry);
+    ev_timer_set(&ctx->accept_retry, BE_ACCEPT_RETRY_MS / 1000.0, 0.0);
+    ev_timer_start(ctx->loop, &ctx->accept_retry);
+    if (ctx->accept_blocked)
+        return;
+    ctx->accept_blocked = true;
+    ctx->accept_blocked_since = ev_now(ctx->loop) * 1000.0;
+    ctx->accept_pauses++;
+    fprintf(stderr,
+            "gwsim backend %s: accept: %s (%llu connections open); new connections wait in "
+            "the listen queue until one closes (retrying every %.0f ms)\n",
+            ctx->o.name, strerror(err), (unsigned long long)ctx->n_conns, BE_ACCEPT_RETRY_MS);
+}
+
+/* Watches the listener again; the episode ends when accept() finds the queue empty. */
+static void be_accept_resume(struct be_ctx *ctx)
+{
+    ev_timer_stop(ctx->loop, &ctx->accept_retry);
+    ev_io_start(ctx->loop, &ctx->accept_w);
+}
+
+static void be_accept_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct be_ctx *ctx = (struct be_ctx *)((char *)w - offsetof(struct be_ctx, accept_retry));
+
+    (void)loop;
+    (void)revents;
+    be_accept_resume(ctx);
 }
 
 static void be_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
@@ -703,9 +836,21 @@ static void be_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         int fd = accept4(ctx->tcp_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
         if (fd < 0) {
-            if (errno == EMFILE || errno == ENFILE)
-                fprintf(stderr, "gwsim backend %s: accept: %s\n", ctx->o.name, strerror(errno));
-            return;
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                be_accept_block(ctx, errno);
+                return;
+            }
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                if (ctx->accept_blocked) {
+                    /* the queue is empty: the episode is over */
+                    ctx->accept_blocked = false;
+                    fprintf(stderr,
+                            "gwsim backend %s: accept: listen queue drained after %.0f ms\n",
+                            ctx->o.name, ev_now(loop) * 1000.0 - ctx->accept_blocked_since);
+                }
+                return;
+            }
+            continue; /* EINTR, or an error of that one connection (ECONNABORTED, ...) */
         }
         ctx->accepted++;
         if (ctx->o.max_conns && ctx->n_conns >= ctx->o.max_conns) {
@@ -925,6 +1070,7 @@ int sim_backend_main(int argc, char **argv)
         ev_io_init(&ctx->udp_w, be_udp_cb, ctx->udp_fd, EV_READ);
         ev_io_start(ctx->loop, &ctx->udp_w);
     }
+    ev_timer_init(&ctx->accept_retry, be_accept_retry_cb, 0.0, 0.0);
     ev_timer_init(&ctx->udp_timer, be_udp_timer_cb, 0.0, 0.0);
     ev_signal_init(&ctx->sigterm_w, be_signal_cb, SIGTERM);
     ev_signal_init(&ctx->sigint_w, be_signal_cb, SIGINT);
@@ -941,6 +1087,7 @@ int sim_backend_main(int argc, char **argv)
 
     ev_run(ctx->loop, 0);
 
+    ctx->accept_blocked = false; /* closing everything below must not re-arm accepts */
     while (ctx->conns != NULL)
         be_conn_close(ctx->conns, false);
     for (size_t i = 0; i < ctx->udpq_len; i++)
@@ -951,10 +1098,11 @@ int sim_backend_main(int argc, char **argv)
         close(ctx->udp_fd);
     fprintf(stderr,
             "gwsim backend %s: exit: tcp accepted=%llu refused_max_conns=%llu resets=%llu "
-            "early_closes=%llu http_requests=%llu echo_bytes=%llu udp datagrams=%llu "
-            "dropped=%llu\n",
+            "early_closes=%llu accept_pauses=%llu http_requests=%llu echo_bytes=%llu "
+            "udp datagrams=%llu dropped=%llu\n",
             ctx->o.name, (unsigned long long)ctx->accepted, (unsigned long long)ctx->refused_max,
             (unsigned long long)ctx->resets, (unsigned long long)ctx->early_closes,
+            (unsigned long long)ctx->accept_pauses,
             (unsigned long long)ctx->http_requests, (unsigned long long)ctx->echo_bytes,
             (unsigned long long)ctx->datagrams, (unsigned long long)ctx->udp_dropped);
     ev_loop_destroy(ctx->loop);

@@ -193,8 +193,9 @@ struct cl_ctx {
     struct sim_rng rng;
     struct strset tuples, nat_ports, client_ips, backends;
     uint64_t reused_across_backends;
-    double *lat; /* owned: request round trips (ms) */
+    double *lat; /* owned: request round trips (ms), a sample of LAT_MAX at most */
     size_t n_lat, seen_lat;
+    double lat_min, lat_max; /* over every request, not only the kept sample */
     uint64_t bytes;
     double t0, t_end;
     sim_flow_fn each;
@@ -223,8 +224,14 @@ static void fill_payload(unsigned char *p, size_t n, uint64_t i, uint64_t r)
         p[0] = 0x16;
 }
 
+/* Keeps ms in the percentile sample (a uniform reservoir past LAT_MAX requests)
+ * and in the exact min and max. */
 static void record_latency(struct cl_ctx *ctx, double ms)
 {
+    if (ctx->seen_lat == 0 || ms < ctx->lat_min)
+        ctx->lat_min = ms;
+    if (ctx->seen_lat == 0 || ms > ctx->lat_max)
+        ctx->lat_max = ms;
     ctx->seen_lat++;
     if (ctx->n_lat < LAT_MAX) {
         ctx->lat[ctx->n_lat++] = ms;
@@ -1057,7 +1064,8 @@ static json_t *build_summary(struct cl_ctx *ctx, json_t *ref_before, json_t *ref
     json_object_set_new(lat, "samples", json_integer((json_int_t)ctx->seen_lat));
     json_object_set_new(lat, "p50", json_real(pct(ctx->lat, ctx->n_lat, 0.50)));
     json_object_set_new(lat, "p99", json_real(pct(ctx->lat, ctx->n_lat, 0.99)));
-    json_object_set_new(lat, "max", json_real(ctx->n_lat ? ctx->lat[ctx->n_lat - 1] : 0));
+    json_object_set_new(lat, "min", json_real(ctx->seen_lat ? ctx->lat_min : 0));
+    json_object_set_new(lat, "max", json_real(ctx->seen_lat ? ctx->lat_max : 0));
     json_object_set_new(s, "latency_ms", lat);
     json_object_set_new(s, "seconds", json_real(secs));
     json_object_set_new(s, "flows_per_second", json_real(secs > 0 ? ctx->done / secs : 0));
@@ -1097,7 +1105,8 @@ static void print_summary(FILE *out, json_t *s)
         json_object_foreach(gw, k, v)
             fprintf(out, "    %-32s %lld\n", k, (long long)json_integer_value(v));
     }
-    fprintf(out, "  %-34s p50 %.3f  p99 %.3f  max %.3f\n", "request latency (ms)",
+    fprintf(out, "  %-34s min %.3f  p50 %.3f  p99 %.3f  max %.3f\n", "request latency (ms)",
+            json_real_value(json_object_get(lat, "min")),
             json_real_value(json_object_get(lat, "p50")),
             json_real_value(json_object_get(lat, "p99")),
             json_real_value(json_object_get(lat, "max")));
@@ -1136,11 +1145,14 @@ void sim_clients_opts_free(struct sim_clients_opts *o)
 
 int sim_clients_run(const struct sim_clients_opts *o, sim_flow_fn each, void *arg, json_t **summary)
 {
-    struct cl_ctx *ctx = calloc(1, sizeof(*ctx));
+    struct cl_ctx *ctx;
     json_t *ref_before = NULL, *ref_after = NULL;
     char err[256];
     int rc = 0;
 
+    if (o->timeout_ms <= 0 || o->io_timeout_ms <= 0)
+        return -EINVAL; /* every flow would time out at once */
+    ctx = calloc(1, sizeof(*ctx));
     if (ctx == NULL)
         return -ENOMEM;
     ctx->o = o;
@@ -1495,6 +1507,9 @@ int sim_clients_main(int argc, char **argv)
         case O_IOTIMEOUT:
             if (sim_parse_duration_ms(optarg, &d) < 0 || d > 86400000.0)
                 return cbad(name, optarg, "expected a duration up to 24h (e.g. 500ms, 2s)");
+            /* a zero wait would fail every flow at once, not test anything */
+            if ((ch == O_TIMEOUT || ch == O_IOTIMEOUT) && d < 1.0)
+                return cbad(name, optarg, "expected a duration from 1ms up to 24h (e.g. 2s)");
             if (ch == O_RAMP)
                 o.ramp_ms = d;
             else if (ch == O_HOLD)

@@ -98,7 +98,7 @@ void sim_clients_opts_free(struct sim_clients_opts *o);
  * the other flows may still be open. Fills *summary with the summary object
  * (the same as --json prints; caller decrefs). Returns 0 when every flow
  * passed every check, 1 when any failed, 3 when the control socket cannot be
- * reached, -errno on a setup failure.
+ * reached, -EINVAL when a timeout is not positive, -errno on a setup failure.
  */
 int sim_clients_run(const struct sim_clients_opts *o, sim_flow_fn each, void *arg,
                     json_t **summary);

@@ -18,6 +18,7 @@
 #define MODEL_DEST_BASE 0xc6120000u       /* 198.18.0.0 */
 #define MODEL_DEST_PORT 443
 #define MODEL_BLOCK 100 /* arrivals per statistics block */
+#define MODEL_CLIENT_PORTS 28232 /* a subscriber's local ports, 32768-60999 */
 #define MODEL_BATCHES 20
 
 enum ev_kind {
@@ -280,6 +281,22 @@ static void on_nat_event(void *arg, const struct nat_event *ev)
 
 /* ---- samples --------------------------------------------------------------------- */
 
+/* The peaks, from the table's counts now. Called at every open, not only at
+ * samples: a burst that fills the pool between two samples is a peak too. */
+static void note_peaks(struct model *m, const struct nat_stats *st)
+{
+    struct sim_model_result *r = m->res;
+
+    if (st->live > r->peak_active)
+        r->peak_active = st->live;
+    if (st->ports_in_use > r->peak_ports_in_use)
+        r->peak_ports_in_use = st->ports_in_use;
+    if (m->ports_used[0] > r->peak_tcp_ports_in_use)
+        r->peak_tcp_ports_in_use = m->ports_used[0];
+    if (m->ports_used[1] > r->peak_udp_ports_in_use)
+        r->peak_udp_ports_in_use = m->ports_used[1];
+}
+
 static void take_sample(struct model *m, double t, uint64_t *last_refused, sim_sample_fn fn,
                         void *arg)
 {
@@ -306,14 +323,7 @@ static void take_sample(struct model *m, double t, uint64_t *last_refused, sim_s
     s.ports_per_client_max = m->live_max;
     s.ports_per_client_mean =
         m->clients_active ? (double)m->live_total / (double)m->clients_active : 0.0;
-    if (st.live > m->res->peak_active)
-        m->res->peak_active = st.live;
-    if (st.ports_in_use > m->res->peak_ports_in_use)
-        m->res->peak_ports_in_use = st.ports_in_use;
-    if (s.tcp_ports_in_use > m->res->peak_tcp_ports_in_use)
-        m->res->peak_tcp_ports_in_use = s.tcp_ports_in_use;
-    if (s.udp_ports_in_use > m->res->peak_udp_ports_in_use)
-        m->res->peak_udp_ports_in_use = s.udp_ports_in_use;
+    note_peaks(m, &st);
     m->res->samples++;
     if (fn != NULL)
         fn(arg, &s);
@@ -363,14 +373,21 @@ static int arrive(struct model *m, double t, long ci, const uint8_t *dst, uint16
     memcpy(key.dst.addr.b, dst, 16);
     key.dst.port = dport;
     key.proto = proto;
-    /* The client's own port: the OS-like next port, skipping ones in use. */
-    for (int tries = 0; tries < 64 && rc == NAT_ERR_EXISTS; tries++) {
+    /* The client's own port: the OS-like next port, skipping ones in use,
+     * over the whole range when it must (a subscriber near 28,232 flows). */
+    for (int tries = 0; tries < MODEL_CLIENT_PORTS && rc == NAT_ERR_EXISTS; tries++) {
         uint16_t p = m->next_port[ci];
         m->next_port[ci] = p >= 60999 ? 32768 : (uint16_t)(p + 1);
         key.client.port = p;
         if (nat_lookup_inside(m->nat, &key) != NULL)
             continue;
         rc = nat_session_open(m->nat, &key, 0, now, &s);
+    }
+    if (rc == NAT_ERR_EXISTS) {
+        /* Every local port of the subscriber is taken: its own stack would
+         * fail the connect (EADDRNOTAVAIL); the NAT never sees the flow. */
+        m->res->client_ports_busy++;
+        return 0;
     }
     if (rc != NAT_OK) {
         if (rc == NAT_ERR_NOMEM)
@@ -384,6 +401,11 @@ static int arrive(struct model *m, double t, long ci, const uint8_t *dst, uint16
     m->res->opened++;
     m->cl[ci].opened++;
     count_arrival(m, false);
+    {
+        struct nat_stats st;
+        nat_get_stats(m->nat, &st);
+        note_peaks(m, &st);
+    }
     if (proto == NAT_PROTO_TCP)
         nat_session_set_state(m->nat, s, NAT_STATE_ESTABLISHED, now);
     e.end = t + hold;
@@ -537,7 +559,15 @@ static void batch_stats(struct model *m)
 
     r->ci95 = r->ci99 = INFINITY;
     r->batches = 0;
-    r->p_refuse = r->counted ? (double)r->counted_refused / (double)r->counted : 0;
+    r->p_refuse = r->counted ? (double)r->counted_refused / (double)r->counted : NAN;
+    r->p_refuse_upper95 = NAN;
+    if (r->counted > 0 && r->counted_refused == 0) {
+        /* Batch means of all zeros give an interval of width 0, which claims
+         * too much: with none refused out of n, P < 3/n at 95% (the rule of
+         * three) is what the run shows. */
+        r->p_refuse_upper95 = 3.0 / (double)r->counted;
+        return;
+    }
     if (full < 2)
         return;
     b = full < MODEL_BATCHES ? full : MODEL_BATCHES;
@@ -606,8 +636,8 @@ static int check_config(const struct sim_model_config *c, char *err, size_t errl
         snprintf(err, errlen, "give a number of flows or a duration, or both");
         return -EINVAL;
     }
-    if (!(c->sample_ms > 0)) {
-        snprintf(err, errlen, "the sample interval must be > 0");
+    if (!(c->sample_ms >= 1)) {
+        snprintf(err, errlen, "the sample interval must be at least 1 ms");
         return -EINVAL;
     }
     if (c->udp_share < 0 || c->udp_share > 1) {
@@ -639,6 +669,7 @@ int sim_model_run(const struct sim_model_config *c, sim_sample_fn on_sample, voi
     uint32_t burst_left = 0;
     uint64_t last_refused = 0;
     double next_sample = 0, t_end = 0, wall0 = sim_now_ms();
+    uint64_t n_sampled = 0;
     int more, rc = 0;
     enum nat_err nrc;
 
@@ -688,8 +719,16 @@ int sim_model_run(const struct sim_model_config *c, sim_sample_fn on_sample, voi
         if (c->duration_ms > 0 && t > c->duration_ms)
             break;
         while (next_sample <= t) {
+            if (n_sampled >= SIM_MODEL_MAX_SAMPLES) {
+                snprintf(err, errlen,
+                         "more than %d samples at one per %g ms (events go on to %.0f s): "
+                         "give a longer interval",
+                         SIM_MODEL_MAX_SAMPLES, c->sample_ms, t / 1000.0);
+                rc = -EINVAL;
+                goto out_free;
+            }
             take_sample(&m, next_sample, &last_refused, on_sample, arg);
-            next_sample += c->sample_ms;
+            next_sample = (double)++n_sampled * c->sample_ms; /* no drift, no stall */
         }
         if (nat_next_expiry(m.nat) <= (uint64_t)t)
             nat_expire(m.nat, (uint64_t)t, 0);

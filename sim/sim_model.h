@@ -85,8 +85,12 @@ struct sim_model_result {
     uint64_t refused[NAT_ERR_COUNT];
     uint64_t refused_total;
     uint64_t counted, counted_refused; /* after the warm-up */
-    double p_refuse;                   /* counted_refused / counted */
-    double ci95, ci99;                 /* batch-means half-widths (INFINITY when too few) */
+    double p_refuse;                   /* counted_refused / counted; NAN when counted is 0 */
+    uint64_t client_ports_busy; /* arrivals dropped before the NAT: their subscriber had
+                                   every local port (32768-60999) in use; not offered */
+    double ci95, ci99;                 /* batch-means half-widths (INFINITY when too few
+                                          batches, or none refused) */
+    double p_refuse_upper95;           /* none refused: 3 / counted (rule of three), else NAN */
     unsigned batches;
     double offered_load;      /* rate * mean holding (Erlangs), -1 with a trace */
     uint64_t servers;         /* ports per destination group for Erlang-B */
@@ -107,6 +111,10 @@ struct sim_model_result {
     uint64_t log_rows_flows, log_rows_blocks;
     uint64_t block_allocs, peak_blocks_in_use;
 };
+
+/* A run takes at most this many samples; past it, it fails (-EINVAL) and asks
+ * for a longer interval rather than run for hours. */
+#define SIM_MODEL_MAX_SAMPLES 10000000
 
 /* Called for each sample, in time order. */
 typedef void (*sim_sample_fn)(void *arg, const struct sim_model_sample *s);

@@ -18,11 +18,15 @@
 #include "sim/sim_svg.h"
 #include "sim/sim_util.h"
 
+#define SVG_MAX_POINTS 20000 /* samples the chart keeps at most (then thinned) */
+
 struct cli {
     struct sim_model_config c;
     const char *csv_path, *clients_csv_path, *svg_path, *trace_path;
     bool json, quiet;
-    bool interval_set;
+    bool interval_set, flows_set;
+    bool summary_to_stderr; /* an output file is stdout */
+    size_t svg_stride, n_seen; /* the chart keeps one sample in svg_stride */
     double load; /* Erlangs; 0 = use the rate */
     FILE *csv;
     struct sim_model_sample *samples; /* owned, for the SVG */
@@ -89,7 +93,17 @@ static void on_sample(void *arg, const struct sim_model_sample *s)
                 (unsigned long long)s->ports_cooling, s->pool_use, s->tcp_pool_use, s->udp_pool_use,
                 (unsigned long long)s->clients_active, (unsigned long long)s->ports_per_client_max,
                 s->ports_per_client_mean);
-    if (cli->svg_path != NULL && !cli->oom) {
+    if (cli->svg_path != NULL && !cli->oom && cli->n_seen++ % cli->svg_stride == 0) {
+        if (cli->n_samples == SVG_MAX_POINTS) {
+            /* A long run: keep every other point, and from now on one in
+             * twice as many. The chart's memory stays bounded. */
+            for (size_t i = 0; i < SVG_MAX_POINTS / 2; i++)
+                cli->samples[i] = cli->samples[2 * i];
+            cli->n_samples = SVG_MAX_POINTS / 2;
+            cli->svg_stride *= 2;
+            if ((cli->n_seen - 1) % cli->svg_stride != 0)
+                return;
+        }
         if (cli->n_samples == cli->cap_samples) {
             size_t nc = cli->cap_samples ? cli->cap_samples * 2 : 1024;
             struct sim_model_sample *ns = realloc(cli->samples, nc * sizeof(*ns));
@@ -263,8 +277,10 @@ static int parse_args(struct cli *cli, int argc, char **argv)
                                                                               : UINT32_MAX,
                               &v) < 0)
                 return bad(name, optarg, "expected a whole number in range");
-            if (ch == O_FLOWS)
+            if (ch == O_FLOWS) {
                 c->max_flows = v;
+                cli->flows_set = true;
+            }
             else if (ch == O_WARMUP)
                 c->warmup_flows = v;
             else if (ch == O_PCL)
@@ -294,6 +310,8 @@ static int parse_args(struct cli *cli, int argc, char **argv)
             if (ch == O_DURATION)
                 c->duration_ms = d;
             else if (ch == O_INTERVAL) {
+                if (d < 1)
+                    return bad(name, optarg, "at least 1ms");
                 c->sample_ms = d;
                 cli->interval_set = true;
             } else if (ch == O_REUSE) {
@@ -362,6 +380,24 @@ static int parse_args(struct cli *cli, int argc, char **argv)
     }
     if (sim_no_operands("model", optind, argc, argv) != 0)
         return 2;
+    if (c->max_flows != 0 && c->warmup_flows >= c->max_flows) {
+        fprintf(stderr,
+                "gwsim model: --warmup %llu leaves nothing of --flows %llu to count: give fewer "
+                "warm-up arrivals\n",
+                (unsigned long long)c->warmup_flows, (unsigned long long)c->max_flows);
+        return 2;
+    }
+    /* One output at most on stdout, and then the summary goes to stderr. */
+    int on_stdout = 0;
+    const char *outs[] = {cli->csv_path, cli->clients_csv_path, cli->svg_path};
+    for (size_t i = 0; i < sizeof(outs) / sizeof(outs[0]); i++)
+        on_stdout += outs[i] != NULL && strcmp(outs[i], "-") == 0;
+    if (on_stdout > 1) {
+        fprintf(stderr, "gwsim model: only one of --csv, --clients-csv and --svg can be '-' "
+                        "(stdout)\n");
+        return 2;
+    }
+    cli->summary_to_stderr = on_stdout == 1;
     if (cli->load > 0)
         c->rate = cli->load * 1000.0 / c->hold.mean_ms;
     if (!cli->interval_set && c->arrival != SIM_ARRIVAL_TRACE) {
@@ -407,7 +443,12 @@ static json_t *summary_json(const struct cli *cli, const struct sim_model_result
     json_object_set_new(o, "refused_by_reason", ref);
     json_object_set_new(o, "counted", json_integer((json_int_t)r->counted));
     json_object_set_new(o, "counted_refused", json_integer((json_int_t)r->counted_refused));
-    json_object_set_new(o, "refusal_probability", json_real(r->p_refuse));
+    json_object_set_new(o, "refusal_probability",
+                        isfinite(r->p_refuse) ? json_real(r->p_refuse) : json_null());
+    json_object_set_new(o, "refusal_upper95", isfinite(r->p_refuse_upper95)
+                                                  ? json_real(r->p_refuse_upper95)
+                                                  : json_null());
+    json_object_set_new(o, "client_ports_busy", json_integer((json_int_t)r->client_ports_busy));
     json_object_set_new(o, "ci95", isfinite(r->ci95) ? json_real(r->ci95) : json_null());
     json_object_set_new(o, "ci99", isfinite(r->ci99) ? json_real(r->ci99) : json_null());
     json_object_set_new(o, "batches", json_integer(r->batches));
@@ -469,9 +510,19 @@ static void summary_text(FILE *out, const struct cli *cli, const struct sim_mode
             fprintf(out, "   %s %llu", nat_err_name((enum nat_err)e),
                     (unsigned long long)r->refused[e]);
     fprintf(out, "\n");
-    fprintf(out, "  P(refuse)     %.6f", r->p_refuse);
+    if (r->client_ports_busy)
+        fprintf(out,
+                "  not offered   %llu (the subscriber had every local port in use; not NAT "
+                "refusals)\n",
+                (unsigned long long)r->client_ports_busy);
+    if (!isfinite(r->p_refuse))
+        fprintf(out, "  P(refuse)     n/a (no arrival counted)");
+    else
+        fprintf(out, "  P(refuse)     %.6f", r->p_refuse);
     if (isfinite(r->ci95))
         fprintf(out, " +- %.6f (95%%, %u batches)", r->ci95, r->batches);
+    else if (isfinite(r->p_refuse_upper95))
+        fprintf(out, " (none refused: < %.2g at 95%%)", r->p_refuse_upper95);
     fprintf(out, " over %llu arrivals after %llu warm-up\n", (unsigned long long)r->counted,
             (unsigned long long)c->warmup_flows);
     if (r->offered_load >= 0)
@@ -542,6 +593,7 @@ int sim_model_main(int argc, char **argv)
     int rc, ret = 1;
 
     memset(&cli, 0, sizeof(cli));
+    cli.svg_stride = 1;
     sim_model_config_default(&cli.c);
     rc = parse_args(&cli, argc, argv);
     if (rc >= 0)
@@ -554,7 +606,7 @@ int sim_model_main(int argc, char **argv)
         }
         sim_trace_reader_init(&tr, trace);
         cli.c.trace = &tr;
-        if (cli.c.max_flows == 100000)
+        if (!cli.flows_set)
             cli.c.max_flows = 0; /* a trace runs to its end unless told otherwise */
     }
     if (cli.csv_path != NULL) {
@@ -608,9 +660,12 @@ int sim_model_main(int argc, char **argv)
         f = open_out(cli.svg_path);
         if (f == NULL)
             goto out;
-        snprintf(title, sizeof(title), "gwsim model: %s / %s, %llu ports, %.4g Erlangs offered",
-                 nat_policy_name(cli.c.nat.policy), nat_mapping_name(cli.c.nat.mapping),
-                 (unsigned long long)r.ports_total, r.offered_load);
+        int tl = snprintf(title, sizeof(title), "gwsim model: %s / %s, %llu ports",
+                          nat_policy_name(cli.c.nat.policy), nat_mapping_name(cli.c.nat.mapping),
+                          (unsigned long long)r.ports_total);
+        if (r.offered_load >= 0 && tl > 0 && (size_t)tl < sizeof(title))
+            snprintf(title + tl, sizeof(title) - (size_t)tl, ", %.4g Erlangs offered",
+                     r.offered_load);
         snprintf(sub, sizeof(sub), "%llu arrivals, %llu refused (P=%.4f)%s%.4f, seed %llu",
                  (unsigned long long)r.arrivals, (unsigned long long)r.refused_total, r.p_refuse,
                  r.erlang_b >= 0 ? ", Erlang-B " : "", r.erlang_b >= 0 ? r.erlang_b : 0.0,
@@ -623,15 +678,14 @@ int sim_model_main(int argc, char **argv)
         if (close_out(f, cli.svg_path) < 0)
             goto out;
     }
+    FILE *sum = cli.summary_to_stderr ? stderr : stdout;
     if (cli.json) {
         json_t *o = summary_json(&cli, &r);
-        json_dumpf(o, stdout, JSON_INDENT(2) | JSON_REAL_PRECISION(8));
-        printf("\n");
+        json_dumpf(o, sum, JSON_INDENT(2) | JSON_REAL_PRECISION(8));
+        fputc('\n', sum);
         json_decref(o);
     } else {
-        /* the CSV may be on stdout: then the summary goes to stderr */
-        bool csv_stdout = cli.csv_path != NULL && strcmp(cli.csv_path, "-") == 0;
-        summary_text(csv_stdout ? stderr : stdout, &cli, &r);
+        summary_text(sum, &cli, &r);
     }
     ret = 0;
 out:

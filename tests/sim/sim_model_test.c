@@ -12,6 +12,7 @@
 
 #include "sim/sim_dist.h"
 #include "sim/sim_model.h"
+#include "sim/sim_util.h"
 
 /* Pure loss system: exact close at departure, no reuse delay, timeouts far
  * longer than any flow, one external IP, one destination. */
@@ -423,4 +424,78 @@ Test(sim_model, per_client_quota)
     for (size_t i = 0; i < n; i++)
         cr_assert_eq(cl[i].peak, 3);
     free(cl);
+}
+
+/* A burst that fills the pool between two samples is the peak: the peaks
+ * are kept at every open, not read at sample times (one sample at 0 and one
+ * at the end here, when the pool is empty both times). */
+Test(sim_model, peak_between_samples_is_seen)
+{
+    struct sim_model_config c;
+    struct sim_model_result r;
+    char err[256];
+
+    erlang_config(&c, 500, 1, 0);
+    c.arrival = SIM_ARRIVAL_BURST;
+    c.burst_size = 1000;
+    c.rate = 100;
+    c.hold.kind = SIM_DIST_FIXED;
+    c.hold.mean_ms = 100;
+    c.warmup_flows = 0;
+    c.duration_ms = 60000;
+    c.sample_ms = 5000;
+    cr_assert_eq(sim_model_run(&c, NULL, NULL, &r, NULL, NULL, err, sizeof(err)), 0, "%s", err);
+    cr_assert_gt(r.refused[NAT_ERR_POOL_EXHAUSTED], 0);
+    cr_assert_eq(r.peak_ports_in_use, 500, "the pool was full");
+    cr_assert_eq(r.peak_tcp_ports_in_use + r.peak_udp_ports_in_use >= 500, true);
+    cr_assert_eq(r.peak_active, 500);
+}
+
+/* A run that would take more than SIM_MODEL_MAX_SAMPLES samples fails at
+ * once with a clear message, and a sub-millisecond interval is refused: no
+ * run can loop for hours on its samples. */
+Test(sim_model, samples_are_bounded)
+{
+    struct sim_model_config c;
+    struct sim_model_result r;
+    char err[256];
+
+    erlang_config(&c, 100, 10, 0);
+    c.rate = 1e-6;        /* an arrival every 11 virtual days: time jumps, */
+    c.sample_ms = 1;      /* and 1 ms samples would be a billion per jump */
+    c.duration_ms = 1e12;
+    c.max_flows = 0;
+    double t0 = sim_now_ms();
+    cr_assert_eq(sim_model_run(&c, NULL, NULL, &r, NULL, NULL, err, sizeof(err)), -EINVAL);
+    cr_assert_not_null(strstr(err, "give a longer interval"), "%s", err);
+    cr_assert_lt(sim_now_ms() - t0, 20000.0);
+    erlang_config(&c, 100, 10, 1000);
+    c.sample_ms = 0.5;
+    cr_assert_eq(sim_model_run(&c, NULL, NULL, &r, NULL, NULL, err, sizeof(err)), -EINVAL);
+    cr_assert_not_null(strstr(err, "at least 1 ms"), "%s", err);
+}
+
+/* One subscriber near its 28,232 local ports: a busy local port is skipped
+ * over the whole range, and an arrival that finds none is counted as not
+ * offered, never as a NAT refusal (the pool here has room for all). */
+Test(sim_model, client_port_collisions_are_not_nat_refusals, .timeout = 120)
+{
+    struct sim_model_config c;
+    struct sim_model_result r;
+    char err[256];
+
+    erlang_config(&c, 64512, 27000, 200000);
+    c.nat.port_lo = 1024;
+    c.nat.port_hi = 65535;
+    c.subscribers = 1;
+    c.warmup_flows = 50000;
+    cr_assert_eq(sim_model_run(&c, NULL, NULL, &r, NULL, NULL, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(r.refused_total, 0, "%llu refused (exists %llu)",
+                 (unsigned long long)r.refused_total,
+                 (unsigned long long)r.refused[NAT_ERR_EXISTS]);
+    cr_assert_eq(r.opened + r.client_ports_busy, r.arrivals);
+    /* none refused: the rule of three instead of a zero-width interval */
+    cr_assert_eq(r.p_refuse, 0.0);
+    cr_assert(!isfinite(r.ci95));
+    cr_assert_float_eq(r.p_refuse_upper95, 3.0 / (double)r.counted, 1e-12);
 }
