@@ -23,6 +23,7 @@
 #include "sim/sim_clients.h"
 #include "sim/sim_proc.h"
 #include "sim/sim_util.h"
+#include "sim_test_io.h"
 
 #define HELD 20 /* connections held open against a backend that can take a few */
 
@@ -80,23 +81,6 @@ static int tcp_connect(unsigned port)
     cr_assert_eq(connect(fd, (struct sockaddr *)&sin, sizeof(sin)), 0, "connect: %s",
                  strerror(errno));
     return fd;
-}
-
-/* Reads one line (at most cap - 1 bytes; each recv bounded by SO_RCVTIMEO). */
-static size_t read_line(int fd, char *buf, size_t cap)
-{
-    size_t got = 0;
-
-    while (got + 1 < cap) {
-        ssize_t r = recv(fd, buf + got, 1, 0);
-        if (r <= 0)
-            break;
-        got++;
-        if (buf[got - 1] == '\n')
-            break;
-    }
-    buf[got] = '\0';
-    return got;
 }
 
 /* Open fds of process pid (from /proc/PID/fd). */

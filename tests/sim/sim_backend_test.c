@@ -18,6 +18,7 @@
 
 #include "sim/sim_proc.h"
 #include "sim/sim_util.h"
+#include "sim_test_io.h"
 
 /* Processes of the running test, stopped by the .fini fixture even when an
  * assertion failed half-way (by PID, only those still running). */
@@ -72,22 +73,6 @@ static size_t read_n(int fd, char *buf, size_t n)
             break;
         got += (size_t)r;
     }
-    return got;
-}
-
-static size_t read_line(int fd, char *buf, size_t cap)
-{
-    size_t got = 0;
-
-    while (got + 1 < cap) {
-        ssize_t r = recv(fd, buf + got, 1, 0);
-        if (r <= 0)
-            break;
-        got++;
-        if (buf[got - 1] == '\n')
-            break;
-    }
-    buf[got] = '\0';
     return got;
 }
 
