@@ -262,15 +262,20 @@ static uint64_t hash_outside(const struct nat_table *t, uint8_t proto,
                    t->hs[4]);
 }
 
-/* Mapping key: (proto, client endpoint) for eim, plus the destination
- * address for adm. */
+/* Mapping key: (proto, client endpoint, destination family) for eim, the
+ * destination address instead of its family for adm. The family is part of
+ * an eim key because a mapping's external address has the destination's
+ * family: one client endpoint toward an IPv4 and an IPv6 destination has
+ * two mappings. */
 static uint64_t hash_mapping(const struct nat_table *t, const struct nat_key *k)
 {
     uint64_t h = fold_addr(&k->client.addr, t->hs[2], t->hs[0]);
 
     if (t->cfg.mapping == NAT_MAPPING_ADM)
         h ^= fold_addr(&k->dst.addr, t->hs[1], t->hs[3]);
-    return mum(h ^ t->hs[4], ((uint64_t)k->client.port | (uint64_t)k->proto << 32) ^ t->hs[6]);
+    return mum(h ^ t->hs[4], ((uint64_t)k->client.port | (uint64_t)k->proto << 32 |
+                              (uint64_t)family(&k->dst.addr) << 40) ^
+                                 t->hs[6]);
 }
 
 static uint64_t hash_client(const struct nat_table *t, const struct nat_addr *a)
@@ -319,7 +324,9 @@ static bool eq_mapping(const void *ctx, uint32_t slot, const void *key)
 
     if (a->proto != b->proto || !ep_eq(&a->client, &b->client))
         return false;
-    return t->cfg.mapping != NAT_MAPPING_ADM || addr_eq(&a->dst.addr, &b->dst.addr);
+    if (t->cfg.mapping == NAT_MAPPING_ADM)
+        return addr_eq(&a->dst.addr, &b->dst.addr);
+    return family(&a->dst.addr) == family(&b->dst.addr);
 }
 
 static bool eq_client(const void *ctx, uint32_t slot, const void *key)
@@ -893,18 +900,26 @@ static int port_pick(struct nat_table *t, uint32_t si, unsigned ip, uint16_t cli
 }
 
 /* The oldest held client other than `except` with a block on nat address
- * `ip`, or NIL: releasing a hold elsewhere (another address, the other
- * family) would not give this address a block. */
-static uint32_t hold_oldest_on(const struct nat_table *t, unsigned ip, uint32_t except)
+ * `ip` that has a port free in bitmaps a and b (the asking flow's port set
+ * and the address's cooling ports), or NIL. Releasing any other hold would
+ * not give this flow a port: a block elsewhere (another address, the other
+ * family), or one whose ports all wait out their reuse delay. */
+static uint32_t hold_oldest_on(const struct nat_table *t, unsigned ip, uint32_t except,
+                               const uint64_t *a, const uint64_t *b)
 {
+    uint32_t bs = t->cfg.block_size;
+
     for (uint32_t h = t->hold_head; h != NIL; h = t->clients[h].hold_next) {
         const struct nat_client *c = &t->clients[h];
 
         if (h == except)
             continue;
-        for (uint32_t i = 0; i < c->nblocks; i++)
-            if (c->blocks[i] >> 16 == ip)
+        for (uint32_t i = 0; i < c->nblocks; i++) {
+            uint32_t bn = c->blocks[i] & 0xffff;
+
+            if (c->blocks[i] >> 16 == ip && find_free(a, b, bn * bs, bn * bs + bs) >= 0)
                 return h;
+        }
     }
     return NIL;
 }
@@ -969,7 +984,7 @@ static int block_pick(struct nat_table *t, uint32_t ci, uint32_t si, unsigned ip
         }
         /* No free block: one held by a client with no session goes first
          * (oldest first; never the asking client's own), if it has one here. */
-        uint32_t h = may_end_holds ? hold_oldest_on(t, ip, ci) : NIL;
+        uint32_t h = may_end_holds ? hold_oldest_on(t, ip, ci, a, b) : NIL;
         if (h == NIL)
             break;
         hold_release(t, h, now);

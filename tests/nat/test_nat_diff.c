@@ -117,7 +117,9 @@ static bool same_mapping_key(const struct model *m, const struct nat_key *a,
 {
     if (a->proto != b->proto || !ep_eq(&a->client, &b->client))
         return false;
-    return m->cfg.mapping == NAT_MAPPING_EIM || addr_eq(&a->dst.addr, &b->dst.addr);
+    if (m->cfg.mapping == NAT_MAPPING_EIM) /* the external address has dst's family */
+        return fam(&a->dst.addr) == fam(&b->dst.addr);
+    return addr_eq(&a->dst.addr, &b->dst.addr);
 }
 
 static struct mclient *mclient(struct model *m, const struct nat_addr *a, bool add)
@@ -723,6 +725,7 @@ static void compare_all(struct model *m, struct nat_table *t)
         cr_assert_eq(s->backend, x->backend);
         cr_assert_eq(nat_lookup_inside(t, &x->key), x->real);
         ext = (struct nat_endpoint){.addr = m->cfg.ips[x->ip], .port = x->port};
+        cr_assert_eq(fam(&ext.addr), fam(&x->key.dst.addr), "external address of another family");
         cr_assert_eq(nat_lookup_outside(t, x->key.proto, &ext, &x->key.dst), x->real);
         /* uniqueness rules of the mapping behaviour */
         for (size_t k = i + 1; k < m->n; k++) {

@@ -344,6 +344,52 @@ Test(nat_policy, block_hold_yields_only_on_the_address_that_needs_a_block)
     nat_table_free(t);
 }
 
+/* Ending a hold must free a port the asking client can use: a held block
+ * whose ports all wait out their reuse delay gives nothing, so the hold
+ * stays and the open is refused. Once the delay has passed, the hold goes. */
+Test(nat_policy, block_hold_kept_when_its_block_has_no_usable_port)
+{
+    struct nat_config c = small_cfg(NAT_POLICY_BLOCK, NAT_MAPPING_EIM, 30000, 30003);
+    struct rec r;
+    struct nat_table *t;
+    struct nat_stats st;
+    struct nat_session *a1, *a2, *x = NULL;
+
+    c.block_size = 2; /* two blocks */
+    c.block_hold_ms = 60000;
+    c.reuse_delay_ms = 2000;
+    t = mk(&c, &r);
+    struct nat_key ka = kn(NAT_PROTO_TCP, "10.0.0.1", 1, "192.0.2.1", 80);
+    a1 = open_ok(t, &ka, 0);
+    ka.client.port = 2;
+    a2 = open_ok(t, &ka, 0);
+    struct nat_key kb = kn(NAT_PROTO_TCP, "10.0.0.2", 1, "192.0.2.1", 80);
+    open_ok(t, &kb, 0);
+    nat_session_close(t, a1, 100, "client_fin");
+    nat_session_close(t, a2, 100, "client_fin");
+    nat_get_stats(t, &st);
+    cr_assert_eq(st.blocks_held, 1);
+    /* 10.0.0.3 at t=500: A's block is both ports cooling until t=2100 */
+    size_t n0 = r.n;
+    struct nat_key kc = kn(NAT_PROTO_TCP, "10.0.0.3", 1, "192.0.2.1", 80);
+    cr_assert_eq(nat_session_open(t, &kc, 0, 500, &x), NAT_ERR_POOL_EXHAUSTED);
+    nat_get_stats(t, &st);
+    cr_assert_eq(st.blocks_held, 1, "a hold was given up for a block with no usable port");
+    cr_assert_eq(st.blocks_in_use, 2);
+    cr_assert_eq(r.by_type[NAT_EV_BLOCK_FREE], 0);
+    cr_assert_eq(r.n, n0 + 1); /* the refusal only */
+    /* A itself, back while its own ports cool, is refused too; its hold stays */
+    ka.client.port = 3;
+    cr_assert_eq(nat_session_open(t, &ka, 0, 600, &x), NAT_ERR_POOL_EXHAUSTED);
+    nat_get_stats(t, &st);
+    cr_assert_eq(st.blocks_held, 1);
+    /* after the delay, 10.0.0.3 takes A's block */
+    n0 = r.n;
+    open_ok(t, &kc, 2200);
+    assert_took_hold_of(&r, n0, "10.0.0.1");
+    nat_table_free(t);
+}
+
 /* A free block on any address comes before ending a hold: with three of
  * four blocks held, a new client takes the fourth, whichever address the
  * policy tries first (so over many seeds). */
@@ -568,6 +614,48 @@ Test(nat_policy, eim_port_serves_nobody_else)
     /* two ports, two client endpoints: a third one toward a new destination
      * still finds nothing under eim */
     cr_assert_eq(nat_session_open(t, &cc, 0, 0, &x), NAT_ERR_POOL_EXHAUSTED);
+    nat_table_free(t);
+}
+
+/* eim with a dual-stack pool: one client endpoint toward an IPv4 and then an
+ * IPv6 destination has two mappings, each on an external address of its
+ * destination's family, and the client's later IPv6 flows pair with the IPv6
+ * address (the IPv4 mapping must not be reused for the IPv6 destination). */
+Test(nat_policy, eim_mapping_per_destination_family)
+{
+    struct nat_config c = small_cfg(NAT_POLICY_SEQUENTIAL, NAT_MAPPING_EIM, 30000, 30009);
+    struct nat_table *t;
+    struct nat_session *s4, *s6, *s4b, *s6b;
+    char buf[NAT_ADDR_STRLEN];
+
+    c.n_ips = 2;
+    c.ips[0] = A("198.51.100.1");
+    c.ips[1] = A("2001:db8:1::1");
+    t = mk(&c, NULL);
+    struct nat_key k4 = kn(NAT_PROTO_UDP, "2001:db8::10", 4000, "192.0.2.1", 53);
+    struct nat_key k6 = kn(NAT_PROTO_UDP, "2001:db8::10", 4000, "2001:db8:2::53", 53);
+    s4 = open_ok(t, &k4, 0);
+    cr_assert_str_eq(nat_addr_format(&s4->ext.addr, buf), "198.51.100.1");
+    s6 = open_ok(t, &k6, 0);
+    cr_assert_str_eq(nat_addr_format(&s6->ext.addr, buf), "2001:db8:1::1",
+                     "IPv6 destination mapped from %s", buf);
+    cr_assert_eq(s6->ip_index, 1);
+    cr_assert_eq(nat_lookup_outside(t, NAT_PROTO_UDP, &s6->ext, &k6.dst), s6);
+    /* each family's mapping is reused by that family's later destinations */
+    struct nat_key k4b = kn(NAT_PROTO_UDP, "2001:db8::10", 4000, "192.0.2.2", 53);
+    struct nat_key k6b = kn(NAT_PROTO_UDP, "2001:db8::10", 4000, "2001:db8:2::54", 53);
+    s4b = open_ok(t, &k4b, 1);
+    s6b = open_ok(t, &k6b, 1);
+    cr_assert(s4b->ip_index == s4->ip_index && s4b->ext.port == s4->ext.port);
+    cr_assert(s6b->ip_index == s6->ip_index && s6b->ext.port == s6->ext.port);
+    /* another endpoint of the client toward IPv6 pairs with the IPv6 address */
+    struct nat_key k6c = kn(NAT_PROTO_UDP, "2001:db8::10", 4001, "2001:db8:2::53", 53);
+    cr_assert_eq(open_ok(t, &k6c, 2)->ip_index, 1);
+    /* closing the IPv4 mapping's sessions leaves the IPv6 one whole */
+    nat_session_close(t, s4, 3, "x");
+    nat_session_close(t, s4b, 3, "x");
+    cr_assert_eq(nat_lookup_inside(t, &k6), s6);
+    cr_assert_eq(nat_lookup_inside(t, &k6b), s6b);
     nat_table_free(t);
 }
 
