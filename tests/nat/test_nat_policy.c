@@ -8,6 +8,14 @@ static struct nat_key kn(uint8_t proto, const char *client, uint16_t cport, cons
     return KEY(proto, client, cport, dst, dport);
 }
 
+/* A pool of one IPv4 and one IPv6 external address. */
+static void dual_stack(struct nat_config *c)
+{
+    c->n_ips = 2;
+    c->ips[0] = A("198.51.100.1");
+    c->ips[1] = A("2001:db8:1::1");
+}
+
 Test(nat_policy, random_is_seeded_and_in_range)
 {
     struct nat_config c = small_cfg(NAT_POLICY_RANDOM, NAT_MAPPING_EIM, 40000, 40999);
@@ -310,9 +318,7 @@ Test(nat_policy, block_hold_yields_only_on_the_address_that_needs_a_block)
     struct nat_table *t;
     struct nat_stats st;
 
-    c.n_ips = 2;
-    c.ips[0] = A("198.51.100.1");
-    c.ips[1] = A("2001:db8:1::1");
+    dual_stack(&c);
     c.block_size = 4; /* two blocks per address */
     c.block_hold_ms = 10000;
     t = mk(&c, &r);
@@ -628,9 +634,7 @@ Test(nat_policy, eim_mapping_per_destination_family)
     struct nat_session *s4, *s6, *s4b, *s6b;
     char buf[NAT_ADDR_STRLEN];
 
-    c.n_ips = 2;
-    c.ips[0] = A("198.51.100.1");
-    c.ips[1] = A("2001:db8:1::1");
+    dual_stack(&c);
     t = mk(&c, NULL);
     struct nat_key k4 = kn(NAT_PROTO_UDP, "2001:db8::10", 4000, "192.0.2.1", 53);
     struct nat_key k6 = kn(NAT_PROTO_UDP, "2001:db8::10", 4000, "2001:db8:2::53", 53);
@@ -749,9 +753,7 @@ Test(nat_policy, ipv6_pool_and_families)
     struct nat_session *s, *x = NULL;
     char buf[NAT_ADDR_STRLEN];
 
-    c.n_ips = 2;
-    c.ips[0] = A("198.51.100.1");
-    c.ips[1] = A("2001:db8:1::1");
+    dual_stack(&c);
     t = mk(&c, NULL);
     struct nat_key k6 = kn(NAT_PROTO_TCP, "2001:db8::10", 4000, "2001:db8:2::80", 80);
     s = open_ok(t, &k6, 0);
