@@ -62,6 +62,17 @@ int db__register_functions(sqlite3 *conn);
 void db__sqlite_setup(void);
 
 /*
+ * "gw-yield" (db_vfs.c): the default VFS, except that a file opened through
+ * it calls sched_yield() every few page writes, so that a long COMMIT on the
+ * writer thread gives a waiting data path the core. Registered (not as the
+ * default) on the first call; returns SQLITE_OK when it can be used.
+ */
+#define DB_YIELD_VFS "gw-yield"
+int db__yield_vfs(void);
+/* How many times files opened through it have yielded (tests). */
+unsigned long db__yield_vfs_yields(void);
+
+/*
  * nat_sessions.whois_key of a session held from opened_ms to closed_ms (see
  * docs/store.md, "Indexes"): with o and c the two times in whole seconds
  * (clamped like db_time_format) and L the bit length of c - o (0 when
